@@ -1,0 +1,183 @@
+"""ARI client on aiohttp: REST requests and the events WebSocket with reconnect.
+
+The domain never sees HTTP or JSON: it calls typed methods here and receives typed
+events. When the WebSocket drops, Asterisk keeps the channels in Stasis but loses the
+events of the gap and replays nothing, so every (re)connect calls ``on_connected``
+first: the shell reconciles with what Asterisk holds before handling new events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from callrouter.ari.events import Bridge, Channel, Event, parse_event
+
+log = logging.getLogger("callrouter.ari")
+
+EventHandler = Callable[[Event], None]
+ConnectHandler = Callable[[], Awaitable[None]]
+
+
+class AriError(Exception):
+    """An ARI request failed: carries the HTTP status (0 when Asterisk is unreachable)."""
+
+    def __init__(self, method: str, path: str, status: int, message: str) -> None:
+        super().__init__(f"ARI {method} {path}: {status} {message}")
+        self.method = method
+        self.path = path
+        self.status = status
+        self.message = message
+
+
+class AriClient:
+    def __init__(self, base_url: str, user: str, password: str, app: str, *,
+                 request_timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.app = app
+        self._auth = aiohttp.BasicAuth(user, password)
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self.connected = asyncio.Event()
+
+    async def __aenter__(self) -> AriClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is None:
+            # Many concurrent requests in a storm: allow them, all to one local host.
+            connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
+            self._session = aiohttp.ClientSession(auth=self._auth, timeout=self._timeout, connector=connector)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("AriClient used before open()")
+        return self._session
+
+    # ------------------------------------------------------------------ REST
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                      body: dict[str, Any] | None = None) -> Any:
+        url = f"{self.base_url}{path}"
+        try:
+            async with self.session.request(method, url, params=params, json=body) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    try:
+                        message = json.loads(text).get("message", text)
+                    except ValueError:
+                        message = text
+                    raise AriError(method, path, resp.status, str(message))
+                if not text:
+                    return None
+                return json.loads(text)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise AriError(method, path, 0, f"{type(exc).__name__}: {exc}") from exc
+
+    # channels
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{quote(channel_id)}/answer")
+
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        await self.request("DELETE", f"/channels/{quote(channel_id)}", params={"reason": reason})
+
+    async def play(self, channel_id: str, media: str, playback_id: str | None = None) -> str:
+        path = f"/channels/{quote(channel_id)}/play"
+        if playback_id:
+            path += f"/{quote(playback_id)}"
+        result = await self.request("POST", path, params={"media": media})
+        return str(result.get("id", playback_id or "")) if isinstance(result, dict) else (playback_id or "")
+
+    async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
+        await self.request("POST", f"/channels/{quote(channel_id)}/moh", params={"mohClass": moh_class})
+
+    async def stop_moh(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{quote(channel_id)}/moh")
+
+    async def get_channel(self, channel_id: str) -> Channel:
+        return Channel.from_json(await self.request("GET", f"/channels/{quote(channel_id)}"))
+
+    async def list_channels(self) -> list[Channel]:
+        return [Channel.from_json(c) for c in await self.request("GET", "/channels")]
+
+    async def get_variable(self, channel_id: str, name: str) -> str:
+        try:
+            result = await self.request("GET", f"/channels/{quote(channel_id)}/variable", params={"variable": name})
+        except AriError as exc:
+            if exc.status == 404:
+                return ""
+            raise
+        return str(result.get("value", "")) if isinstance(result, dict) else ""
+
+    # bridges
+    async def list_bridges(self) -> list[Bridge]:
+        return [Bridge.from_json(b) for b in await self.request("GET", "/bridges")]
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        await self.request("DELETE", f"/bridges/{quote(bridge_id)}")
+
+    # application
+    async def application(self) -> dict[str, Any]:
+        result = await self.request("GET", f"/applications/{quote(self.app)}")
+        return result if isinstance(result, dict) else {}
+
+    # ------------------------------------------------------------------ events
+    def _ws_url(self) -> str:
+        ws = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        return f"{ws}/events?app={quote(self.app)}&subscribeAll=false"
+
+    async def run_events(self, handler: EventHandler, on_connected: ConnectHandler, *,
+                         backoff_initial: float = 0.2, backoff_max: float = 5.0) -> None:
+        """Deliver events to ``handler`` forever, reconnecting with jittered backoff.
+
+        ``handler`` is called synchronously in arrival order and must not block; it
+        spawns work of its own where needed. Cancel the task to stop.
+        """
+        delay = backoff_initial
+        while True:
+            try:
+                async with self.session.ws_connect(self._ws_url(), heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
+                    log.info("event=ari_connected url=%s app=%s", self.base_url, self.app)
+                    delay = backoff_initial
+                    self.connected.set()
+                    try:
+                        await on_connected()
+                    except Exception:
+                        # Reconciliation failing must not stop live events: log and go on.
+                        log.exception("event=reconcile_failed")
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            try:
+                                data = json.loads(msg.data)
+                            except ValueError:
+                                log.warning("event=ari_bad_json data=%.200s", msg.data)
+                                continue
+                            try:
+                                handler(parse_event(data))
+                            except Exception:
+                                log.exception("event=handler_failed type=%s", data.get("type"))
+                        elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
+                            break
+                log.warning("event=ari_disconnected retry_in=%.1fs", delay)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                log.warning("event=ari_connect_failed error=%r retry_in=%.1fs", exc, delay)
+            finally:
+                self.connected.clear()
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(backoff_max, delay * 2)

@@ -1,0 +1,204 @@
+"""`callrouter ...`: the one entry point for operators, testers and the demo.
+
+Each subcommand is a few lines that call into the module owning the job; output meant
+for machines is JSON on stdout, diagnostics go to stderr. Exit codes: 0 ok, 1 the
+thing checked is wrong (invalid plan, failed calls), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from callrouter.config import ConfigError, Settings, load_settings
+from callrouter.logs import setup_logging
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, ensure_ascii=False, indent=None if not sys.stdout.isatty() else 2)
+    sys.stdout.write("\n")
+
+
+# ------------------------------------------------------------------ asterisk
+def cmd_asterisk(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.provision import asterisk
+
+    if args.action == "up":
+        report = asterisk.up(settings)
+        _print_json({"mode": report.mode, "root": report.root, "started": report.started,
+                     "built_chroot_s": report.built_chroot_s, "seconds": round(report.seconds, 3)})
+    elif args.action == "down":
+        target = asterisk.select_target(settings)
+        was = asterisk.stop(target)
+        _print_json({"stopped": was})
+    else:
+        info = asterisk.status(settings)
+        _print_json(info)
+        return 0 if info["running"] else 1
+    return 0
+
+
+# ------------------------------------------------------------------ plan
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.numberplan import PlanError, check_plan, load_plan
+
+    path = Path(args.file) if args.file else settings.numberplan_path
+    if args.action == "check":
+        problems = check_plan(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if not problems:
+            print(f"{path}: ok, {len(load_plan(path).entries)} numbers")
+        return 1 if problems else 0
+    try:
+        plan = load_plan(path)
+    except PlanError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.action == "list":
+        entries = plan.to_json_list()
+        if args.json:
+            _print_json(entries)
+        else:
+            for e in entries:
+                print(f"{e['number']:>12}  {e['line']:>5}  p{e['priority']}  {e['category']:<24} {e['department']}")
+        return 0
+    route = plan.route(args.number)
+    _print_json({"dialled": route.dialled, "number": route.number, "line": route.line,
+                 "category": route.category, "department": route.department,
+                 "priority": route.priority, "description": route.description, "listed": route.listed})
+    return 0
+
+
+# ------------------------------------------------------------------ tickets
+def cmd_tickets(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.tickets import TicketStore
+
+    store = TicketStore(settings.database_url)
+    try:
+        store.create_schema()
+        rows = store.list(limit=args.limit, line=args.line)
+    finally:
+        store.close()
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['id']}  {r['line']:>5}  {r['category']:<22} {r['dialled']:<14} {r['caller'] or '-':<14} "
+                  f"{r['arrived_at']}  {r['outcome'] or 'open'}")
+    return 0
+
+
+# ------------------------------------------------------------------ run
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.calls import run_engine
+
+    asyncio.run(run_engine(settings))
+    return 0
+
+
+# ------------------------------------------------------------------ sim
+def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.sim import trunk
+
+    if args.action == "call":
+        report = trunk.run_calls(settings, [trunk.CallSpec(args.number, args.caller, args.hold)],
+                                 rate=1.0)
+    else:
+        report = trunk.storm(settings, rate=args.rate, count=args.count, hold=args.hold, seed=args.seed)
+    _print_json(report.to_json())
+    return 0 if report.failed == 0 else 1
+
+
+# ------------------------------------------------------------------ demo
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.demo import run_demo
+
+    return run_demo(settings, calls=args.calls, rate=args.rate, keep_running=args.keep_running)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="callrouter", description="Unified hotline call routing on Asterisk (110 / 96345).")
+    p.add_argument("--config", help="TOML settings file (else $CALLROUTER_CONFIG); env CALLROUTER_* overrides")
+    p.add_argument("--log-level", default=None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("asterisk", help="provision and control the real Asterisk")
+    a.add_argument("action", choices=["up", "down", "status"])
+    a.set_defaults(func=cmd_asterisk)
+
+    pl = sub.add_parser("plan", help="the legacy number plan")
+    psub = pl.add_subparsers(dest="action", required=True)
+    c = psub.add_parser("check", help="validate; exit 1 with file:line errors")
+    c.add_argument("file", nargs="?")
+    ls = psub.add_parser("list", help="every entry")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--file")
+    r = psub.add_parser("route", help="where a dialled number goes")
+    r.add_argument("number")
+    r.add_argument("--file")
+    pl.set_defaults(func=cmd_plan)
+
+    t = sub.add_parser("tickets", help="call tickets")
+    tsub = t.add_subparsers(dest="action", required=True)
+    tl = tsub.add_parser("list")
+    tl.add_argument("--json", action="store_true")
+    tl.add_argument("--limit", type=int, default=50)
+    tl.add_argument("--line", choices=["110", "96345"])
+    t.set_defaults(func=cmd_tickets)
+
+    ru = sub.add_parser("run", help="run the engine (ARI) until SIGTERM")
+    ru.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sim", help="simulated carrier trunk (SIPp)")
+    ssub = s.add_subparsers(dest="action", required=True)
+    sc = ssub.add_parser("call", help="one call to NUMBER")
+    sc.add_argument("number")
+    sc.add_argument("--from", dest="caller", default="13800000000")
+    sc.add_argument("--hold", type=float, default=3.0, help="seconds before the caller hangs up")
+    ss = ssub.add_parser("storm", help="many calls to numbers drawn from the plan")
+    ss.add_argument("--rate", type=float, default=10.0, help="calls per second")
+    ss.add_argument("--count", type=int, default=50)
+    ss.add_argument("--hold", type=float, default=3.0)
+    ss.add_argument("--seed", type=int, default=1)
+    s.set_defaults(func=cmd_sim)
+
+    d = sub.add_parser("demo", help="bring everything up, run simulated traffic, summarise, stop")
+    d.add_argument("--calls", type=int, default=60)
+    d.add_argument("--rate", type=float, default=10.0)
+    d.add_argument("--keep-running", action="store_true", help="leave Asterisk and the engine running")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"callrouter: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or settings.log_level)
+    handler: Handler = args.func
+    try:
+        return handler(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence prints, not a traceback
+        from callrouter.provision.asterisk import ProvisionError
+
+        if isinstance(exc, ProvisionError | ConfigError):
+            print(f"callrouter: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Typed settings: defaults <- file <- environment.
+
+Every setting has a default that is safe on a single machine: everything listens on
+loopback, secrets are generated on first use and kept under the state directory
+(never in git). A TOML file (``--config FILE`` or ``$CALLROUTER_CONFIG``) overrides
+defaults; ``CALLROUTER_<FIELD>`` environment variables override both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(Exception):
+    """A setting is malformed; the message names the source and the fix."""
+
+
+def _default_data_dir() -> Path:
+    # A checkout (editable install, CI, the demo) keeps queues/, asterisk-conf/ ... beside
+    # the package; an installed image puts them under /usr/share/callrouter.
+    repo = PACKAGE_DIR.parent
+    if (repo / "queues").is_dir() and (repo / "asterisk-conf").is_dir():
+        return repo
+    return Path("/usr/share/callrouter")
+
+
+def _default_home() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/callrouter")
+    return Path.home() / ".local" / "state" / "callrouter"
+
+
+@dataclass
+class Settings:
+    # where generated state lives: secrets, the Asterisk chroot, the SQLite ticket file
+    home: Path = field(default_factory=_default_home)
+    # where the shipped data lives: queues/, asterisk-conf/, ivr_prompts/, sip-sim/
+    data_dir: Path = field(default_factory=_default_data_dir)
+
+    # Asterisk: "auto" uses a host Asterisk >= 20 if installed, else the Debian sid chroot
+    asterisk_mode: str = "auto"
+    asterisk_root: Path | None = None  # chroot directory; default home/asterisk-root
+    apt_mirror: str = ""  # for debootstrap; default taken from the host's apt sources
+    sip_bind: str = "127.0.0.1"
+    sip_port: int = 5060
+    rtp_start: int = 10000
+    rtp_end: int = 20000
+    http_bind: str = "127.0.0.1"
+    http_port: int = 8088
+    ari_app: str = "callrouter"
+    ari_user: str = "callrouter"
+    # source addresses identifying the carrier trunk; the simulator uses 127.0.0.1
+    trunk_ips: tuple[str, ...] = ("127.0.0.1",)
+    # A second trunk that reaches only a plain dialplan Answer(), for the latency
+    # baseline of the benchmark. Empty: not rendered at all.
+    bench_trunk_ip: str = ""
+    # seconds the dialplan holds a caller before retrying Stasis when the engine is away
+    fallback_hold_s: int = 2
+
+    numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
+    db_url: str = ""  # default sqlite under home
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    api_bind: str = "127.0.0.1"
+    api_port: int = 8080
+
+    log_level: str = "INFO"
+
+    # --- derived paths -------------------------------------------------------------
+    @property
+    def chroot(self) -> Path:
+        return self.asterisk_root or (self.home / "asterisk-root")
+
+    @property
+    def numberplan_path(self) -> Path:
+        return self.numberplan or (self.data_dir / "queues" / "numberplan.csv")
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.home / 'tickets.sqlite3'}"
+
+    @property
+    def ari_url(self) -> str:
+        return f"http://{self.http_bind}:{self.http_port}/ari"
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.home / "secrets.json"
+
+    # --- secrets: generated on first run, kept out of git ---------------------------
+    def secrets(self) -> dict[str, str]:
+        """Load the secrets file, creating any missing secret.
+
+        Holds the ARI password and one SIP password per seat. The file is 0600.
+        """
+        path = self.secrets_path
+        data: dict[str, str] = {}
+        if path.exists():
+            data = json.loads(path.read_text())
+        return data
+
+    def secret(self, name: str) -> str:
+        data = self.secrets()
+        if name not in data:
+            data[name] = secrets.token_urlsafe(24)
+            path = self.secrets_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return data[name]
+
+    @property
+    def ari_password(self) -> str:
+        return self.secret("ari_password")
+
+
+def _coerce(name: str, raw: Any, target: Any, source: str) -> Any:
+    typ = str(target)
+    try:
+        if "tuple" in typ:
+            if isinstance(raw, str):
+                return tuple(x.strip() for x in raw.split(",") if x.strip())
+            return tuple(str(x) for x in raw)
+        if "Path" in typ:
+            return Path(str(raw)) if raw not in ("", None) else None
+        if typ == "int":
+            return int(raw)
+        if typ == "bool":
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: setting {name!r}: cannot read {raw!r} ({exc})") from exc
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else env
+    settings = Settings()
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    path = path or env.get("CALLROUTER_CONFIG")
+    if path:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{p}: config file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: {exc}") from exc
+        for key, value in data.items():
+            if key not in fields:
+                raise ConfigError(f"{p}: unknown setting {key!r}; known: {', '.join(sorted(fields))}")
+            setattr(settings, key, _coerce(key, value, fields[key].type, str(p)))
+    for name, f in fields.items():
+        var = f"CALLROUTER_{name.upper()}"
+        if var in env:
+            setattr(settings, name, _coerce(name, env[var], f.type, f"${var}"))
+    return settings

@@ -1,0 +1,340 @@
+"""Bring up a real Asterisk for callrouter: a host install (20+) or a Debian sid chroot.
+
+Debian bookworm ships no Asterisk; sid ships 22. `debootstrap --variant=minbase` builds a
+working chroot in about a minute; Asterisk then runs with `chroot DIR /usr/sbin/asterisk`
+in the host's network namespace (no mounts needed). The chroot is cached under the state
+directory, reused when healthy and rebuilt when broken.
+
+These are provisioning commands run by an operator, not the call path: blocking
+subprocess calls are fine here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from callrouter.config import Settings
+from callrouter.prompts import build_sounds
+from callrouter.provision.render import AsteriskPaths, render_config
+
+log = logging.getLogger("callrouter.provision")
+
+HOST_PACKAGES = {"debootstrap": "debootstrap", "sipp": "sip-tester"}
+CHROOT_PACKAGES = "asterisk,asterisk-modules,asterisk-core-sounds-en-gsm"
+
+
+class ProvisionError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where Asterisk lives: a chroot root, or '/' for a host install."""
+
+    mode: str  # "chroot" | "host"
+    root: Path
+    paths: AsteriskPaths
+
+    def host_path(self, inner: str) -> Path:
+        """Translate a path as Asterisk sees it into a path on the host.
+
+        Never go through the chroot's /var/run: it is an absolute link to /run and
+        would resolve on the host's side.
+        """
+        if inner.startswith("/var/run/"):
+            inner = "/run/" + inner[len("/var/run/"):]
+        return self.root / inner.lstrip("/") if self.mode == "chroot" else Path(inner)
+
+    def command(self, *args: str) -> list[str]:
+        base = ["chroot", str(self.root)] if self.mode == "chroot" else []
+        conf = [] if self.mode == "chroot" else ["-C", f"{self.paths.etc_dir}/asterisk.conf"]
+        return [*base, "/usr/sbin/asterisk", *conf, *args]
+
+
+# ---------------------------------------------------------------------------------------
+def _run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    log.debug("run: %s", " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise ProvisionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def ensure_host_packages(names: list[str]) -> None:
+    """Install the Debian packages providing these commands if they are missing."""
+    missing = [HOST_PACKAGES[n] for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ProvisionError(f"missing commands {names}: install Debian packages {missing} (needs root)")
+    log.info("installing Debian packages: %s", " ".join(missing))
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, check=False, capture_output=True, timeout=600)
+    proc = subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise ProvisionError(f"apt-get install {' '.join(missing)} failed: {proc.stderr[-2000:]}")
+
+
+def host_mirror() -> str:
+    """The Debian mirror the host's own apt sources use (never hard-coded here)."""
+    candidates: list[Path] = [Path("/etc/apt/sources.list")]
+    sources_d = Path("/etc/apt/sources.list.d")
+    if sources_d.is_dir():
+        candidates += sorted(sources_d.iterdir())
+    for path in candidates:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        if path.suffix == ".sources":
+            for block in re.split(r"\n\s*\n", text):
+                uris = re.search(r"^URIs:\s*(\S+)", block, re.M)
+                suites = re.search(r"^Suites:\s*(.+)$", block, re.M)
+                if uris and suites and "security" not in suites.group(1) and "/debian" in uris.group(1):
+                    return uris.group(1)
+        else:
+            for line in text.splitlines():
+                m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
+                if m and "security" not in m.group(2) and "/debian" in m.group(1):
+                    return m.group(1)
+    return ""
+
+
+def _asterisk_version(cmd: list[str]) -> tuple[int, str] | None:
+    try:
+        out = subprocess.run([*cmd, "-V"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"Asterisk (\d+)\.\S*", out)
+    return (int(m.group(1)), m.group(0)) if m else None
+
+
+def select_target(settings: Settings) -> Target:
+    mode = settings.asterisk_mode
+    if mode not in ("auto", "host", "chroot"):
+        raise ProvisionError(f"asterisk_mode {mode!r}: use auto, host or chroot")
+    if mode in ("auto", "host"):
+        host_bin = shutil.which("asterisk") or ("/usr/sbin/asterisk" if Path("/usr/sbin/asterisk").exists() else None)
+        version = _asterisk_version([host_bin]) if host_bin else None
+        if version and version[0] >= 20:
+            etc = settings.home / "asterisk-etc"
+            paths = AsteriskPaths(
+                etc_dir=str(etc), varlib_dir=str(settings.home / "asterisk-lib"),
+                spool_dir=str(settings.home / "asterisk-spool"), run_dir=str(settings.home / "asterisk-run"),
+                log_dir=str(settings.home / "asterisk-log"),
+                mod_dir=_host_module_dir(), data_dir="/usr/share/asterisk",
+            )
+            return Target("host", Path("/"), paths)
+        if mode == "host":
+            raise ProvisionError("asterisk_mode=host but no Asterisk 20 or newer is installed on this host")
+    return Target("chroot", settings.chroot, AsteriskPaths())
+
+
+def _host_module_dir() -> str:
+    for candidate in ("/usr/lib/x86_64-linux-gnu/asterisk/modules", "/usr/lib/aarch64-linux-gnu/asterisk/modules",
+                      "/usr/lib/asterisk/modules", "/usr/lib64/asterisk/modules"):
+        if Path(candidate).is_dir():
+            return candidate
+    raise ProvisionError("host Asterisk found but not its modules directory")
+
+
+def chroot_healthy(root: Path) -> bool:
+    # Test links with lexists: the chroot's absolute links (sounds/en -> /etc/alternatives)
+    # would resolve on the host's side.
+    if not (root / "usr/sbin/asterisk").exists() or not os.path.lexists(root / "usr/share/asterisk/sounds/en"):
+        return False
+    version = _asterisk_version(["chroot", str(root), "/usr/sbin/asterisk"])
+    return version is not None and version[0] >= 20
+
+
+def build_chroot(settings: Settings, root: Path) -> float:
+    """debootstrap a Debian sid minbase with Asterisk into root; returns seconds taken."""
+    ensure_host_packages(["debootstrap"])
+    started = time.monotonic()
+    tmp = root.with_name(root.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    mirror = settings.apt_mirror or host_mirror()
+    cmd = ["debootstrap", "--variant=minbase", f"--include={CHROOT_PACKAGES}", "sid", str(tmp)]
+    if mirror:
+        cmd.append(mirror)
+    log.info("building the Asterisk chroot (Debian sid) in %s; about a minute", root)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise ProvisionError(f"debootstrap failed ({proc.returncode}); mirror {mirror or 'default'}:\n{tail}")
+    if root.exists():
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return time.monotonic() - started
+
+
+def _prepare_chroot(root: Path) -> None:
+    # A minbase chroot lacks /etc/hosts; Asterisk and PJSIP resolve "localhost".
+    hosts = root / "etc/hosts"
+    if not hosts.exists():
+        hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+
+
+def _asterisk_ids(target: Target) -> tuple[int, int]:
+    passwd = target.host_path("/etc/passwd").read_text()
+    for line in passwd.splitlines():
+        parts = line.split(":")
+        if parts[0] == "asterisk":
+            return int(parts[2]), int(parts[3])
+    raise ProvisionError(f"{target.host_path('/etc/passwd')}: no asterisk user")
+
+
+def _seat_names(settings: Settings) -> list[str]:
+    from callrouter.acd.lines import load_lines
+
+    lines = load_lines(settings.data_dir / "queues" / "lines.toml")
+    return [s.endpoint for line in lines.lines for s in line.seats] + [p.endpoint for p in lines.pool]
+
+
+def render(settings: Settings, target: Target) -> None:
+    paths = target.paths
+    uid, gid = _asterisk_ids(target) if target.mode == "chroot" else (os.getuid(), os.getgid())
+    etc = target.host_path(paths.etc_dir)
+    for files in render_config(settings, etc, paths, _seat_names(settings)):
+        os.chown(files, 0, gid)
+    build_sounds(settings.data_dir / "ivr_prompts", target.host_path(paths.sounds_dir),
+                 target.host_path(paths.moh_dir))
+    for inner in (paths.run_dir, paths.log_dir, paths.spool_dir, paths.varlib_dir):
+        d = target.host_path(inner)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, uid, gid)
+
+
+def rx(target: Target, command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(target.command("-rx", command), capture_output=True, text=True, timeout=timeout)
+
+
+def pid(target: Target) -> int | None:
+    pidfile = target.host_path(f"{target.paths.run_dir}/asterisk.pid")
+    try:
+        value = int(pidfile.read_text().strip())
+        os.kill(value, 0)
+        return value
+    except (OSError, ValueError):
+        return None
+
+
+def running(target: Target) -> bool:
+    if pid(target) is None:
+        return False
+    try:
+        return rx(target, "core show version", timeout=5).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def start(target: Target, timeout: float = 60) -> None:
+    uid_args = ["-U", "asterisk", "-G", "asterisk"] if target.mode == "chroot" else []
+    proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise ProvisionError(f"asterisk failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = rx(target, "core waitfullybooted", timeout=max(1.0, deadline - time.monotonic()))
+            if r.returncode == 0 and "fully booted" in r.stdout.lower():
+                return
+        except subprocess.TimeoutExpired:
+            break
+        time.sleep(0.2)
+    log_file = target.host_path(f"{target.paths.log_dir}/messages.log")
+    tail = log_file.read_text()[-2000:] if log_file.exists() else "(no log)"
+    raise ProvisionError(f"asterisk did not become fully booted within {timeout:.0f} s; log tail:\n{tail}")
+
+
+def stop(target: Target, timeout: float = 5.0) -> bool:
+    """Stop Asterisk within ``timeout`` seconds; returns whether one was running."""
+    p = pid(target)
+    if p is None:
+        return False
+    deadline = time.monotonic() + timeout
+    try:
+        rx(target, "core stop now", timeout=max(0.5, timeout - 1))
+    except subprocess.TimeoutExpired:
+        pass
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                return True
+        end = deadline if sig is None else time.monotonic() + 1.0
+        while time.monotonic() < end:
+            try:
+                os.kill(p, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+    return True
+
+
+@dataclass
+class UpReport:
+    mode: str
+    root: str
+    built_chroot_s: float | None
+    started: bool
+    seconds: float
+
+
+def up(settings: Settings) -> UpReport:
+    started_at = time.monotonic()
+    target = select_target(settings)
+    built = None
+    if target.mode == "chroot":
+        if os.geteuid() != 0:
+            raise ProvisionError("the Asterisk chroot needs root (chroot, debootstrap)")
+        if not chroot_healthy(target.root):
+            if target.root.exists():
+                log.warning("chroot %s is broken or incomplete: rebuilding it", target.root)
+            built = build_chroot(settings, target.root)
+            if not chroot_healthy(target.root):
+                raise ProvisionError(f"{target.root}: chroot built but Asterisk does not run in it")
+        _prepare_chroot(target.root)
+    render(settings, target)
+    was_running = running(target)
+    if was_running:
+        # Same configuration files, live reload: calls in progress are untouched.
+        rx(target, "core reload", timeout=30)
+    else:
+        stop(target)  # a stale pid file or half-dead process
+        start(target)
+    return UpReport(target.mode, str(target.root), built, not was_running, time.monotonic() - started_at)
+
+
+def status(settings: Settings) -> dict[str, object]:
+    target = select_target(settings)
+    info: dict[str, object] = {
+        "mode": target.mode,
+        "root": str(target.root),
+        "running": False,
+        "sip": f"udp:{settings.sip_bind}:{settings.sip_port}",
+        "ari": settings.ari_url,
+    }
+    if target.mode == "chroot":
+        info["chroot_present"] = (target.root / "usr/sbin/asterisk").exists()
+    p = pid(target)
+    if p is not None and running(target):
+        info["running"] = True
+        info["pid"] = p
+        info["version"] = rx(target, "core show version").stdout.strip()
+        info["uptime"] = rx(target, "core show uptime seconds").stdout.strip()
+        channels = rx(target, "core show channels count").stdout
+        m = re.search(r"(\d+) active call", channels)
+        info["active_calls"] = int(m.group(1)) if m else None
+    return info

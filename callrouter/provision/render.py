@@ -1,0 +1,132 @@
+"""Render asterisk-conf/ templates into the directory Asterisk reads.
+
+Templates use ``{{name}}`` placeholders, which cannot collide with Asterisk's own
+``${VAR}`` and ``$[expr]`` syntax. A placeholder without a value is an error naming the
+template file and line, so a half-rendered configuration never reaches Asterisk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from callrouter.config import Settings
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+
+
+class RenderError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class AsteriskPaths:
+    """Where Asterisk finds things, as seen by the Asterisk process (inside a chroot)."""
+
+    etc_dir: str = "/etc/asterisk"
+    mod_dir: str = "/usr/lib/x86_64-linux-gnu/asterisk/modules"
+    varlib_dir: str = "/var/lib/asterisk"
+    data_dir: str = "/usr/share/asterisk"
+    spool_dir: str = "/var/spool/asterisk"
+    run_dir: str = "/run/asterisk"
+    log_dir: str = "/var/log/asterisk"
+
+    @property
+    def moh_dir(self) -> str:
+        return f"{self.data_dir}/moh/callrouter"
+
+    @property
+    def sounds_dir(self) -> str:
+        return f"{self.data_dir}/sounds/callrouter"
+
+
+def render_text(text: str, values: dict[str, str], source: str) -> str:
+    missing: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for name in _PLACEHOLDER.findall(line):
+            if name not in values:
+                missing.append(f"{source}:{lineno}: no value for {{{{{name}}}}}")
+    if missing:
+        raise RenderError("\n".join(missing))
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def seat_sections(seats: list[str], settings: Settings) -> str:
+    out: list[str] = []
+    for seat in seats:
+        password = settings.secret(f"seat:{seat}")
+        out.append(
+            f"[{seat}](seat-endpoint)\nauth = {seat}\naors = {seat}\n"
+            f"transport = transport-udp\ncallerid = \"{seat}\" <{seat}>\n\n"
+            f"[{seat}](seat-auth)\nusername = {seat}\npassword = {password}\n\n"
+            f"[{seat}](seat-aor)\n"
+        )
+    return "\n".join(out)
+
+
+def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) -> dict[str, str]:
+    media = ""
+    if settings.sip_bind not in ("0.0.0.0", "::", ""):
+        # RTP sockets on the same address as SIP: nothing listens beyond it.
+        media = f"media_address = {settings.sip_bind}\nbind_rtp_to_media_address = yes"
+    bench_trunk = bench_context = ""
+    if settings.bench_trunk_ip:
+        # Latency baseline only: a second trunk whose context answers in plain dialplan.
+        bench_trunk = (
+            "\n[bench-trunk](media-common)\ntransport = transport-udp\n"
+            "context = bench-plain\nidentify_by = ip\n\n"
+            f"[bench-trunk-identify]\ntype = identify\nendpoint = bench-trunk\n"
+            f"match = {settings.bench_trunk_ip}\n"
+        )
+        bench_context = (
+            "\n; Benchmark baseline: answer in plain dialplan, then hold.\n[bench-plain]\n"
+            "exten => _X!,1,Answer()\n same => n,MusicOnHold(default)\n same => n,Hangup()\n"
+        )
+    return {
+        **{k: getattr(paths, k) for k in ("etc_dir", "mod_dir", "varlib_dir", "data_dir",
+                                          "spool_dir", "run_dir", "log_dir")},
+        "moh_dir": paths.moh_dir,
+        "sip_bind": settings.sip_bind,
+        "sip_port": str(settings.sip_port),
+        "http_bind": settings.http_bind,
+        "http_port": str(settings.http_port),
+        "rtp_start": str(settings.rtp_start),
+        "rtp_end": str(settings.rtp_end),
+        "ari_app": settings.ari_app,
+        "ari_user": settings.ari_user,
+        "ari_password": settings.ari_password,
+        "trunk_ips": ",".join(settings.trunk_ips),
+        "fallback_hold_s": str(settings.fallback_hold_s),
+        "media_lines": media,
+        "bench_trunk": bench_trunk,
+        "bench_context": bench_context,
+        "seats": seat_sections(seats, settings),
+    }
+
+
+def render_config(settings: Settings, dest: Path, paths: AsteriskPaths, seats: list[str]) -> list[Path]:
+    """Render every template into ``dest`` (emptied of other .conf files first).
+
+    Stale configuration left in ``dest`` would be read by Asterisk's modules, so the
+    directory ends up holding exactly what asterisk-conf/ holds.
+    """
+    src = settings.data_dir / "asterisk-conf"
+    values = template_values(settings, paths, seats)
+    rendered = {t.name: render_text(t.read_text(), values, str(t)) for t in sorted(src.glob("*.conf"))}
+    if not rendered:
+        raise RenderError(f"{src}: no *.conf templates found")
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.iterdir():
+        if old.is_file() and old.name not in rendered:
+            old.unlink()
+    written = []
+    for name, text in rendered.items():
+        target = dest / name
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text)
+        # secrets inside: readable by root and the asterisk group only
+        tmp.chmod(0o640)
+        tmp.replace(target)
+        written.append(target)
+    return written

@@ -1,0 +1,1 @@
+"""sip-sim driver: the simulated trunk and seat softphones (SIPp)."""

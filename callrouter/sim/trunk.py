@@ -1,0 +1,198 @@
+"""The simulated carrier trunk: real SIP (and RTP) calls from SIPp into Asterisk.
+
+Each run writes the calls as an injection CSV, runs SIPp once with
+``sip-sim/scenarios/trunk-call.xml`` and reads back, per call, what happened (from the
+scenario's <log> lines) and the INVITE->200 OK times (SIPp's rtd trace). The caller's
+source address must be one of the trunk's identify addresses (127.0.0.1 by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from callrouter.config import Settings
+
+SCENARIO = "trunk-call.xml"
+# numbers no plan lists: they must still reach a person (line 96345, category unlisted)
+UNLISTED_SAMPLES = ("12399", "05786999999", "+86 578 6999998", "4001234567", "999")
+
+
+class SimError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    number: str
+    caller: str
+    hold_s: float  # seconds after answer before the caller hangs up; < 0: wait for BYE
+
+
+@dataclass
+class CallResult:
+    index: int
+    number: str
+    caller: str
+    outcome: str  # answered -> completed | completed_by_far_end | rejected_<code> | failed
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("completed", "completed_by_far_end")
+
+
+@dataclass
+class TrunkReport:
+    calls: list[CallResult]
+    rtt_ms: list[float]
+    elapsed_s: float
+    sipp_exit: int
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def answered(self) -> int:
+        return sum(1 for c in self.calls if c.outcome != "failed" and not c.outcome.startswith("rejected"))
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for c in self.calls if not c.ok)
+
+    def percentile(self, p: float) -> float | None:
+        return percentile(self.rtt_ms, p)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calls": len(self.calls), "ok": len(self.calls) - self.failed, "failed": self.failed,
+            "answered": self.answered, "elapsed_s": round(self.elapsed_s, 2), "sipp_exit": self.sipp_exit,
+            "invite_to_200_ms": {"p50": self.percentile(50), "p90": self.percentile(90),
+                                 "p99": self.percentile(99), "max": max(self.rtt_ms) if self.rtt_ms else None},
+            "results": [{"index": c.index, "number": c.number, "caller": c.caller, "outcome": c.outcome}
+                        for c in self.calls],
+            "errors": self.errors[:20],
+        }
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return round(ordered[k], 2)
+
+
+def scenario_path(settings: Settings, name: str = SCENARIO) -> Path:
+    path = settings.data_dir / "sip-sim" / "scenarios" / name
+    if not path.exists():
+        raise SimError(f"{path}: scenario missing")
+    return path
+
+
+def free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def sipp_binary() -> str:
+    from callrouter.provision.asterisk import ensure_host_packages
+
+    ensure_host_packages(["sipp"])
+    found = shutil.which("sipp")
+    if found is None:
+        raise SimError("sipp not found after installing sip-tester")
+    return found
+
+
+def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_ip: str = "127.0.0.1",
+              target: str | None = None, max_concurrent: int = 2000, timeout_s: float | None = None,
+              scenario: str = SCENARIO) -> TrunkReport:
+    """Place ``specs`` at ``rate`` calls/s through SIPp and wait for all to finish."""
+    if not specs:
+        raise SimError("no calls to place")
+    if rate <= 0:
+        raise SimError("rate must be > 0 calls/s")
+    sipp = sipp_binary()
+    target = target or f"{settings.sip_bind}:{settings.sip_port}"
+    longest_hold = max(s.hold_s for s in specs)
+    if timeout_s is None:
+        waits_bye = any(s.hold_s < 0 for s in specs)
+        timeout_s = len(specs) / rate + max(longest_hold, 0) + (120 if waits_bye else 30)
+    with tempfile.TemporaryDirectory(prefix="callrouter-sim-") as tmpdir:
+        tmp = Path(tmpdir)
+        inf = tmp / "calls.csv"
+        with inf.open("w", newline="") as fh:
+            fh.write("SEQUENTIAL\n")
+            w = csv.writer(fh, delimiter=";", lineterminator="\n")
+            for spec in specs:
+                hold_ms = -1 if spec.hold_s < 0 else int(spec.hold_s * 1000)
+                # SIPp fields cannot hold ';' and the URI user part no spaces
+                w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms])
+        logs, errs, rtt_prefix = tmp / "results.log", tmp / "errors.log", tmp / "rtt"
+        cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
+               "-m", str(len(specs)), "-r", str(int(rate * 1000)), "-rp", "1000",
+               "-l", str(max_concurrent), "-i", local_ip, "-p", str(free_udp_port(local_ip)),
+               "-mp", str(free_udp_port(local_ip)), "-t", "u1", "-nostdin",
+               "-trace_logs", "-log_file", str(logs), "-trace_err", "-error_file", str(errs),
+               "-trace_rtt", "-rtt_freq", "1", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+               "-max_recv_loops", "10000", "-aa"]
+        started = time.monotonic()
+        proc = subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout_s + 30)
+        elapsed = time.monotonic() - started
+        outcomes: dict[int, str] = {}
+        if logs.exists():
+            for line in logs.read_text(errors="replace").splitlines():
+                parts = line.strip().split(";")
+                if len(parts) >= 5 and parts[0].endswith("RESULT"):
+                    idx = int(parts[1])
+                    # the last word wins: answered, then completed
+                    outcomes[idx] = parts[4]
+        rtts: list[float] = []
+        for f in tmp.glob("*_rtt.csv"):
+            for row in f.read_text().splitlines()[1:]:
+                cols = row.split(";")
+                if len(cols) >= 3 and cols[1]:
+                    try:
+                        rtts.append(float(cols[1]))
+                    except ValueError:
+                        pass
+        errors = errs.read_text(errors="replace").splitlines()[-50:] if errs.exists() else []
+        if proc.stderr.strip():
+            errors.append(proc.stderr.strip()[-2000:])
+    calls = []
+    for i, spec in enumerate(specs, 1):
+        outcome = outcomes.get(i, "failed")
+        if outcome == "answered":
+            outcome = "failed"  # answered but never completed: the call broke mid-way
+        calls.append(CallResult(i, spec.number, spec.caller, outcome))
+    return TrunkReport(calls=calls, rtt_ms=rtts, elapsed_s=elapsed, sipp_exit=proc.returncode, errors=errors)
+
+
+def plan_numbers(settings: Settings) -> list[str]:
+    from callrouter.numberplan import load_plan
+
+    return [e.number for e in load_plan(settings.numberplan_path).entries]
+
+
+def storm_specs(settings: Settings, count: int, hold: float, seed: int,
+                unlisted_share: float = 0.05) -> list[CallSpec]:
+    rng = random.Random(seed)
+    numbers = plan_numbers(settings)
+    specs = []
+    for i in range(count):
+        number = rng.choice(UNLISTED_SAMPLES) if rng.random() < unlisted_share else rng.choice(numbers)
+        caller = f"13{rng.randrange(10**8, 10**9)}"
+        specs.append(CallSpec(number, caller, hold))
+    return specs
+
+
+def storm(settings: Settings, rate: float, count: int, hold: float, seed: int = 1) -> TrunkReport:
+    return run_calls(settings, storm_specs(settings, count, hold, seed), rate)

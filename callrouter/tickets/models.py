@@ -1,0 +1,259 @@
+"""Ticket tables (SQLAlchemy 2 typed ORM) and the operations that change them.
+
+A ticket is the record of one call. The engine never writes a ticket itself: it builds
+an operation (``OpenTicket``, ``AnswerTicket``, ``CloseTicket``, ``SetSeat``) and hands
+it to the :class:`~callrouter.tickets.writer.TicketWriter`, which applies it beside the
+call flow. Every change also leaves a row in ``ticket_events``; the outbox that feeds the
+dispatch stream will sit beside it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+LINES: Final = ("110", "96345")
+
+# Outcomes the engine is expected to use; the column is free text so that a new outcome
+# never turns into a write that fails (and is retried) forever.
+OUTCOMES: Final = ("completed", "abandoned", "caller_hangup", "failed", "transferred")
+
+
+def new_ticket_id(now: datetime) -> str:
+    """A ticket id such as ``T20261129-053301-3f9a2c81``, made before the DB is touched.
+
+    The UTC second first, so ids sort by time; then 32 random bits. Ids only clash within
+    the same second: at a sustained 10 calls/s the chance of any clash in a whole day is
+    about 1e-3 %, and the store logs an error if one ever happens.
+    """
+    if now.tzinfo is None:
+        raise ValueError("new_ticket_id needs a timezone-aware datetime")
+    return now.astimezone(UTC).strftime("T%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; naive values are taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that goes in as UTC and always comes out aware UTC.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones and hands back naive values,
+    so we store UTC wall time there and attach UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = utc(value)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return utc(value)
+
+
+# BIGINT on PostgreSQL, but SQLite only autoincrements an INTEGER PRIMARY KEY.
+_EventId = BigInteger().with_variant(Integer(), "sqlite")
+_Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    dialled: Mapped[str] = mapped_column(String)  # as received from the trunk
+    number: Mapped[str] = mapped_column(String)  # normalised legacy number
+    caller: Mapped[str] = mapped_column(String, default="")  # caller id; may be empty
+    caller_name: Mapped[str] = mapped_column(String, default="")
+    line: Mapped[str] = mapped_column(String(8))
+    category: Mapped[str] = mapped_column(String)
+    department: Mapped[str] = mapped_column(String)
+    priority: Mapped[int] = mapped_column(Integer)
+    listed: Mapped[bool] = mapped_column(Boolean)
+    channel_id: Mapped[str] = mapped_column(String, unique=True, index=True)
+    arrived_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    seat: Mapped[str | None] = mapped_column(String)
+    seat_answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_tickets_arrived_at", "arrived_at"),
+        Index("ix_tickets_line_arrived_at", "line", "arrived_at"),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: timestamps as ISO-8601 with ``+00:00``."""
+        return {
+            "id": self.id,
+            "dialled": self.dialled,
+            "number": self.number,
+            "caller": self.caller,
+            "caller_name": self.caller_name,
+            "line": self.line,
+            "category": self.category,
+            "department": self.department,
+            "priority": self.priority,
+            "listed": self.listed,
+            "channel_id": self.channel_id,
+            "arrived_at": _iso(self.arrived_at),
+            "answered_at": _iso(self.answered_at),
+            "seat": self.seat,
+            "seat_answered_at": _iso(self.seat_answered_at),
+            "ended_at": _iso(self.ended_at),
+            "outcome": self.outcome,
+            "duration_s": self.duration_s,
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+class TicketEvent(Base):
+    """One row per change of a ticket: ``opened``, ``answered``, ``seated``, ``closed``."""
+
+    __tablename__ = "ticket_events"
+
+    id: Mapped[int] = mapped_column(_EventId, primary_key=True, autoincrement=True)
+    ticket_id: Mapped[str] = mapped_column(ForeignKey("tickets.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(_Json)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ticket_id": self.ticket_id,
+            "at": _iso(self.at),
+            "kind": self.kind,
+            "data": self.data,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else utc(value).isoformat()
+
+
+# --- operations ------------------------------------------------------------------------
+# Validated when built, on the call path, because an op the database rejects would be
+# retried by the writer forever and hold up every ticket queued behind it.
+
+
+def _aware(name: str, value: datetime) -> None:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+
+
+def _text(name: str, value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTicket:
+    id: str
+    dialled: str
+    number: str
+    caller: str
+    caller_name: str
+    line: str
+    category: str
+    department: str
+    priority: int
+    listed: bool
+    channel_id: str
+    arrived_at: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("id", "dialled", "number", "caller", "caller_name", "line",
+                     "category", "department", "channel_id"):
+            _text(name, getattr(self, name))
+        if not self.id or not self.channel_id:
+            raise ValueError("OpenTicket needs an id and a channel_id")
+        if self.line not in LINES:
+            raise ValueError(f"line must be one of {LINES}, got {self.line!r}")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise TypeError(f"priority must be int, got {self.priority!r}")
+        if not isinstance(self.listed, bool):
+            raise TypeError(f"listed must be bool, got {self.listed!r}")
+        _aware("arrived_at", self.arrived_at)
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTicket:
+    """The engine answered the call (the caller now hears the greeting / hold audio)."""
+
+    id: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        _text("id", self.id)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTicket:
+    id: str
+    at: datetime
+    outcome: str
+
+    def __post_init__(self) -> None:
+        _text("id", self.id)
+        _text("outcome", self.outcome)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class SetSeat:
+    """A seat answered the call (again after a transfer: the last seat wins)."""
+
+    id: str
+    seat: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        _text("id", self.id)
+        _text("seat", self.seat)
+        _aware("at", self.at)
+
+
+TicketOp = OpenTicket | AnswerTicket | CloseTicket | SetSeat
+TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat)
+
+
+def duration_between(start: datetime, end: datetime) -> float:
+    """Seconds from ``start`` to ``end``."""
+    return (utc(end) - utc(start)).total_seconds()
