@@ -8,7 +8,9 @@ an earlier batch. All ops are submitted at once (a storm), then the writer drain
 
 Also measured, on the event loop while the writer works: the cost of ``submit()`` (the
 call path's only contact with tickets) and the worst lateness of a 1 ms ticker, i.e. how
-long the loop was ever kept from other work.
+long the loop was ever kept from other work. The writer's thread shares the GIL with the
+loop (CPython hands it over every 5 ms), and a full garbage collection stops every
+thread; the longest collection is shown beside the stall.
 
 Each backend gets a fresh database: a temporary SQLite file, or a temporary PostgreSQL
 database ``callrouter_bench_<random>`` created through ``--pg-url`` (default
@@ -22,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,9 +39,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from callrouter.tickets import (  # noqa: E402
+from callrouter.tickets import (
     AnswerTicket,
     CloseTicket,
     OpenTicket,
@@ -59,6 +59,7 @@ class Result:
     batches: int
     submit_us: list[float]
     max_stall_ms: float
+    max_gc_ms: float
 
     def row(self) -> str:
         s = sorted(self.submit_us)
@@ -66,7 +67,7 @@ class Result:
         return (f"| {self.backend} | {self.tickets:,} | {self.seconds:.2f} "
                 f"| {self.tickets / self.seconds:,.0f} | {self.ops / self.seconds:,.0f} "
                 f"| {self.batches} | {statistics.fmean(s):.1f} / {p99:.1f} / {s[-1]:.0f} "
-                f"| {self.max_stall_ms:.1f} |")
+                f"| {self.max_stall_ms:.1f} | {self.max_gc_ms:.1f} |")
 
 
 def make_ops(n: int, window: int) -> list[TicketOp]:
@@ -94,12 +95,26 @@ def make_ops(n: int, window: int) -> list[TicketOp]:
     return ops
 
 
+class GcPauses:
+    """The longest garbage collection while measuring (it stops every thread)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.longest = max(self.longest, time.perf_counter() - self._start)
+
+
 class CountingStore(TicketStore):
     batches = 0
 
-    def apply(self, ops: object) -> None:  # type: ignore[override]
+    def apply(self, ops: Sequence[TicketOp]) -> None:
         self.batches += 1
-        super().apply(ops)  # type: ignore[arg-type]
+        super().apply(ops)
 
 
 async def run_one(backend: str, url: str, tickets: int, window: int,
@@ -119,6 +134,8 @@ async def run_one(backend: str, url: str, tickets: int, window: int,
                 await asyncio.sleep(0.001)
                 stall = max(stall, time.perf_counter() - before - 0.001)
 
+        gc_pauses = GcPauses()
+        gc.callbacks.append(gc_pauses)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer.run())
             tick = tg.create_task(ticker())
@@ -134,11 +151,12 @@ async def run_one(backend: str, url: str, tickets: int, window: int,
                 raise RuntimeError(f"{backend}: not drained, {writer.pending} pending")
             seconds = time.perf_counter() - started
             tick.cancel()
+            gc.callbacks.remove(gc_pauses)
             await writer.close(timeout=10)
         assert store.count() == tickets, store.count()
         assert len(store.events()) == 3 * tickets
         return Result(backend, tickets, len(ops), seconds, store.batches, submit_us,
-                      stall * 1000)
+                      stall * 1000, gc_pauses.longest * 1000)
     finally:
         store.close()
 
@@ -187,8 +205,8 @@ async def main() -> int:
     print(f"\nTicketWriter, {args.tickets:,} tickets x 3 ops, batch_max {args.batch_max}, "
           f"{args.window} calls in progress\n")
     print("| backend | tickets | seconds | tickets/s | ops/s | batches "
-          "| submit() µs mean / p99 / max | max loop stall ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| submit() µs mean / p99 / max | max loop stall ms | longest GC ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(r.row())
     return 0

@@ -55,7 +55,8 @@ from callrouter.acd.events import (
 from callrouter.acd.lines import MAX_PRIORITY, MIN_PRIORITY, LinesConfig
 from callrouter.acd.model import STAFFED, Call, CallState, Seat, SeatState
 from callrouter.acd.overflow import LineLoad, decide
-from callrouter.acd.state import AcdState, LineRuntime
+from callrouter.acd.snapshot import dump, load
+from callrouter.acd.state import AcdState, LineRuntime, seats_from_config
 
 MISSED_OFFERS = "missed_offers"
 
@@ -66,7 +67,7 @@ class Acd:
             _state = AcdState(config=config, lines={}, seats={}, calls={}, ringing={})
             for cfg in config.lines:
                 _state.lines[cfg.id] = LineRuntime.new(cfg)
-            for seat in _seats_from_config(config):
+            for seat in seats_from_config(config):
                 _state.seats[seat.id] = seat
         self._s = _state
         self._fresh: list[Call] = []  # joined a queue during this handle()
@@ -124,9 +125,7 @@ class Acd:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """JSON-ready state for supervisors and for :meth:`from_snapshot`."""
-        from callrouter.acd.snapshot import dump
-
-        return dump(self._s, now, self._overview)
+        return dump(self._s, now)
 
     @classmethod
     def from_snapshot(cls, config: LinesConfig, data: Mapping[str, Any]) -> Acd:
@@ -135,8 +134,6 @@ class Acd:
         Offers that were ringing come back as waiting callers at their original place
         (the shell hangs up any seat leg left over) and their seats as ready.
         """
-        from callrouter.acd.snapshot import load
-
         return cls(config, _state=load(config, data))
 
     # read-only views (the shell, the simulator and tests use them)
@@ -212,9 +209,9 @@ class Acd:
             return
         source = self._s.lines[call.line]
         if call.state is CallState.ON_CALL:
-            assert_seat = self._s.seats.get(call.seat or "")
-            if assert_seat is not None:
-                self._release_after_call(call, assert_seat, now, out)
+            seat = self._s.seats.get(call.seat or "")
+            if seat is not None:
+                self._release_after_call(call, seat, now, out)
         elif call.state is CallState.RINGING:
             self._withdraw_offer(call, now, out, requeue=False)
         else:
@@ -476,7 +473,7 @@ class Acd:
             lines[cfg.id] = runtime
         self._s.lines = lines
         self._s.config = config
-        wanted = {seat.id: seat for seat in _seats_from_config(config)}
+        wanted = {seat.id: seat for seat in seats_from_config(config)}
         for seat_id, fresh in wanted.items():
             seat = self._s.seats.get(seat_id)
             if seat is None:
@@ -577,8 +574,16 @@ class Acd:
         )
         return OverflowChanged(line.cfg.id, line.overflow.active, seats, trigger)
 
-    def _eta(self, line: LineRuntime, position: int, load: LineLoad | None = None) -> int:
-        serving = (load or self._overview(line, 0.0)).serving_staffed
+    def _serving(self, line_id: str) -> int:
+        return sum(
+            1
+            for s in self._s.seats.values()
+            if s.state in STAFFED and s.registered and s.serves(line_id)
+        )
+
+    @staticmethod
+    def _eta(line: LineRuntime, position: int, serving: int) -> int:
+        # a rough figure for the caller: everyone ahead shares the serving seats
         return round(position * line.aht_s / max(1, serving))
 
     def _announce(
@@ -587,11 +592,11 @@ class Acd:
         due = [c for c in line.queue if now - c.announced_at >= interval]
         if not due:
             return
-        load = self._overview(line, now)
+        serving = self._serving(line.cfg.id)
         for call in due:
             position = line.queue.position(call, now)
             call.announced_at = now
-            out.append(Announce(call.id, line.cfg.id, position, self._eta(line, position, load)))
+            out.append(Announce(call.id, line.cfg.id, position, self._eta(line, position, serving)))
 
     def _report_queued(self, now: float, out: list[Action]) -> None:
         fresh, self._fresh = self._fresh, []
@@ -600,18 +605,9 @@ class Acd:
                 continue  # offered at once: no need to queue-announce
             line = self._s.lines[call.line]
             position = line.queue.position(call, now)
-            out.append(CallQueued(call.id, call.line, position, self._eta(line, position)))
+            eta = self._eta(line, position, self._serving(call.line))
+            out.append(CallQueued(call.id, call.line, position, eta))
 
 
 def _changed(seat: Seat) -> SeatStateChanged:
     return SeatStateChanged(seat.id, seat.state, seat.reason, seat.registered)
-
-
-def _seats_from_config(config: LinesConfig) -> list[Seat]:
-    seats: list[Seat] = []
-    for line in config.lines:
-        for sc in line.seats:
-            seats.append(Seat(sc.id, sc.endpoint, line.id, frozenset({line.id})))
-    for pc in config.pool:
-        seats.append(Seat(pc.id, pc.endpoint, None, frozenset(pc.lines)))
-    return seats

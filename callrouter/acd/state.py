@@ -51,3 +51,14 @@ class AcdState:
     calls: dict[str, Call]  # every live call: waiting, ringing, on a call
     ringing: dict[str, Call]  # the calls with an offer out
     seq: int = 0
+
+
+def seats_from_config(config: LinesConfig) -> list[Seat]:
+    """Every configured seat, logged out: the line seats, then the pool."""
+    seats: list[Seat] = []
+    for line in config.lines:
+        for sc in line.seats:
+            seats.append(Seat(sc.id, sc.endpoint, line.id, frozenset({line.id})))
+    for pc in config.pool:
+        seats.append(Seat(pc.id, pc.endpoint, None, frozenset(pc.lines)))
+    return seats

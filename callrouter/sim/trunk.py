@@ -137,7 +137,7 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                 w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms])
         logs, errs, rtt_prefix = tmp / "results.log", tmp / "errors.log", tmp / "rtt"
         cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
-               "-m", str(len(specs)), "-r", str(int(rate * 1000)), "-rp", "1000",
+               "-m", str(len(specs)), "-r", str(max(1, int(rate * 1000))), "-rp", "1000000",  # calls per 1000 s: fractional rates
                "-l", str(max_concurrent), "-i", local_ip, "-p", str(free_udp_port(local_ip)),
                "-mp", str(free_udp_port(local_ip)), "-t", "u1", "-nostdin",
                "-trace_logs", "-log_file", str(logs), "-trace_err", "-error_file", str(errs),

@@ -1,0 +1,96 @@
+"""The queue engine, sans-I/O: ``Acd.handle(event, now) -> [actions]``.
+
+Lower priority numbers are more urgent (1: life at risk ... 9), as in the number plan.
+"""
+
+from callrouter.acd.actions import (
+    Action,
+    Announce,
+    CallQueued,
+    CancelOffer,
+    Connect,
+    Offer,
+    OverflowChanged,
+    SeatStateChanged,
+)
+from callrouter.acd.core import MISSED_OFFERS, Acd
+from callrouter.acd.errors import (
+    AcdError,
+    ConfigFileError,
+    SnapshotError,
+    UnknownLine,
+    UnknownSeat,
+)
+from callrouter.acd.events import (
+    AddSeat,
+    CallAbandoned,
+    CallArrived,
+    CallEnded,
+    CallTransferred,
+    Event,
+    OfferAnswered,
+    OfferFailed,
+    Reconfigure,
+    RemoveSeat,
+    SeatLogin,
+    SeatLogout,
+    SeatPause,
+    SeatRegistered,
+    SeatResume,
+    Tick,
+    WrapUpDone,
+)
+from callrouter.acd.lines import (
+    LineConfig,
+    LinesConfig,
+    OverflowConfig,
+    PoolSeatConfig,
+    SeatConfig,
+    load_lines,
+    parse_lines,
+)
+from callrouter.acd.model import CallState, SeatState
+
+__all__ = [
+    "MISSED_OFFERS",
+    "Acd",
+    "AcdError",
+    "Action",
+    "AddSeat",
+    "Announce",
+    "CallAbandoned",
+    "CallArrived",
+    "CallEnded",
+    "CallQueued",
+    "CallState",
+    "CallTransferred",
+    "CancelOffer",
+    "ConfigFileError",
+    "Connect",
+    "Event",
+    "LineConfig",
+    "LinesConfig",
+    "Offer",
+    "OfferAnswered",
+    "OfferFailed",
+    "OverflowChanged",
+    "OverflowConfig",
+    "PoolSeatConfig",
+    "Reconfigure",
+    "RemoveSeat",
+    "SeatConfig",
+    "SeatLogin",
+    "SeatLogout",
+    "SeatPause",
+    "SeatRegistered",
+    "SeatResume",
+    "SeatState",
+    "SeatStateChanged",
+    "SnapshotError",
+    "Tick",
+    "UnknownLine",
+    "UnknownSeat",
+    "WrapUpDone",
+    "load_lines",
+    "parse_lines",
+]
