@@ -124,7 +124,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="callrouter", description="Unified hotline call routing on Asterisk (110 / 96345).")
+    p = argparse.ArgumentParser(prog="callrouter",
+                                description="Unified hotline call routing on Asterisk (110 / 96345).")
     p.add_argument("--config", help="TOML settings file (else $CALLROUTER_CONFIG); env CALLROUTER_* overrides")
     p.add_argument("--log-level", default=None)
     sub = p.add_subparsers(dest="command", required=True)
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, settings)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence prints, not a traceback
+    except Exception as exc:  # the last line of defence: known errors print, not a traceback
         from callrouter.provision.asterisk import ProvisionError
 
         if isinstance(exc, ProvisionError | ConfigError):

@@ -98,9 +98,10 @@ class Settings:
 
     # --- secrets: generated on first run, kept out of git ---------------------------
     def secrets(self) -> dict[str, str]:
-        """Load the secrets file, creating any missing secret.
+        """Read the secrets file as it is: empty when there is none. Creates nothing.
 
-        Holds the ARI password and one SIP password per seat. The file is 0600.
+        Holds the ARI password and one SIP password per seat. ``secret()`` generates a
+        missing secret and writes the file, mode 0600.
         """
         path = self.secrets_path
         data: dict[str, str] = {}

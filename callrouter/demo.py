@@ -68,8 +68,8 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
         mine = [r for r in rows if datetime.fromisoformat(str(r["arrived_at"])) >= started]
         print(summarise(mine))
         if keep_running:
-            print("\nkept running: Asterisk on udp:%s:%d, engine attached; Ctrl-C to stop the engine"
-                  % (settings.sip_bind, settings.sip_port), file=sys.stderr)
+            print(f"\nkept running: Asterisk on udp:{settings.sip_bind}:{settings.sip_port:d}, engine attached; "
+                  "Ctrl-C to stop the engine", file=sys.stderr)
         else:
             stop.set()
 

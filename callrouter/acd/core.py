@@ -503,36 +503,48 @@ class Acd:
                 and seat.wrap_until <= now
             ):
                 self._finish_wrap_up(seat, now, out)
+        loads = self._loads(now)
         for line in self._s.lines.values():
-            self._evaluate_overflow(line, now, out)
+            self._evaluate_overflow(line, loads[line.cfg.id], now, out)
             if line.cfg.announce_interval_s is not None:
                 self._announce(line, line.cfg.announce_interval_s, now, out)
 
-    def _overview(self, line: LineRuntime, now: float) -> LineLoad:
-        line_id = line.cfg.id
-        own = serving = pool = 0
+    def _loads(self, now: float) -> dict[str, LineLoad]:
+        """Every line's load in one pass over the seats (this runs on every Tick)."""
+        own = dict.fromkeys(self._s.lines, 0)
+        serving = dict.fromkeys(self._s.lines, 0)
+        pool = dict.fromkeys(self._s.lines, 0)
         for seat in self._s.seats.values():
-            staffed = seat.state in STAFFED and seat.registered
-            if seat.home == line_id:
-                own += staffed
-                serving += staffed
-            elif seat.serves(line_id):
-                serving += staffed
-            if seat.home is None and line_id in seat.may_serve:
-                pool += 1
-        oldest = line.queue.oldest_queued_at()
-        return LineLoad(
-            oldest_wait_s=0.0 if oldest is None else max(0.0, now - oldest),
-            arrival_rate_per_s=line.arrivals.rate(now),
-            aht_s=line.aht_s,
-            own_staffed=own,
-            serving_staffed=serving,
-            pool_size=pool,
-        )
+            staffed = seat.registered and seat.state in STAFFED
+            if seat.home is not None and seat.home in own:
+                own[seat.home] += staffed
+                serving[seat.home] += staffed
+            else:
+                for line_id in seat.may_serve:
+                    if line_id in pool:
+                        pool[line_id] += 1
+            if staffed:
+                for line_id in seat.extra_lines:
+                    if line_id != seat.home and line_id in serving:
+                        serving[line_id] += 1
+        loads: dict[str, LineLoad] = {}
+        for line_id, line in self._s.lines.items():
+            oldest = line.queue.oldest_queued_at()
+            loads[line_id] = LineLoad(
+                oldest_wait_s=0.0 if oldest is None else max(0.0, now - oldest),
+                arrivals_in_window=line.arrivals.count(now),
+                window_s=line.arrivals.window_s,
+                aht_s=line.aht_s,
+                own_staffed=own[line_id],
+                serving_staffed=serving[line_id],
+                pool_size=pool[line_id],
+            )
+        return loads
 
-    def _evaluate_overflow(self, line: LineRuntime, now: float, out: list[Action]) -> None:
+    def _evaluate_overflow(
+        self, line: LineRuntime, load: LineLoad, now: float, out: list[Action]
+    ) -> None:
         line_id = line.cfg.id
-        load = self._overview(line, now)
         decision = decide(line.cfg, line.overflow, load, now)
         was_active = line.overflow.active
         line.overflow = decision.state

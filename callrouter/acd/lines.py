@@ -37,6 +37,8 @@ class OverflowConfig:
     margin: float = 0.03
     # predictive: arrivals counted over this sliding window give the live rate
     rate_window_s: float = 120.0
+    # predictive: trust k - z*sqrt(k) of the k arrivals in the window (0: trust k)
+    rate_confidence_z: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -271,8 +273,16 @@ def _parse_overflow(t: TableReader | None) -> OverflowConfig | None:
     calm = t.number("calm_s", minimum=0, maximum=86400, unit=" seconds")
     margin = t.number("margin", default=0.03, minimum=0, maximum=0.5)
     window = t.number("rate_window_s", default=120.0, minimum=10, maximum=3600, unit=" seconds")
+    z = t.number("rate_confidence_z", default=1.0, minimum=0, maximum=5)
     t.reject_unknown()
-    if policy is None or threshold is None or calm is None or margin is None or window is None:
+    if (
+        policy is None
+        or threshold is None
+        or calm is None
+        or margin is None
+        or window is None
+        or z is None
+    ):
         return None
     return OverflowConfig(
         policy="predictive" if policy == "predictive" else "wait_threshold",
@@ -280,6 +290,7 @@ def _parse_overflow(t: TableReader | None) -> OverflowConfig | None:
         calm_s=calm,
         margin=margin,
         rate_window_s=window,
+        rate_confidence_z=z,
     )
 
 

@@ -18,8 +18,11 @@ class ArrivalRate:
         self._times.append(at)
 
     def rate(self, now: float) -> float:
+        return self.count(now) / self.window_s
+
+    def count(self, now: float) -> int:
         self._prune(now)
-        return len(self._times) / self.window_s
+        return len(self._times)
 
     def times(self, now: float) -> list[float]:
         self._prune(now)

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -47,7 +47,7 @@ class AriClient:
         self._session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
 
-    async def __aenter__(self) -> AriClient:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -87,7 +87,7 @@ class AriClient:
                 if not text:
                     return None
                 return json.loads(text)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise AriError(method, path, 0, f"{type(exc).__name__}: {exc}") from exc
 
     # channels
@@ -152,7 +152,8 @@ class AriClient:
         delay = backoff_initial
         while True:
             try:
-                async with self.session.ws_connect(self._ws_url(), heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
+                ws_timeout = aiohttp.ClientWSTimeout(ws_close=5.0)
+                async with self.session.ws_connect(self._ws_url(), heartbeat=10.0, timeout=ws_timeout) as ws:
                     log.info("event=ari_connected url=%s app=%s", self.base_url, self.app)
                     delay = backoff_initial
                     self.connected.set()
@@ -175,7 +176,7 @@ class AriClient:
                         elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                             break
                 log.warning("event=ari_disconnected retry_in=%.1fs", delay)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("event=ari_connect_failed error=%r retry_in=%.1fs", exc, delay)
             finally:
                 self.connected.clear()

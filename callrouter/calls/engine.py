@@ -31,7 +31,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     plan = load_plan(settings.numberplan_path)
     store = TicketStore(settings.database_url)
     await asyncio.to_thread(store.create_schema)
-    writer = TicketWriter(store)
+    writer = TicketWriter(store, linger_s=0.2)
     loop = asyncio.get_running_loop()
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):

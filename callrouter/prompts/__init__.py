@@ -53,7 +53,7 @@ def synthesize(text: str) -> Any:
     if espeak is None:
         raise PromptError("espeak-ng is not installed (Debian package espeak-ng): cannot speak prompts")
     proc = subprocess.run([espeak, "-v", "cmn", "-s", "150", "--stdout", text],
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=60, check=False)
     if proc.returncode != 0 or not proc.stdout:
         raise PromptError(f"espeak-ng failed: {proc.stderr.decode(errors='replace').strip()}")
     return AudioSegment.from_file(io.BytesIO(proc.stdout), format="wav")

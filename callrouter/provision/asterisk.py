@@ -62,9 +62,10 @@ class Target:
 # ---------------------------------------------------------------------------------------
 def _run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
     log.debug("run: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     if check and proc.returncode != 0:
-        raise ProvisionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        output = proc.stderr.strip() or proc.stdout.strip()
+        raise ProvisionError(f"{' '.join(cmd)} failed ({proc.returncode}): {output}")
     return proc
 
 
@@ -79,7 +80,7 @@ def ensure_host_packages(names: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-q"], env=env, check=False, capture_output=True, timeout=600)
     proc = subprocess.run(["apt-get", "install", "-y", "-q", *missing], env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, check=False, timeout=900)
     if proc.returncode != 0:
         raise ProvisionError(f"apt-get install {' '.join(missing)} failed: {proc.stderr[-2000:]}")
 
@@ -90,15 +91,26 @@ def host_mirror() -> str:
     sources_d = Path("/etc/apt/sources.list.d")
     if sources_d.is_dir():
         candidates += sorted(sources_d.iterdir())
+    files: list[tuple[str, str]] = []
     for path in candidates:
         try:
-            text = path.read_text()
+            files.append((path.name, path.read_text()))
         except OSError:
             continue
-        if path.suffix == ".sources":
+    return parse_mirror(files)
+
+
+def parse_mirror(files: list[tuple[str, str]]) -> str:
+    """The first Debian mirror in apt sources given as (file name, text), in order.
+
+    A name ending in ``.sources`` is read as deb822, any other as one-line
+    ``sources.list``. Security suites are skipped: debootstrap needs the main archive.
+    """
+    for name, text in files:
+        if Path(name).suffix == ".sources":
             for block in re.split(r"\n\s*\n", text):
-                uris = re.search(r"^URIs:\s*(\S+)", block, re.M)
-                suites = re.search(r"^Suites:\s*(.+)$", block, re.M)
+                uris = re.search(r"^URIs:\s*(\S+)", block, re.MULTILINE)
+                suites = re.search(r"^Suites:\s*(.+)$", block, re.MULTILINE)
                 if uris and suites and "security" not in suites.group(1) and "/debian" in uris.group(1):
                     return uris.group(1)
         else:
@@ -111,7 +123,7 @@ def host_mirror() -> str:
 
 def _asterisk_version(cmd: list[str]) -> tuple[int, str] | None:
     try:
-        out = subprocess.run([*cmd, "-V"], capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run([*cmd, "-V"], capture_output=True, text=True, check=False, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"Asterisk (\d+)\.\S*", out)
@@ -168,7 +180,7 @@ def build_chroot(settings: Settings, root: Path) -> float:
     if mirror:
         cmd.append(mirror)
     log.info("building the Asterisk chroot (Debian sid) in %s; about a minute", root)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise ProvisionError(f"debootstrap failed ({proc.returncode}); mirror {mirror or 'default'}:\n{tail}")
@@ -216,7 +228,7 @@ def render(settings: Settings, target: Target) -> None:
 
 
 def rx(target: Target, command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(target.command("-rx", command), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(target.command("-rx", command), capture_output=True, text=True, check=False, timeout=timeout)
 
 
 def pid(target: Target) -> int | None:
@@ -240,7 +252,7 @@ def running(target: Target) -> bool:
 
 def start(target: Target, timeout: float = 60) -> None:
     uid_args = ["-U", "asterisk", "-G", "asterisk"] if target.mode == "chroot" else []
-    proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, check=False, timeout=30)
     if proc.returncode != 0:
         raise ProvisionError(f"asterisk failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     deadline = time.monotonic() + timeout

@@ -82,6 +82,7 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
         bench_context = (
             "\n; Benchmark baseline: answer in plain dialplan, then hold.\n[bench-plain]\n"
             "exten => _X!,1,Answer()\n same => n,MusicOnHold(default)\n same => n,Hangup()\n"
+            "exten => _+!,1,Answer()\n same => n,MusicOnHold(default)\n same => n,Hangup()\n"
         )
     return {
         **{k: getattr(paths, k) for k in ("etc_dir", "mod_dir", "varlib_dir", "data_dir",

@@ -84,7 +84,7 @@ def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return round(ordered[k], 2)
 
 
@@ -135,16 +135,17 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                 hold_ms = -1 if spec.hold_s < 0 else int(spec.hold_s * 1000)
                 # SIPp fields cannot hold ';' and the URI user part no spaces
                 w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms])
-        logs, errs, rtt_prefix = tmp / "results.log", tmp / "errors.log", tmp / "rtt"
+        logs, errs = tmp / "results.log", tmp / "errors.log"
         cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
-               "-m", str(len(specs)), "-r", str(max(1, int(rate * 1000))), "-rp", "1000000",  # calls per 1000 s: fractional rates
+               # -r calls per -rp ms: calls per 1000 s, so fractional rates work
+               "-m", str(len(specs)), "-r", str(max(1, int(rate * 1000))), "-rp", "1000000",
                "-l", str(max_concurrent), "-i", local_ip, "-p", str(free_udp_port(local_ip)),
                "-mp", str(free_udp_port(local_ip)), "-t", "u1", "-nostdin",
                "-trace_logs", "-log_file", str(logs), "-trace_err", "-error_file", str(errs),
                "-trace_rtt", "-rtt_freq", "1", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
                "-max_recv_loops", "10000", "-aa"]
         started = time.monotonic()
-        proc = subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
                               timeout=timeout_s + 30)
         elapsed = time.monotonic() - started
         outcomes: dict[int, str] = {}

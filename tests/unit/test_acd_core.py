@@ -56,6 +56,7 @@ def lines_toml(
     policy: str = "wait_threshold",
     threshold: float = 20,
     calm: float = 60,
+    z: float = 1.0,
 ) -> str:
     def seat_list(ids: Iterable[str]) -> str:
         return ", ".join(f'"{s}"' for s in ids)
@@ -79,6 +80,7 @@ wait_threshold_s = {threshold}
 calm_s = {calm}
 margin = 0.03
 rate_window_s = 60
+rate_confidence_z = {z}
 
 [line.96345]
 rank = 2

@@ -82,7 +82,7 @@ def test_wait_threshold_leaves_after_calm_with_hysteresis_and_drains() -> None:
 
 
 def test_predictive_joins_before_anyone_waits_and_sizes_the_pool_by_erlang_c() -> None:
-    d = Desk(policy="predictive", pool=POOL4, calm=60)
+    d = Desk(policy="predictive", pool=POOL4, calm=60, z=0)  # trust the raw count
     d.staff("a1", "a2", "a3", "p1", "p2", "p3", "p4")
     d.answer_all(d.call("c1"))
     d.at(1).do(Tick())
@@ -98,7 +98,7 @@ def test_predictive_joins_before_anyone_waits_and_sizes_the_pool_by_erlang_c() -
 
 
 def test_predictive_leaves_only_after_the_line_is_calm_for_calm_s() -> None:
-    d = Desk(policy="predictive", pool=POOL4, calm=60)
+    d = Desk(policy="predictive", pool=POOL4, calm=60, z=0)
     d.staff("a1", "a2", "a3", "p1", "p2", "p3", "p4")
     d.answer_all(d.call("c1"))
     d.at(1).do(Tick())
@@ -151,8 +151,9 @@ def test_shared_pool_seat_serves_110_first() -> None:
 # --- the policy functions on their own ------------------------------------------------
 
 
-def load(oldest: float = 0, rate: float = 0, own: int = 10, serving: int = 10) -> LineLoad:
-    return LineLoad(oldest, rate, 110.0, own, serving, pool_size=4)
+def load(oldest: float = 0, per_min: float = 0, own: int = 10, serving: int = 10) -> LineLoad:
+    # per_min calls a minute, as counted over a 60 s window
+    return LineLoad(oldest, round(per_min), 60.0, 110.0, own, serving, pool_size=4)
 
 
 def test_policy_hysteresis_resets_the_calm_clock_on_any_pressure() -> None:
@@ -170,16 +171,27 @@ def test_policy_hysteresis_resets_the_calm_clock_on_any_pressure() -> None:
 
 
 def test_predictive_policy_uses_predicted_service_level_and_margin() -> None:
-    line = make_config(policy="predictive").line("110")
+    line = make_config(policy="predictive", z=0).line("110")
     # 10 seats, 110 s per call: 4 calls a minute = 7.3 erlangs
-    busy = load(rate=4 / 60)
+    busy = load(per_min=4)
     decision = decide(line, OverflowState(), busy, 0)
     assert decision.state.active and decision.trigger == "predicted_sl"
     assert decision.predicted_sl is not None and decision.predicted_sl < 0.9
     expected = agents_needed(4 / 60, 110, 15, 0.9) - 10
     assert decision.wanted_seats == min(4, max(1, expected))
     # with the pool serving, the prediction is met but own seats alone are not calm
-    st = decide(line, decision.state, load(rate=4 / 60, serving=14), 1).state
+    st = decide(line, decision.state, load(per_min=4, serving=14), 1).state
     assert st.active and st.calm_since is None
-    quiet = decide(line, st, load(rate=1 / 60, serving=14), 2)
+    quiet = decide(line, st, load(per_min=1, serving=14), 2)
     assert quiet.state.calm_since == 2
+
+
+def test_cautious_rate_ignores_a_quiet_bunch_but_not_a_surge() -> None:
+    line = make_config(policy="predictive", z=1.0).line("110")
+    # 6 calls in a minute on 10 seats would predict 0 % (11 erlangs), but 6 - sqrt(6)
+    # = 3.55 calls a minute predict 90.4 %: a bunch, not yet a surge; 7 predict 69 %
+    assert not decide(line, OverflowState(), load(per_min=6), 0).state.active
+    assert decide(line, OverflowState(), load(per_min=7), 0).state.active
+    # with z = 0 the raw count is trusted and the bunch already calls the pool
+    raw = make_config(policy="predictive", z=0).line("110")
+    assert decide(raw, OverflowState(), load(per_min=6), 0).state.active
