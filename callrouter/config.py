@@ -58,6 +58,9 @@ class Settings:
     http_port: int = 8088
     ari_app: str = "callrouter"
     ari_user: str = "callrouter"
+    # send ARI REST requests over the events WebSocket (Asterisk 20.14/22.4+) instead of
+    # one HTTP request each: far less CPU per call in a storm
+    ari_rest_over_ws: bool = True
     # source addresses identifying the carrier trunk; the simulator uses 127.0.0.1
     trunk_ips: tuple[str, ...] = ("127.0.0.1",)
     # A second trunk that reaches only a plain dialplan Answer(), for the latency

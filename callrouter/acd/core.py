@@ -10,9 +10,14 @@ Policy in brief (details at each handler):
 * the head caller goes to the ready, registered seat serving the line that has been
   idle longest; the line's own seats before extra ones, seats that already missed this
   caller last;
-* an offer not answered (reported, or ring timeout seen on Tick) puts the caller back
-  at their original place at once and counts a miss; ``max_missed_offers`` in a row
-  pause the seat with reason ``missed_offers``;
+* an offer not taken (``no_answer``, ``busy`` or ``error`` reported, or the ring
+  timeout seen on Tick) puts the caller back at their original place at once and
+  counts a miss; ``max_missed_offers`` in a row pause the seat with reason
+  ``missed_offers``; a seat that missed goes to the back of the idle order;
+* the shell bridges caller and seat on ``Connect``, never on the raw answer: a late
+  answer (ring timed out, caller gone) gets ``CancelOffer`` instead;
+* duplicate or stale reports are ignored; an unknown seat or line raises AcdError
+  before anything changes;
 * after a call the seat wraps up for the line's ``wrap_up_s``;
 * the overflow policy (``overflow.py``) runs on Tick and assigns pool seats.
 """
@@ -119,6 +124,8 @@ class Acd:
                 self._remove_seat(event, now, out)
             case Reconfigure():
                 self._reconfigure(event.config, now, out)
+            case _:
+                raise AcdError(f"not an ACD event: {event!r}")
         self._dispatch(now, out)
         self._report_queued(now, out)
         return out
@@ -213,7 +220,8 @@ class Acd:
             if seat is not None:
                 self._release_after_call(call, seat, now, out)
         elif call.state is CallState.RINGING:
-            self._withdraw_offer(call, now, out, requeue=False)
+            seat = self._withdraw_offer(call, now, out, requeue=False)
+            self._drop_if_retired(seat, now, out)
         else:
             source.queue.remove(call)
         source.counters.transferred_out += 1
@@ -239,7 +247,8 @@ class Acd:
         line = self._s.lines[call.line]
         line.counters.abandoned += 1
         if call.state is CallState.RINGING:
-            self._withdraw_offer(call, now, out, requeue=False)
+            seat = self._withdraw_offer(call, now, out, requeue=False)
+            self._drop_if_retired(seat, now, out)
         else:
             line.queue.remove(call)
         del self._s.calls[call.id]
@@ -454,7 +463,7 @@ class Acd:
             return
         if seat.state is not SeatState.LOGGED_OUT:
             self._set(seat, SeatState.LOGGED_OUT, now, out, "removed")
-        del self._s.seats[seat.id]
+        self._s.seats.pop(seat.id, None)
 
     def _reconfigure(self, config: LinesConfig, now: float, out: list[Action]) -> None:
         missing = [line for line in self._s.lines if line not in config.line_ids]

@@ -39,6 +39,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     log.info("event=engine_starting plan=%s entries=%d db=%s ari=%s", plan.source, len(plan.entries),
              store, settings.ari_url)
     ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
+    ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, store)
     writer_task = asyncio.create_task(writer.run(), name="ticket-writer")

@@ -141,7 +141,7 @@ def test_shared_pool_seat_serves_110_first() -> None:
     d.at(40).do(Tick())  # both lines late: p1 serves both, 110 goes first
     assert d.acd.overflow_seats("110") == ("p1",)
     assert d.acd.overflow_seats("96345") == ("p1",)
-    assert [(a.call_id, a.seat) for a in d.log if hasattr(a, "endpoint")][-1] == ("e2", "p1")
+    assert d.offers(d.log)[-1] == ("e2", "p1")
     d.do(OfferAnswered("e2", "p1"))
     d.at(50).do(CallEnded("e2"))
     d.at(70).do(Tick())  # p1 wrapped up; 96345's caller is next

@@ -40,7 +40,8 @@ def busy_desk() -> Desk:
 
 
 def roundtrip(acd: Acd, now: float) -> dict[str, Any]:
-    return json.loads(json.dumps(acd.snapshot(now)))
+    data: dict[str, Any] = json.loads(json.dumps(acd.snapshot(now)))
+    return data
 
 
 def test_snapshot_summary_per_line() -> None:

@@ -151,12 +151,12 @@ def test_scenario_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError) as info:
         load_scenario(path)
     assert info.value.problems == [
-        f"{path}:{at('rate_per_min')}: traffic[1].rate_per_min: must be a number or a list "
-        "of [time_s, calls_per_minute] pairs, both >= 0",
-        f"{path}:{at('colour')}: traffic[1].colour: unknown key; expected one of "
+        (f"{path}:{at('rate_per_min')}: traffic[1].rate_per_min: must be a number or a list "
+        "of [time_s, calls_per_minute] pairs, both >= 0"),
+        (f"{path}:{at('colour')}: traffic[1].colour: unknown key; expected one of "
         "category, escalate, handle_distribution, handle_mean_s, handle_sigma, line, name, "
         "patience_distribution, patience_mean_s, patience_sigma, priority, rate_per_min, "
-        "transfer_probability, transfer_to",
+        "transfer_probability, transfer_to"),
     ]
     # once the stream itself is sound, lines and staffing are checked against lines.toml
     path = write(tmp_path, text.replace("[[0, 1], [600, -2]]", "1.0").replace(
@@ -168,8 +168,8 @@ def test_scenario_errors_name_file_and_line(tmp_path: Path) -> None:
     assert info.value.problems == [
         f"{path}:{staff_110}: staffing.110: 12 seats staffed but only 10 configured",
         f"{path}:{staff_112}: staffing.112: not a line of {LINES} nor 'overflow'",
-        f"{path}:{at('transfer_to')}: traffic[1].transfer_to: unknown line '12345'; "
-        f"{LINES} has 110, 96345",
+        (f"{path}:{at('transfer_to')}: traffic[1].transfer_to: unknown line '12345'; "
+        f"{LINES} has 110, 96345"),
     ]
 
 
