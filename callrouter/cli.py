@@ -97,7 +97,7 @@ def cmd_tickets(args: argparse.Namespace, settings: Settings) -> int:
 
 # ------------------------------------------------------------------ run
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from callrouter.calls import run_engine
+    from callrouter.calls.engine import run_engine
 
     asyncio.run(run_engine(settings))
     return 0
@@ -114,6 +114,64 @@ def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
         report = trunk.storm(settings, rate=args.rate, count=args.count, hold=args.hold, seed=args.seed)
     _print_json(report.to_json())
     return 0 if report.failed == 0 else 1
+
+
+# ------------------------------------------------------------------ engine control
+def _api(settings: Settings, method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+    """A request to the running engine's API (loopback, token from the secrets file)."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{settings.api_url}{path}", data=data, method=method, headers={
+        "Authorization": f"Bearer {settings.secret('api_token')}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+    except OSError as exc:
+        raise EngineUnreachable(f"the engine's API at {settings.api_url} did not answer ({exc}): is `callrouter run` up?") from exc
+
+
+class EngineUnreachable(Exception):
+    pass
+
+
+def cmd_seats(args: argparse.Namespace, settings: Settings) -> int:
+    status, result = _api(settings, "POST", f"/api/seats/{args.seat}/{args.action}",
+                          {"reason": args.reason} if args.reason else {})
+    _print_json(result)
+    return 0 if status == 200 else 1
+
+
+def cmd_lines(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "add-seat":
+        status, result = _api(settings, "POST", f"/api/lines/{args.line}/seats", {"seat": args.seat})
+    else:
+        status, result = _api(settings, "DELETE", f"/api/lines/{args.line}/seats/{args.seat}")
+    _print_json(result)
+    return 0 if status == 200 else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """From Redis (what supervisors' tools read) or the state file; else from the engine."""
+    from callrouter.api import status_summary
+    from callrouter.calls.snapshot import read_state
+
+    saved = asyncio.run(read_state(settings.redis_url, settings.state_path, settings.redis_prefix))
+    summary = status_summary(saved) if saved else None
+    if summary is None:
+        _, live = _api(settings, "GET", "/api/status")
+        summary = live if isinstance(live, dict) else {}
+    if args.json:
+        _print_json(summary)
+    else:
+        for line_id, line in summary.get("lines", {}).items():
+            seats = ", ".join(f"{k} {v}" for k, v in (line.get("seats") or {}).items() if v)
+            print(f"{line_id:>5}  waiting {line['waiting']:>3}  longest {line['longest_wait_s']:>6.1f} s  "
+                  f"overflow {'ON ' if line['overflow_active'] else 'off'}  SL {line['service_level']}  seats: {seats}")
+    return 0
 
 
 # ------------------------------------------------------------------ demo
@@ -170,6 +228,25 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--seed", type=int, default=1)
     s.set_defaults(func=cmd_sim)
 
+    st = sub.add_parser("status", help="per line: waiting, longest wait, seats by state, overflow")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    se = sub.add_parser("seats", help="log a seat in or out, pause or resume it (running engine)")
+    se.add_argument("action", choices=["login", "logout", "pause", "resume"])
+    se.add_argument("seat")
+    se.add_argument("--reason", default="")
+    se.set_defaults(func=cmd_seats)
+
+    li = sub.add_parser("lines", help="add or remove seats of a line at runtime (running engine)")
+    li.add_argument("action", choices=["add-seat", "remove-seat"])
+    li.add_argument("line", choices=["110", "96345"])
+    li.add_argument("seat")
+    li.set_defaults(func=cmd_lines)
+
+    # `callrouter simulate SCENARIO ...` is dispatched in main() before this parser
+    sub.add_parser("simulate", help="capacity simulator on the ACD core: callrouter simulate --help")
+
     d = sub.add_parser("demo", help="bring everything up, run simulated traffic, summarise, stop")
     d.add_argument("--calls", type=int, default=60)
     d.add_argument("--rate", type=float, default=10.0)
@@ -179,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        # the simulator parses its own options (SCENARIO --compare --json ...)
+        from callrouter.simulate import simulate_main
+
+        return simulate_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -195,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: known errors print, not a traceback
         from callrouter.provision.asterisk import ProvisionError
 
-        if isinstance(exc, ProvisionError | ConfigError):
+        if isinstance(exc, ProvisionError | ConfigError | EngineUnreachable):
             print(f"callrouter: {exc}", file=sys.stderr)
             return 2
         raise

@@ -70,8 +70,12 @@ class Settings:
     fallback_hold_s: int = 2
 
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
+    lines: Path | None = None  # default data_dir/queues/lines.toml
     db_url: str = ""  # default sqlite under home
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # every Redis key the engine writes starts with this (state, the ticket stream ...)
+    redis_prefix: str = "callrouter"
+    state_file: Path | None = None  # default home/state.json: recovery when Redis is away
 
     api_bind: str = "127.0.0.1"
     api_port: int = 8080
@@ -86,6 +90,18 @@ class Settings:
     @property
     def numberplan_path(self) -> Path:
         return self.numberplan or (self.data_dir / "queues" / "numberplan.csv")
+
+    @property
+    def lines_path(self) -> Path:
+        return self.lines or (self.data_dir / "queues" / "lines.toml")
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_file or (self.home / "state.json")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_bind}:{self.api_port}"
 
     @property
     def database_url(self) -> str:

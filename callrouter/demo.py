@@ -13,7 +13,8 @@ import sys
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
-from callrouter.calls import CallService, run_engine
+from callrouter.calls import CallService
+from callrouter.calls.engine import run_engine
 from callrouter.config import Settings
 from callrouter.provision import asterisk as prov
 from callrouter.sim import trunk

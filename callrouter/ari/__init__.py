@@ -10,6 +10,7 @@ from callrouter.ari.events import (
     ChannelHangupRequest,
     ChannelLeftBridge,
     ChannelStateChange,
+    EndpointStateChange,
     Event,
     PlaybackEvent,
     StasisEnd,
@@ -21,5 +22,5 @@ from callrouter.ari.events import (
 __all__ = [
     "AriClient", "AriError", "Bridge", "Channel", "ChannelDestroyed", "ChannelDtmfReceived",
     "ChannelEnteredBridge", "ChannelHangupRequest", "ChannelLeftBridge", "ChannelStateChange",
-    "Event", "PlaybackEvent", "StasisEnd", "StasisStart", "UnknownEvent", "parse_event",
+    "EndpointStateChange", "Event", "PlaybackEvent", "StasisEnd", "StasisStart", "UnknownEvent", "parse_event",
 ]

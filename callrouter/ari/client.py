@@ -176,12 +176,41 @@ class AriClient:
             raise
         return str(result.get("value", "")) if isinstance(result, dict) else ""
 
+    async def originate(self, endpoint: str, *, channel_id: str, app_args: str, timeout_s: int,
+                        caller_id: str) -> Channel:
+        params = {"endpoint": endpoint, "app": self.app, "appArgs": app_args, "channelId": channel_id,
+                  "timeout": str(timeout_s), "callerId": caller_id}
+        return Channel.from_json(await self.request("POST", "/channels", params=params))
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self.request("DELETE", f"/playbacks/{quote(playback_id)}")
+
     # bridges
+    async def create_bridge(self, bridge_id: str, bridge_type: str) -> Bridge:
+        return Bridge.from_json(await self.request("POST", f"/bridges/{quote(bridge_id)}",
+                                                   params={"type": bridge_type}))
+
+    async def add_to_bridge(self, bridge_id: str, *channel_ids: str) -> None:
+        await self.request("POST", f"/bridges/{quote(bridge_id)}/addChannel", params={"channel": ",".join(channel_ids)})
+
+    async def bridge_moh(self, bridge_id: str, moh_class: str = "default") -> None:
+        await self.request("POST", f"/bridges/{quote(bridge_id)}/moh", params={"mohClass": moh_class})
+
     async def list_bridges(self) -> list[Bridge]:
         return [Bridge.from_json(b) for b in await self.request("GET", "/bridges")]
 
     async def destroy_bridge(self, bridge_id: str) -> None:
         await self.request("DELETE", f"/bridges/{quote(bridge_id)}")
+
+    # endpoints
+    async def subscribe(self, event_source: str) -> None:
+        await self.request("POST", f"/applications/{quote(self.app)}/subscription",
+                           params={"eventSource": event_source})
+
+    async def list_endpoints(self, technology: str = "PJSIP") -> list[tuple[str, str]]:
+        """(resource, state) of every endpoint of ``technology``."""
+        result = await self.request("GET", f"/endpoints/{quote(technology)}")
+        return [(str(e.get("resource", "")), str(e.get("state", ""))) for e in result or []]
 
     # application
     async def application(self) -> dict[str, Any]:

@@ -120,6 +120,13 @@ class ChannelLeftBridge(Event):
 
 
 @dataclass(frozen=True)
+class EndpointStateChange(Event):
+    technology: str
+    resource: str
+    state: str  # "online" once a contact is registered, "offline" otherwise
+
+
+@dataclass(frozen=True)
 class UnknownEvent(Event):
     pass
 
@@ -156,4 +163,8 @@ def parse_event(data: dict[str, Any]) -> Event:
     if etype in ("ChannelEnteredBridge", "ChannelLeftBridge") and channel and isinstance(data.get("bridge"), dict):
         cls = ChannelEnteredBridge if etype == "ChannelEnteredBridge" else ChannelLeftBridge
         return cls(**base, channel=channel, bridge=Bridge.from_json(data["bridge"]))
+    if etype == "EndpointStateChange" and isinstance(data.get("endpoint"), dict):
+        ep = data["endpoint"]
+        return EndpointStateChange(**base, technology=str(ep.get("technology", "")),
+                                   resource=str(ep.get("resource", "")), state=str(ep.get("state", "")))
     return UnknownEvent(**base)

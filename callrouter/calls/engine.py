@@ -1,20 +1,30 @@
 """Wire the engine together and run it until told to stop.
 
-One place builds every dependency (settings -> number plan, ticket store and writer,
-ARI client, call service) and owns the long-lived tasks: the ticket writer and the
-ARI event loop. Stopping drains the ticket queue; callers stay in Asterisk (held with
-music in Stasis) and are adopted by the next engine that connects.
+One place builds every dependency (settings -> number plan, lines, ACD, ticket store and
+writer, ARI client, call service, state store, API) and owns the long-lived tasks: the
+ticket writer, the ARI event loop, the ACD clock (Tick), the state saver and the API
+server. Stopping drains the ticket queue and saves the state; callers stay in Asterisk
+(held in their bridges, or by the dialplan) and are adopted by the next engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from aiohttp import web
+
+from callrouter.acd import Acd, LinesConfig, SnapshotError, load_lines
+from callrouter.api import build_app
 from callrouter.ari import AriClient
+from callrouter.calls.recovery import reconcile
 from callrouter.calls.service import CallService
+from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
@@ -23,46 +33,99 @@ from callrouter.tickets import TicketStore, TicketWriter
 log = logging.getLogger("callrouter.engine")
 
 Ready = Callable[[CallService], Awaitable[None]]
+TICK_S = 0.5
+
+
+def restore_acd(config: LinesConfig, saved: dict[str, Any] | None) -> Acd:
+    if saved and isinstance(saved.get("acd"), dict):
+        try:
+            acd = Acd.from_snapshot(config, saved["acd"])
+            log.info("event=state_restored saved_at=%s calls=%d", saved.get("saved_at"), len(saved["acd"]["calls"]))
+            return acd
+        except (SnapshotError, KeyError, TypeError, ValueError) as exc:
+            log.warning("event=state_not_restored error=%r: starting clean", exc)
+    return Acd(config)
+
+
+async def _ticker(service: CallService) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        service.tick()
+
+
+def _state(service: CallService) -> dict[str, Any]:
+    now = service.now_ts()
+    return {"saved_at": now, "acd": service.acd.snapshot(now), "engine": {**service.counters, "pid": os.getpid()}}
+
+
+async def _saver(service: CallService, state: StateStore) -> None:
+    # every tick, changed or not: waits grow by the second and supervisors read them
+    while True:
+        await asyncio.sleep(TICK_S)
+        try:
+            await state.save(_state(service))
+        except OSError as exc:
+            log.warning("event=state_save_failed error=%r", exc)
 
 
 async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                      on_ready: Ready | None = None, handle_signals: bool = True) -> CallService:
     stop = stop or asyncio.Event()
     plan = load_plan(settings.numberplan_path)
+    lines = load_lines(settings.lines_path)
     store = TicketStore(settings.database_url)
     await asyncio.to_thread(store.create_schema)
     writer = TicketWriter(store, linger_s=0.2)
+    state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
+    acd = restore_acd(lines, await state.load())
     loop = asyncio.get_running_loop()
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    log.info("event=engine_starting plan=%s entries=%d db=%s ari=%s", plan.source, len(plan.entries),
-             store, settings.ari_url)
+    log.info("event=engine_starting plan=%s entries=%d lines=%s db=%s ari=%s api=%s:%d", plan.source,
+             len(plan.entries), ",".join(lines.line_ids), store, settings.ari_url, settings.api_bind, settings.api_port)
     ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
-    service = CallService(ari, plan, writer, store)
-    writer_task = asyncio.create_task(writer.run(), name="ticket-writer")
-    events_task = asyncio.create_task(ari.run_events(StasisRouter(service), service.reconcile), name="ari-events")
+    service = CallService(ari, plan, writer, acd)
+    runner = web.AppRunner(build_app(service, settings.secret("api_token")), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_bind, settings.api_port)
+    await site.start()
+    tasks = {
+        asyncio.create_task(writer.run(), name="ticket-writer"),
+        asyncio.create_task(ari.run_events(StasisRouter(service), lambda: reconcile(service)), name="ari-events"),
+        asyncio.create_task(_ticker(service), name="acd-tick"),
+        asyncio.create_task(_saver(service, state), name="state-saver"),
+    }
+    started = time.monotonic()
     try:
         if on_ready is not None:
             await on_ready(service)
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({stopped, writer_task, events_task}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({stopped, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not stopped and task.exception() is not None:
-                log.error("event=engine_task_died task=%s error=%r", task.get_name(), task.exception())
+                log.error("event=engine_task_died task=%s error=%r", task.get_name(), task.exception(),
+                          exc_info=task.exception())
         stopped.cancel()
     finally:
-        log.info("event=engine_stopping live_calls=%d pending_tickets=%d", len(service.calls), writer.pending)
-        events_task.cancel()
-        await asyncio.gather(events_task, return_exceptions=True)
+        log.info("event=engine_stopping live_calls=%d pending_tickets=%d uptime_s=%.0f", len(service.calls),
+                 writer.pending, time.monotonic() - started)
+        for task in tasks:
+            if task.get_name() != "ticket-writer":
+                task.cancel()
+        await asyncio.gather(*[t for t in tasks if t.get_name() != "ticket-writer"], return_exceptions=True)
+        await runner.cleanup()
         await service.tasks.shutdown(timeout=3.0)
-        drained = await writer.close(timeout=10.0)
-        writer_task.cancel()
-        await asyncio.gather(writer_task, return_exceptions=True)
-        if not drained:
+        try:
+            await state.save(_state(service))
+        except OSError as exc:
+            log.warning("event=state_save_failed error=%r", exc)
+        await state.close()
+        if not await writer.close(timeout=10.0):
             log.error("event=tickets_not_drained pending=%d", writer.pending)
+        await asyncio.gather(*[t for t in tasks if t.get_name() == "ticket-writer"], return_exceptions=True)
         await ari.close()
         await asyncio.to_thread(store.close)
         if handle_signals:

@@ -1,31 +1,59 @@
-"""The call shell's logic: what happens to a caller, in ARI requests and ticket ops.
+"""The call shell's logic: ARI events become ACD events; ACD actions become ARI requests.
 
-Ticket writes go to the TicketWriter's queue and never stand in front of the caller:
-the answer is sent without waiting for the database. ARI requests for one call run in
-that call's own task, so a slow or failed request holds up nobody else.
+The ACD core decides (who waits, which seat rings, when overflow joins); this module
+does what it says, one call at a time. Every ARI request for a call runs in that call's
+own serial lane (a lock per call): requests of one call keep their order, and a slow or
+failed request holds up no other caller. Ticket ops go to the TicketWriter's queue and
+never stand in front of a caller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+import time
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
+from callrouter.acd import (
+    Acd,
+    Action,
+    Announce,
+    CallAbandoned,
+    CallArrived,
+    CallEnded,
+    CallQueued,
+    CancelOffer,
+    Connect,
+    Offer,
+    OfferAnswered,
+    OfferFailed,
+    OverflowChanged,
+    SeatRegistered,
+    SeatStateChanged,
+    Tick,
+)
+from callrouter.acd import Event as AcdEvent
 from callrouter.ari import AriClient, AriError, Channel
+from callrouter.calls.holding import HoldingBridges
+from callrouter.calls.model import CallPhase, LiveCall, SeatLeg
 from callrouter.logs import q
-from callrouter.numberplan import NumberPlan, Route
+from callrouter.numberplan import NumberPlan
 from callrouter.tasks import TaskOwner
-from callrouter.tickets import AnswerTicket, CloseTicket, OpenTicket, TicketStore, TicketWriter, new_ticket_id
+from callrouter.tickets import AnswerTicket, CloseTicket, OpenTicket, SetSeat, TicketWriter, ticket_id_for_channel
 
 log = logging.getLogger("callrouter.calls")
 
 Clock = Callable[[], datetime]
 
-# Bridges the engine creates are named with this prefix (deterministic ids), so after
-# a restart Asterisk can be asked what is ours.
+# Bridges and seat legs the engine creates carry these prefixes (deterministic ids), so
+# after a restart Asterisk can be asked what is ours.
 BRIDGE_PREFIX = "callrouter-"
+LEG_PREFIX = "cr-leg-"
+# Q.850 causes of a seat leg that ended before answer
+BUSY_CAUSES = {17, 21}  # user busy, call rejected
+NO_ANSWER_CAUSES = {18, 19}  # no user responding, no answer
 
 
 def utcnow() -> datetime:
@@ -40,146 +68,341 @@ def parse_ari_time(value: str) -> datetime | None:
         return None
 
 
-@dataclass
-class LiveCall:
-    channel_id: str
-    ticket_id: str
-    route: Route
-    caller: str
-    arrived_at: datetime
-    answered: bool = False
-    held: int = 0  # rounds the dialplan held this caller while the engine was away
-    greeting_playback: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+def mixing_bridge_id(call_id: str) -> str:
+    return f"{BRIDGE_PREFIX}call-{call_id}"
 
 
 class CallService:
-    def __init__(self, ari: AriClient, plan: NumberPlan, writer: TicketWriter, store: TicketStore,
-                 *, clock: Clock = utcnow) -> None:
+    def __init__(self, ari: AriClient, plan: NumberPlan, writer: TicketWriter, acd: Acd, *,
+                 clock: Clock = utcnow, hold_shard_size: int = 40) -> None:
         self.ari = ari
         self.plan = plan
         self.writer = writer
-        self.store = store
+        self.acd = acd
         self.clock = clock
         self.calls: dict[str, LiveCall] = {}
+        self.legs: dict[str, SeatLeg] = {}
+        self.holding = HoldingBridges(ari, hold_shard_size)
         self.tasks = TaskOwner("calls")
-        self.counters = {"arrived": 0, "ended": 0, "adopted": 0, "lost_in_gap": 0}
+        self.counters = {"arrived": 0, "ended": 0, "adopted": 0, "lost_in_gap": 0, "connected": 0}
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._leg_seq = 0
+        self._endpoint_seat = self._endpoint_map()
+
+    def _endpoint_map(self) -> dict[str, str]:
+        cfg = self.acd.config
+        mapping = {s.endpoint: s.id for line in cfg.lines for s in line.seats}
+        mapping.update({p.endpoint: p.id for p in cfg.pool})
+        return mapping
+
+    # ------------------------------------------------------------ plumbing
+    def now_ts(self) -> float:
+        return self.clock().timestamp()
+
+    def feed(self, event: AcdEvent) -> None:
+        """Give the ACD an event and carry out what it answers."""
+        try:
+            actions = self.acd.handle(event, self.now_ts())
+        except Exception:
+            log.exception("event=acd_rejected acd_event=%s", q(event))
+            return
+        for action in actions:
+            self._execute(action)
+
+    def _lane(self, call: LiveCall, coro: Coroutine[Any, Any, None], name: str) -> None:
+        async def run() -> None:
+            async with call.lane:
+                await coro
+        self.tasks.spawn(run(), name=f"{name}:{call.id}")
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception("event=listener_failed kind=%s", kind)
 
     # ------------------------------------------------------------ a caller arrives
     def call_arrived(self, channel: Channel, args: tuple[str, ...]) -> None:
         if channel.id in self.calls:
             return  # a duplicate StasisStart after a reconcile already adopted it
         dialled = args[0] if args else channel.channelvars.get("CR_DIALLED", channel.exten)
-        call = self._track(channel, dialled, ticket_id=None)
+        call = self._track(channel, dialled)
         self.counters["arrived"] += 1
-        self.tasks.spawn(self._answer_and_hold(call, channel.state), name=f"arrive:{channel.id}")
+        self._lane(call, self._answer_and_greet(call, channel.state), "arrive")
+        self.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
 
-    def _track(self, channel: Channel, dialled: str, ticket_id: str | None) -> LiveCall:
+    def _track(self, channel: Channel, dialled: str) -> LiveCall:
         # The call arrived when Asterisk created the channel: a caller the dialplan held
         # while the engine was away has been waiting since then, not since we saw them.
-        now = min(self.clock(), parse_ari_time(channel.creationtime) or self.clock())
+        now = self.clock()
+        arrived = min(now, parse_ari_time(channel.creationtime) or now)
         route = self.plan.route(dialled)
         held = int(channel.channelvars.get("CR_HELD") or 0)
-        call = LiveCall(channel_id=channel.id, ticket_id=ticket_id or new_ticket_id(now), route=route,
-                        caller=channel.caller_number, arrived_at=now, held=held)
+        call = LiveCall(id=channel.id, ticket_id=ticket_id_for_channel(arrived, channel.id), route=route,
+                        dialled=dialled, caller=channel.caller_number, arrived_at=arrived, held=held,
+                        line=route.line)
         self.calls[channel.id] = call
-        if ticket_id is None:
-            self.writer.submit(OpenTicket(
-                id=call.ticket_id, dialled=dialled, number=route.number, caller=channel.caller_number,
-                caller_name=channel.caller_name, line=route.line, category=route.category,
-                department=route.department, priority=route.priority, listed=route.listed,
-                channel_id=channel.id, arrived_at=now))
+        # idempotent: an engine adopting the caller after a restart opens the same ticket id
+        self.writer.submit(OpenTicket(
+            id=call.ticket_id, dialled=dialled, number=route.number, caller=channel.caller_number,
+            caller_name=channel.caller_name, line=route.line, category=route.category,
+            department=route.department, priority=route.priority, listed=route.listed,
+            channel_id=channel.id, arrived_at=arrived))
         log.info("event=call_arrived ticket=%s channel=%s dialled=%s number=%s caller=%s line=%s "
                  "category=%s priority=%d listed=%s held_by_dialplan=%d", call.ticket_id, channel.id,
                  q(dialled), q(route.number), q(channel.caller_number), route.line, route.category,
                  route.priority, route.listed, held)
+        self._emit("call_arrived", call.summary())
         return call
 
-    async def _answer_and_hold(self, call: LiveCall, state: str) -> None:
+    async def _answer_and_greet(self, call: LiveCall, state: str) -> None:
         try:
             if state != "Up":
-                await self.ari.answer(call.channel_id)
+                await self.ari.answer(call.id)
             call.answered = True
             self.writer.submit(AnswerTicket(id=call.ticket_id, at=self.clock()))
-            log.info("event=call_answered ticket=%s channel=%s", call.ticket_id, call.channel_id)
-            call.greeting_playback = f"greet-{call.channel_id}"
-            await self.ari.play(call.channel_id, f"sound:callrouter/greeting-{call.route.line}",
+            log.info("event=call_answered ticket=%s channel=%s", call.ticket_id, call.id)
+            if call.phase is CallPhase.TALKING:
+                return  # a seat was quicker than the greeting
+            call.greeting_playback = f"greet-{call.id}"
+            await self.ari.play(call.id, f"sound:callrouter/greeting-{call.line}",
                                 playback_id=call.greeting_playback)
         except AriError as exc:
+            call.greeting_playback = ""
             if exc.status == 404:
-                return  # the caller hung up while we answered; StasisEnd closes the ticket
-            log.warning("event=greeting_failed ticket=%s channel=%s error=%s", call.ticket_id,
-                        call.channel_id, q(exc))
-            # No greeting is no reason for silence: go straight to hold audio.
+                return  # the caller hung up; StasisEnd closes the ticket
+            log.warning("event=greeting_failed ticket=%s channel=%s error=%s", call.ticket_id, call.id, q(exc))
+            # no greeting is no reason for silence: straight to hold music
             await self._hold(call)
 
     def playback_finished(self, playback_id: str) -> None:
-        for call in self.calls.values():
-            if call.greeting_playback == playback_id:
-                call.greeting_playback = ""
-                self.tasks.spawn(self._hold(call), name=f"hold:{call.channel_id}")
-                return
+        if not playback_id.startswith("greet-"):
+            return
+        call = self.calls.get(playback_id[len("greet-"):])
+        if call is not None and call.greeting_playback == playback_id:
+            call.greeting_playback = ""
+            if call.phase is not CallPhase.TALKING:
+                self._lane(call, self._hold(call), "hold")
 
     async def _hold(self, call: LiveCall) -> None:
+        if call.phase is CallPhase.TALKING or call.id not in self.calls:
+            return
         try:
-            await self.ari.start_moh(call.channel_id)
+            await self.holding.join(call.line, call.id)
+        except AriError as exc:
+            if exc.status == 404:
+                return
+            log.warning("event=hold_bridge_failed ticket=%s channel=%s error=%s; holding on the channel",
+                        call.ticket_id, call.id, q(exc))
+            try:
+                await self.ari.start_moh(call.id)
+            except AriError:
+                pass
+
+    # ------------------------------------------------------------ ACD actions
+    def _execute(self, action: Action) -> None:
+        if isinstance(action, Offer):
+            self._offer(action)
+        elif isinstance(action, CancelOffer):
+            self._cancel_offer(action.call_id, action.seat)
+        elif isinstance(action, Connect):
+            self._connect(action)
+        elif isinstance(action, Announce):
+            self._announce(action)
+        elif isinstance(action, CallQueued):
+            log.info("event=call_queued channel=%s line=%s position=%d eta_s=%d", action.call_id, action.line,
+                     action.position, action.eta_s)
+        elif isinstance(action, SeatStateChanged):
+            log.info("event=seat_state seat=%s state=%s reason=%s registered=%s", action.seat, action.state.value,
+                     q(action.reason), action.registered)
+            self._emit("seat_state", {"seat": action.seat, "state": action.state.value, "reason": action.reason,
+                                      "registered": action.registered})
+        elif isinstance(action, OverflowChanged):
+            log.info("event=overflow line=%s active=%s seats=%s trigger=%s", action.line, action.active,
+                     ",".join(action.seats) or "-", action.trigger)
+            self._emit("overflow", {"line": action.line, "active": action.active, "seats": list(action.seats),
+                                    "trigger": action.trigger})
+
+    def _offer(self, action: Offer) -> None:
+        call = self.calls.get(action.call_id)
+        if call is None:
+            # the ACD offered a call the shell no longer has: tell it, so the seat is freed
+            self.feed(OfferFailed(action.call_id, action.seat, "error"))
+            return
+        self._leg_seq += 1
+        leg = SeatLeg(id=f"{LEG_PREFIX}{self._leg_seq}-{int(time.time())}", call_id=call.id, seat=action.seat,
+                      offered_at=self.now_ts())
+        self.legs[leg.id] = leg
+        call.phase = CallPhase.RINGING
+        call.offer_leg = leg.id
+        log.info("event=offer ticket=%s channel=%s seat=%s leg=%s timeout_s=%.0f", call.ticket_id, call.id,
+                 action.seat, leg.id, action.timeout_s)
+
+        async def originate() -> None:
+            caller_id = f'"{call.route.category}" <{call.caller or "anonymous"}>'
+            try:
+                # the ACD times the ring out itself (Tick); Asterisk's timeout is the backstop
+                await self.ari.originate(f"PJSIP/{action.endpoint}", channel_id=leg.id,
+                                         app_args=f"seat,{call.id},{action.seat}",
+                                         timeout_s=math.ceil(action.timeout_s) + 2, caller_id=caller_id)
+            except AriError as exc:
+                log.warning("event=originate_failed ticket=%s seat=%s error=%s", call.ticket_id, action.seat, q(exc))
+                if self.legs.pop(leg.id, None) is not None and not leg.cancelled:
+                    self.feed(OfferFailed(call.id, action.seat, "error"))
+        self._lane(call, originate(), "offer")
+
+    def _cancel_offer(self, call_id: str, seat: str) -> None:
+        for leg in list(self.legs.values()):
+            if leg.call_id == call_id and leg.seat == seat and not leg.cancelled:
+                leg.cancelled = True
+                call = self.calls.get(call_id)
+                if call is not None and call.offer_leg == leg.id:
+                    call.offer_leg = None
+                    if call.phase is CallPhase.RINGING:
+                        call.phase = CallPhase.WAITING
+                self.tasks.spawn(self._hangup(leg.id), name=f"cancel:{leg.id}")
+
+    async def _hangup(self, channel_id: str, reason: str = "normal") -> None:
+        try:
+            await self.ari.hangup(channel_id, reason)
         except AriError as exc:
             if exc.status != 404:
-                log.warning("event=hold_failed ticket=%s channel=%s error=%s", call.ticket_id,
-                            call.channel_id, q(exc))
+                log.warning("event=hangup_failed channel=%s error=%s", channel_id, q(exc))
+
+    def _connect(self, action: Connect) -> None:
+        call = self.calls.get(action.call_id)
+        leg = next((lg for lg in self.legs.values() if lg.call_id == action.call_id and lg.seat == action.seat
+                    and not lg.cancelled), None)
+        if call is None or leg is None:
+            log.warning("event=connect_lost channel=%s seat=%s", action.call_id, action.seat)
+            if leg is not None:
+                self.tasks.spawn(self._hangup(leg.id), name=f"connect-lost:{leg.id}")
+            return
+        call.phase = CallPhase.TALKING
+        call.seat = action.seat
+        call.seat_leg = leg.id
+        call.offer_leg = None
+        call.seat_answered_at = self.clock()
+        self.counters["connected"] += 1
+        self.writer.submit(SetSeat(id=call.ticket_id, seat=action.seat, at=call.seat_answered_at))
+        log.info("event=call_connected ticket=%s channel=%s seat=%s line=%s wait_s=%.1f", call.ticket_id, call.id,
+                 action.seat, action.line, action.wait_s)
+        self._emit("call_connected", {**call.summary(), "wait_s": action.wait_s})
+
+        async def bridge() -> None:
+            if call.greeting_playback:
+                playback, call.greeting_playback = call.greeting_playback, ""
+                try:
+                    await self.ari.stop_playback(playback)
+                except AriError:
+                    pass  # finished meanwhile
+            bridge_id = mixing_bridge_id(call.id)
+            try:
+                await self.ari.create_bridge(bridge_id, "mixing")
+                self.holding.left(call.id)
+                await self.ari.add_to_bridge(bridge_id, call.id, leg.id)
+                call.bridge = bridge_id
+            except AriError as exc:
+                # one side left while we bridged; its StasisEnd ends the call
+                log.warning("event=bridge_failed ticket=%s error=%s", call.ticket_id, q(exc))
+        self._lane(call, bridge(), "connect")
+
+    def _announce(self, action: Announce) -> None:
+        call = self.calls.get(action.call_id)
+        if call is None or call.phase is CallPhase.TALKING or call.greeting_playback:
+            return
+        minutes = max(1, min(99, math.ceil(action.eta_s / 60)))
+        position = max(1, min(99, action.position))
+        media = ",".join([f"sound:callrouter/{name}" for name in (
+            "position-prefix", f"num-{position - 1}", "position-suffix",
+            "wait-prefix", f"num-{minutes}", "wait-suffix")])
+
+        async def play() -> None:
+            try:
+                await self.ari.play(call.id, media)
+            except AriError as exc:
+                if exc.status != 404:
+                    log.warning("event=announce_failed ticket=%s error=%s", call.ticket_id, q(exc))
+        self._lane(call, play(), "announce")
+
+    # ------------------------------------------------------------ seat legs
+    def leg_answered(self, channel: Channel, args: tuple[str, ...]) -> None:
+        leg = self.legs.get(channel.id)
+        if leg is None or leg.cancelled:
+            # an answer for an offer we already gave up on
+            self.tasks.spawn(self._hangup(channel.id), name=f"stale-leg:{channel.id}")
+            return
+        leg.answered = True
+        log.info("event=seat_answered channel=%s seat=%s leg=%s", leg.call_id, leg.seat, leg.id)
+        self.feed(OfferAnswered(leg.call_id, leg.seat))
+
+    def leg_ended(self, leg_id: str, cause: int) -> None:
+        leg = self.legs.pop(leg_id, None)
+        if leg is None or leg.cancelled:
+            return
+        call = self.calls.get(leg.call_id)
+        if call is not None and call.seat_leg == leg.id:
+            # the seat hung up a connected call: the call is over for the caller too
+            log.info("event=seat_hung_up ticket=%s seat=%s", call.ticket_id, leg.seat)
+            self._finish(call, "completed")
+            self.feed(CallEnded(call.id))
+            self.tasks.spawn(self._hangup(call.id), name=f"end-caller:{call.id}")
+            return
+        if call is not None and call.offer_leg == leg.id:
+            call.offer_leg = None
+            call.phase = CallPhase.WAITING
+        reason = "busy" if cause in BUSY_CAUSES else "no_answer" if cause in NO_ANSWER_CAUSES or cause == 0 else "error"
+        if leg.answered:
+            reason = "error"  # answered but the bridge never formed
+        log.info("event=offer_failed channel=%s seat=%s reason=%s cause=%d", leg.call_id, leg.seat, reason, cause)
+        self.feed(OfferFailed(leg.call_id, leg.seat, reason))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ the caller leaves
-    def call_ended(self, channel_id: str, cause: str = "") -> None:
-        call = self.calls.pop(channel_id, None)
+    def caller_ended(self, channel_id: str, cause: str = "") -> None:
+        call = self.calls.get(channel_id)
         if call is None:
             return
-        self._close(call, cause)
+        if call.phase is CallPhase.TALKING:
+            self._finish(call, "completed", cause)
+            self.feed(CallEnded(call.id))
+            if call.seat_leg and call.seat_leg in self.legs:
+                self.legs.pop(call.seat_leg)
+                self.tasks.spawn(self._hangup(call.seat_leg), name=f"end-seat:{call.seat_leg}")
+        else:
+            self._finish(call, "abandoned", cause)
+            self.feed(CallAbandoned(call.id))
 
-    def _close(self, call: LiveCall, cause: str, outcome: str = "abandoned") -> None:
+    def _finish(self, call: LiveCall, outcome: str, cause: str = "") -> None:
+        if self.calls.pop(call.id, None) is None:
+            return
+        self.holding.left(call.id)
         now = self.clock()
-        # No seat answers yet (seats come with the queues): hanging up before a seat
-        # answered is an abandoned call.
         self.writer.submit(CloseTicket(id=call.ticket_id, at=now, outcome=outcome))
         self.counters["ended"] += 1
-        log.info("event=call_ended ticket=%s channel=%s outcome=%s wait_s=%.1f cause=%s", call.ticket_id,
-                 call.channel_id, outcome, (now - call.arrived_at).total_seconds(), q(cause))
+        log.info("event=call_ended ticket=%s channel=%s outcome=%s seat=%s duration_s=%.1f cause=%s",
+                 call.ticket_id, call.id, outcome, call.seat or "-", (now - call.arrived_at).total_seconds(), q(cause))
+        self._emit("call_ended", {**call.summary(), "outcome": outcome})
+        if call.bridge:
+            bridge_id = call.bridge
 
-    # ------------------------------------------------------------ after a (re)connect
-    async def reconcile(self) -> None:
-        """Make our view match Asterisk's after a (re)connect.
-
-        Events of the gap are lost and not replayed: callers who arrived while we were
-        away are adopted (keeping the ticket a previous engine opened for them), callers
-        who left are closed, and bridges of ours that hold nobody are removed.
-        """
-        app = await self.ari.application()
-        live_ids = set(app.get("channel_ids") or [])
-        for channel_id in [c for c in self.calls if c not in live_ids]:
-            call = self.calls.pop(channel_id)
-            self.counters["lost_in_gap"] += 1
-            self._close(call, "ended while the engine was disconnected")
-        channels = {c.id: c for c in await self.ari.list_channels() if c.id in live_ids}
-        for channel in channels.values():
-            if channel.id in self.calls:
-                continue
-            existing = await asyncio.to_thread(self.store.by_channel, channel.id)
-            if existing is not None and existing.get("ended_at"):
-                continue
-            dialled = existing["dialled"] if existing else channel.channelvars.get("CR_DIALLED", channel.exten)
-            call = self._track(channel, str(dialled), ticket_id=str(existing["id"]) if existing else None)
-            self.counters["adopted"] += 1
-            log.info("event=call_adopted ticket=%s channel=%s known=%s", call.ticket_id, channel.id,
-                     existing is not None)
-            if channel.state == "Up" and existing is not None and existing.get("answered_at"):
-                call.answered = True
-                self.tasks.spawn(self._hold(call), name=f"readopt:{channel.id}")
-            else:
-                self.tasks.spawn(self._answer_and_hold(call, channel.state), name=f"adopt:{channel.id}")
-        for bridge in await self.ari.list_bridges():
-            if bridge.id.startswith(BRIDGE_PREFIX) and not bridge.channels:
+            async def destroy() -> None:
                 try:
-                    await self.ari.destroy_bridge(bridge.id)
-                    log.info("event=orphan_bridge_removed bridge=%s", bridge.id)
-                except AriError as exc:
-                    log.warning("event=orphan_bridge_remove_failed bridge=%s error=%s", bridge.id, q(exc))
-        log.info("event=reconciled live=%d tracked=%d", len(live_ids), len(self.calls))
+                    await self.ari.destroy_bridge(bridge_id)
+                except AriError:
+                    pass
+            self.tasks.spawn(destroy(), name=f"destroy:{bridge_id}")
+
+    # ------------------------------------------------------------ seats
+    def endpoint_state(self, resource: str, state: str) -> None:
+        seat = self._endpoint_seat.get(resource)
+        if seat is not None:
+            self.feed(SeatRegistered(seat, state == "online"))
+
+    def seat_of_channel(self, channel: Channel) -> str | None:
+        # PJSIP/s110-01-0000002a -> endpoint s110-01
+        name = channel.name.split("/", 1)[-1]
+        return self._endpoint_seat.get(name.rsplit("-", 1)[0])
+
+    def tick(self) -> None:
+        self.feed(Tick())

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import logging
 
-from callrouter.ari import ChannelDestroyed, Event, PlaybackEvent, StasisEnd, StasisStart
-from callrouter.calls.service import CallService
+from callrouter.ari import (
+    ChannelDestroyed,
+    EndpointStateChange,
+    Event,
+    PlaybackEvent,
+    StasisEnd,
+    StasisStart,
+)
+from callrouter.calls.features import handle_feature
+from callrouter.calls.service import LEG_PREFIX, CallService
 
 log = logging.getLogger("callrouter.calls")
 
@@ -19,12 +27,23 @@ class StasisRouter:
         self.service = service
 
     def __call__(self, event: Event) -> None:
+        service = self.service
         if isinstance(event, StasisStart):
-            self.service.call_arrived(event.channel, event.args)
-        elif isinstance(event, StasisEnd):
-            self.service.call_ended(event.channel.id, "left the application")
-        elif isinstance(event, ChannelDestroyed):
-            # normally preceded by StasisEnd; this covers a channel destroyed mid-reconcile
-            self.service.call_ended(event.channel.id, event.cause_txt)
+            kind = event.args[0] if event.args else ""
+            if kind == "seat" or event.channel.id.startswith(LEG_PREFIX):
+                service.leg_answered(event.channel, event.args)
+            elif kind == "feature":
+                handle_feature(service, event.channel, event.args[1] if len(event.args) > 1 else "")
+            else:
+                service.call_arrived(event.channel, event.args)
+        elif isinstance(event, StasisEnd | ChannelDestroyed):
+            cid = event.channel.id
+            cause = event.cause if isinstance(event, ChannelDestroyed) else 16
+            if cid in service.legs:
+                service.leg_ended(cid, cause)
+            elif cid in service.calls:
+                service.caller_ended(cid, event.cause_txt if isinstance(event, ChannelDestroyed) else "hang-up")
         elif isinstance(event, PlaybackEvent) and event.type == "PlaybackFinished":
-            self.service.playback_finished(event.playback_id)
+            service.playback_finished(event.playback_id)
+        elif isinstance(event, EndpointStateChange) and event.technology == "PJSIP":
+            service.endpoint_state(event.resource, event.state)

@@ -34,6 +34,8 @@ log = logging.getLogger("callrouter.prompts")
 
 RATE = 8000
 PIPELINE_VERSION = "1"
+# Numbers for position and wait announcements: num-0 ... num-99 (spoken in Mandarin).
+NUMBERS = range(100)
 # (frequency Hz, ms) notes of the hold tune; pentatonic, soft.
 HOLD_TUNE = [(523, 400), (587, 400), (659, 400), (784, 600), (659, 400), (587, 400), (523, 800),
              (440, 400), (523, 400), (587, 600), (523, 400), (440, 400), (392, 1000)]
@@ -68,6 +70,14 @@ def hold_music(repeats: int = 3) -> Any:
     return _telephone(tune * repeats)
 
 
+def tone(freq: int, ms: int, gap_ms: int = 0, times: int = 1) -> Any:
+    seg = AudioSegment.silent(duration=0, frame_rate=RATE)
+    for _ in range(times):
+        seg += Sine(freq, sample_rate=RATE).to_audio_segment(duration=ms, volume=-12.0).fade_out(20)
+        seg += AudioSegment.silent(duration=gap_ms, frame_rate=RATE)
+    return _telephone(seg)
+
+
 def load_scripts(src: Path) -> dict[str, str]:
     manifest = src / "prompts.toml"
     try:
@@ -79,6 +89,8 @@ def load_scripts(src: Path) -> dict[str, str]:
         if not isinstance(entry, dict) or not isinstance(entry.get("text"), str) or not entry["text"].strip():
             raise PromptError(f"{manifest}: [{name}] needs a non-empty text = \"...\"")
         scripts[name] = entry["text"].strip()
+    for n in NUMBERS:
+        scripts.setdefault(f"num-{n}", str(n))
     return scripts
 
 
@@ -105,6 +117,12 @@ def build_sounds(src: Path, sounds_dir: Path, moh_dir: Path) -> list[Path]:
         _telephone(seg).export(out, format="wav")
         stamps[name] = digest
         written.append(out)
+    # feature-code confirmations: one short beep for done, three low ones for refused
+    for name, (freq, ms, gap, times) in {"beep": (1000, 200, 0, 1), "beeperr": (400, 150, 100, 3)}.items():
+        out = sounds_dir / f"{name}.wav"
+        if not out.exists():
+            tone(freq, ms, gap, times).export(out, format="wav")
+            written.append(out)
     moh = moh_dir / "callrouter-hold.wav"
     digest = hashlib.sha256((PIPELINE_VERSION + repr(HOLD_TUNE)).encode()).hexdigest()
     if stamps.get("__moh__") != digest or not moh.exists():

@@ -209,7 +209,7 @@ def _asterisk_ids(target: Target) -> tuple[int, int]:
 def _seat_names(settings: Settings) -> list[str]:
     from callrouter.acd.lines import load_lines
 
-    lines = load_lines(settings.data_dir / "queues" / "lines.toml")
+    lines = load_lines(settings.lines_path)
     return [s.endpoint for line in lines.lines for s in line.seats] + [p.endpoint for p in lines.pool]
 
 

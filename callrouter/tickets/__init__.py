@@ -17,6 +17,7 @@ from .models import (
     TicketEvent,
     TicketOp,
     new_ticket_id,
+    ticket_id_for_channel,
 )
 from .store import TicketDict, TicketStore
 from .writer import TicketWriter
@@ -36,4 +37,5 @@ __all__ = [
     "TicketStore",
     "TicketWriter",
     "new_ticket_id",
+    "ticket_id_for_channel",
 ]

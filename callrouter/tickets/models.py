@@ -49,6 +49,21 @@ def new_ticket_id(now: datetime) -> str:
     return now.astimezone(UTC).strftime("T%Y%m%d-%H%M%S-") + secrets.token_hex(4)
 
 
+def ticket_id_for_channel(arrived_at: datetime, channel_id: str) -> str:
+    """The ticket id of the call on Asterisk channel ``channel_id``, e.g.
+    ``T20261129-053301-1795931002.14``.
+
+    Derived, not drawn: an engine that restarts (or reconnects) while the caller is still
+    on the line computes the same id again, so re-opening is a no-op and later changes
+    land on the one ticket, with no database look-up on the way. Asterisk's channel ids
+    (``<start epoch>.<sequence>``) are unique across Asterisk restarts.
+    """
+    if arrived_at.tzinfo is None:
+        raise ValueError("ticket_id_for_channel needs a timezone-aware datetime")
+    safe = "".join(c for c in channel_id if c.isalnum() or c in ".-_")
+    return arrived_at.astimezone(UTC).strftime("T%Y%m%d-%H%M%S-") + safe
+
+
 def utc(value: datetime) -> datetime:
     """``value`` as an aware UTC datetime; naive values are taken to be UTC already."""
     if value.tzinfo is None:

@@ -3,14 +3,20 @@ real `callrouter run` process, and SIPp as the carrier trunk."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,17 +63,61 @@ class Engine:
         return self.proc.wait(timeout=timeout)
 
 
+def fast_lines(src: Path, dest: Path, **values: float) -> Path:
+    """The shipped lines.toml with some times shortened, so tests finish in seconds.
+
+    ``values`` maps a key (``wrap_up_s``, ``calm_s``, ``ring_timeout_s`` ...) to the value
+    every line gets.
+    """
+    text = src.read_text()
+    for key, value in values.items():
+        text, n = re.subn(rf"(?m)^({key}\s*=\s*)[0-9.]+", rf"\g<1>{value}", text)
+        if n == 0:
+            raise AssertionError(f"{src}: no {key} to shorten")
+    dest.write_text(text)
+    return dest
+
+
 class EngineFactory:
     def __init__(self, settings: Settings, tmp: Path) -> None:
         self.settings = settings
         self.tmp = tmp
         self.db_url = f"sqlite:///{tmp / 'tickets.sqlite3'}"
         self.started: list[Engine] = []
+        self.lines: Path | None = None
+        # this test's own state: never resume another test's seats and callers
+        self.env = {"CALLROUTER_DB_URL": self.db_url, "CALLROUTER_STATE_FILE": str(tmp / "state.json"),
+                    "CALLROUTER_REDIS_PREFIX": f"crtest-{secrets.token_hex(4)}"}
+
+    def use_lines(self, **values: float) -> Path:
+        self.lines = fast_lines(self.settings.lines_path, self.tmp / "lines.toml", **values)
+        self.env["CALLROUTER_LINES"] = str(self.lines)
+        return self.lines
+
+    def api(self, method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.settings.api_url}{path}", data=data, method=method, headers={
+            "Authorization": f"Bearer {self.settings.secret('api_token')}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def login(self, *seats: str) -> None:
+        for seat in seats:
+            status, body = self.api("POST", f"/api/seats/{seat}/login")
+            assert status == 200, body
+
+    def status(self) -> dict[str, Any]:
+        status, body = self.api("GET", "/api/status")
+        assert status == 200 and isinstance(body, dict), body
+        return body
 
     def start(self, wait_connected: bool = True) -> Engine:
         n = len(self.started)
         log_path = self.tmp / f"engine-{n}.log"
-        env = {**os.environ, "CALLROUTER_DB_URL": self.db_url}
+        env = {**os.environ, **self.env}
         with log_path.open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "callrouter.cli", "run"], stdout=log,
                                     stderr=subprocess.STDOUT, env=env)

@@ -1,0 +1,5 @@
+"""The engine's HTTP API (aiohttp), on loopback by default, token required."""
+
+from callrouter.api.app import build_app, status_summary
+
+__all__ = ["build_app", "status_summary"]

@@ -1,0 +1,130 @@
+"""The control API: status, seats, overflow. Loopback by default; a bearer token always.
+
+Errors are JSON ``{"status": 400, "error": "unknown_seat", "details": "..."}`` with a
+stable error id; bad input is a 400 with the reason, never a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from callrouter.acd import AcdError, AddSeat, RemoveSeat
+from callrouter.calls.features import seat_event
+from callrouter.calls.service import CallService
+
+log = logging.getLogger("callrouter.api")
+
+SERVICE_KEY: web.AppKey[CallService] = web.AppKey("service", CallService)
+TOKEN_KEY: web.AppKey[str] = web.AppKey("token", str)
+SEAT_ACTIONS = ("login", "logout", "pause", "resume")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, error_id: str, details: str) -> web.Response:
+    return web.json_response({"status": status, "error": error_id, "details": details}, status=status)
+
+
+@web.middleware
+async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else ""
+    if not token or not hmac.compare_digest(token, request.app[TOKEN_KEY]):
+        return error(401, "unauthorized", "send Authorization: Bearer <token> (callrouter tokens)")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except AcdError as exc:
+        return error(400, type(exc).__name__.lower(), str(exc))
+
+
+def status_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Per line: waiting, longest wait, seats by state, overflow; what `status --json` prints."""
+    acd = snapshot.get("acd", snapshot)
+    lines = {}
+    for line_id, line in acd.get("lines", {}).items():
+        lines[line_id] = {
+            "name": line.get("name"),
+            "waiting": line.get("waiting"),
+            "longest_wait_s": line.get("longest_wait_s"),
+            "seats": line.get("seats"),
+            "overflow_active": line.get("overflow_active"),
+            "overflow_seats": line.get("overflow_seats"),
+            "service_level": (line.get("service") or {}).get("service_level"),
+            "offered": (line.get("service") or {}).get("offered"),
+            "answered": (line.get("service") or {}).get("answered"),
+            "abandoned": (line.get("service") or {}).get("abandoned"),
+            "predicted_service_level": line.get("predicted_service_level"),
+        }
+    seats = {sid: {k: s.get(k) for k in ("state", "reason", "registered", "since")}
+             for sid, s in acd.get("seats", {}).items()}
+    return {"at": acd.get("at"), "lines": lines, "seats": seats, "engine": snapshot.get("engine", {})}
+
+
+async def get_status(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    return web.json_response(status_summary({"acd": service.acd.snapshot(service.now_ts()),
+                                             "engine": dict(service.counters)}))
+
+
+async def seat_action(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    seat, action = request.match_info["seat"], request.match_info["action"]
+    if action not in SEAT_ACTIONS:
+        return error(400, "unknown_action", f"{action!r}: use one of {', '.join(SEAT_ACTIONS)}")
+    body = await _json(request)
+    reason = str(body.get("reason") or "supervisor")
+    service.acd.seat_state(seat)  # raises UnknownSeat -> 400 before anything changes
+    service.feed(seat_event(action, seat, reason))
+    return web.json_response({"seat": seat, "state": service.acd.seat_state(seat).value,
+                              "reason": service.acd.seat_reason(seat)})
+
+
+async def add_seat(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    line = request.match_info["line"]
+    body = await _json(request)
+    seat = body.get("seat")
+    if not isinstance(seat, str) or not seat:
+        return error(400, "missing_seat", 'body must be {"seat": "<seat id>", "endpoint": "<optional>"}')
+    endpoint = body.get("endpoint")
+    service.acd.overflow_active(line)  # UnknownLine -> 400
+    service.feed(AddSeat(seat, line, endpoint if isinstance(endpoint, str) else None))
+    return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
+
+
+async def remove_seat(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    line, seat = request.match_info["line"], request.match_info["seat"]
+    service.acd.overflow_active(line)
+    service.acd.seat_state(seat)
+    service.feed(RemoveSeat(seat, line))
+    return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return data
+
+
+def build_app(service: CallService, token: str) -> web.Application:
+    app = web.Application(middlewares=[auth_and_errors])
+    app[SERVICE_KEY] = service
+    app[TOKEN_KEY] = token
+    app.router.add_get("/api/status", get_status)
+    app.router.add_post("/api/seats/{seat}/{action}", seat_action)
+    app.router.add_post("/api/lines/{line}/seats", add_seat)
+    app.router.add_delete("/api/lines/{line}/seats/{seat}", remove_seat)
+    return app

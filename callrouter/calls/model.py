@@ -1,0 +1,55 @@
+"""What the shell knows of a live call and of a seat leg it originated."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from callrouter.numberplan import Route
+
+
+class CallPhase(StrEnum):
+    WAITING = "waiting"  # answered, greeted or held; no seat ringing
+    RINGING = "ringing"  # a seat's phone rings for this caller
+    TALKING = "talking"  # caller and seat in one mixing bridge
+
+
+@dataclass
+class LiveCall:
+    id: str  # the caller's Asterisk channel id; also the ACD's call id
+    ticket_id: str
+    route: Route
+    dialled: str
+    caller: str
+    arrived_at: datetime
+    line: str
+    held: int = 0  # rounds the dialplan held this caller while the engine was away
+    answered: bool = False
+    phase: CallPhase = CallPhase.WAITING
+    greeting_playback: str = ""
+    offer_leg: str | None = None
+    seat: str | None = None
+    seat_leg: str | None = None
+    seat_answered_at: datetime | None = None
+    bridge: str | None = None
+    # one call's ARI requests run in order, each call in its own lane
+    lane: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {"call_id": self.id, "ticket": self.ticket_id, "line": self.line, "dialled": self.dialled,
+                "number": self.route.number, "category": self.route.category,
+                "department": self.route.department, "priority": self.route.priority, "caller": self.caller,
+                "arrived_at": self.arrived_at.isoformat(), "phase": self.phase.value, "seat": self.seat}
+
+
+@dataclass
+class SeatLeg:
+    id: str  # channel id we gave the originate
+    call_id: str
+    seat: str
+    offered_at: float
+    answered: bool = False
+    cancelled: bool = False  # we hung it up ourselves: its end is no failure

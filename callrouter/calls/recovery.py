@@ -1,0 +1,148 @@
+"""After every (re)connect: make the engine's view match what Asterisk holds.
+
+Asterisk owns the live channels; the engine owns decisions. Events of a disconnect are
+lost and never replayed, and after a kill -9 the engine starts from its last snapshot
+(or from nothing). So on each connect:
+
+- callers still in the application are adopted: a caller in a mixing bridge
+  ``callrouter-call-<id>`` is talking and is left alone; any other caller is waiting
+  and goes (back) into a holding bridge, keeping their original arrival;
+- callers the engine knew that are gone ended during the gap: their tickets close;
+- seat legs left ringing by a dead engine are hung up (their callers were restored as
+  waiting and are offered again); bridges of ours that serve nobody are removed;
+- seat registrations are read afresh and endpoint events subscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from callrouter.acd import CallAbandoned, CallArrived, CallEnded, CallState
+from callrouter.ari import AriError, Bridge, Channel
+from callrouter.calls.holding import HOLD_RE
+from callrouter.calls.model import CallPhase, SeatLeg
+from callrouter.calls.service import BRIDGE_PREFIX, LEG_PREFIX, CallService, mixing_bridge_id
+from callrouter.logs import q
+from callrouter.tickets import CloseTicket, ticket_id_for_channel
+
+log = logging.getLogger("callrouter.calls")
+
+
+async def reconcile(service: CallService) -> None:
+    ari = service.ari
+    app = await ari.application()
+    in_app = set(app.get("channel_ids") or [])
+    channels = {c.id: c for c in await ari.list_channels()}
+    bridges = {b.id: b for b in await ari.list_bridges()}
+
+    callers = {cid: ch for cid, ch in channels.items() if cid in in_app and not cid.startswith(LEG_PREFIX)}
+    legs = {cid: ch for cid, ch in channels.items() if cid.startswith(LEG_PREFIX)}
+
+    for bridge in bridges.values():
+        if HOLD_RE.match(bridge.id):
+            service.holding.adopt(bridge.id, tuple(c for c in bridge.channels if c in callers))
+
+    _close_gone(service, callers)
+    talking_legs = _adopt_callers(service, callers, bridges, legs)
+    await _drop_orphans(service, legs, talking_legs, bridges, callers)
+
+    # registrations last: a seat that turns out registered may be offered a caller at
+    # once, and every caller must be known by then
+    try:
+        await ari.subscribe("endpoint:PJSIP")
+        for resource, state in await ari.list_endpoints("PJSIP"):
+            service.endpoint_state(resource, state)
+    except AriError as exc:
+        log.warning("event=endpoint_subscribe_failed error=%s", q(exc))
+    log.info("event=reconciled live=%d tracked=%d legs=%d adopted=%d", len(callers), len(service.calls),
+             len(service.legs), service.counters["adopted"])
+
+
+def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:
+    """Calls the engine (or its snapshot) knew whose caller left during the gap."""
+    for call in [c for c in service.calls.values() if c.id not in callers]:
+        service.counters["lost_in_gap"] += 1
+        talking = call.phase is CallPhase.TALKING
+        service._finish(call, "completed" if talking else "abandoned", "ended while the engine was away")
+        service.feed(CallEnded(call.id) if talking else CallAbandoned(call.id))
+    # calls only the ACD snapshot knows (after a restart) whose caller is gone: the ticket
+    # id derives from arrival and channel, so their tickets close without a look-up
+    for entry in service.acd.snapshot(service.now_ts())["calls"]:
+        cid = str(entry["call_id"])
+        if cid not in callers and cid not in service.calls:
+            on_call = entry["state"] == CallState.ON_CALL.value
+            arrived = datetime.fromtimestamp(float(entry["arrived_at"]), UTC)
+            service.writer.submit(CloseTicket(id=ticket_id_for_channel(arrived, cid), at=service.clock(),
+                                              outcome="completed" if on_call else "abandoned"))
+            service.feed(CallEnded(cid) if on_call else CallAbandoned(cid))
+            service.counters["lost_in_gap"] += 1
+
+
+def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: dict[str, Bridge],
+                   legs: dict[str, Channel]) -> set[str]:
+    talking_legs: set[str] = set()
+    for channel in sorted(callers.values(), key=lambda c: c.creationtime):
+        mixing = bridges.get(mixing_bridge_id(channel.id))
+        leg_id = next((c for c in (mixing.channels if mixing else ()) if c in legs), None)
+        call = service.calls.get(channel.id)
+        if call is None:
+            dialled = channel.channelvars.get("CR_DIALLED") or channel.exten
+            call = service._track(channel, dialled)
+            call.answered = channel.state == "Up"
+            service.counters["adopted"] += 1
+            log.info("event=call_adopted ticket=%s channel=%s talking=%s", call.ticket_id, channel.id,
+                     leg_id is not None)
+        if leg_id is not None:
+            # talking: Asterisk keeps them bridged; nothing to do but remember it
+            talking_legs.add(leg_id)
+            seat = service.seat_of_channel(legs[leg_id]) or ""
+            call.phase, call.seat, call.seat_leg, call.bridge = CallPhase.TALKING, seat, leg_id, mixing_bridge_id(
+                channel.id)
+            service.legs.setdefault(leg_id, SeatLeg(id=leg_id, call_id=call.id, seat=seat,
+                                                    offered_at=service.now_ts(), answered=True))
+            continue
+        if call.phase is CallPhase.TALKING:
+            continue
+        if service.acd.call_state(call.id) is None:
+            service.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
+        if service.holding.bridge_of(call.id) is None and call.offer_leg is None:
+            service._lane(call, _rehold(service, call.id, channel.state), "rehold")
+    return talking_legs
+
+
+async def _rehold(service: CallService, call_id: str, state: str) -> None:
+    call = service.calls.get(call_id)
+    if call is None:
+        return
+    if state != "Up":
+        try:
+            await service.ari.answer(call_id)
+        except AriError:
+            return
+    await service._hold(call)
+
+
+async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_legs: set[str],
+                        bridges: dict[str, Bridge], callers: dict[str, Channel]) -> None:
+    for leg_id in legs:
+        known = service.legs.get(leg_id)
+        if leg_id in talking_legs or (known is not None and not known.cancelled):
+            continue
+        # a seat still ringing (or answered, unbridged) for a dead engine's offer
+        await service._hangup(leg_id)
+        log.info("event=orphan_leg_hung_up leg=%s", leg_id)
+    for leg_id in [lid for lid in service.legs if lid not in legs]:
+        service.leg_ended(leg_id, 0)  # ended during the gap
+    for bridge in bridges.values():
+        if not bridge.id.startswith(BRIDGE_PREFIX):
+            continue
+        serves = [c for c in bridge.channels if c in callers or c in talking_legs]
+        if serves:
+            continue
+        try:
+            await service.ari.destroy_bridge(bridge.id)
+            service.holding.members.pop(bridge.id, None)
+            log.info("event=orphan_bridge_removed bridge=%s", bridge.id)
+        except AriError as exc:
+            log.warning("event=orphan_bridge_remove_failed bridge=%s error=%s", bridge.id, q(exc))

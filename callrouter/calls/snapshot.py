@@ -1,0 +1,96 @@
+"""The engine's state, kept current for supervisors and for recovery after a crash.
+
+Twice a second, when something changed, the ACD snapshot (lines, waiting callers in
+order with original arrival, seats and their states) goes to Redis (key
+``<prefix>:state``, read by `callrouter status` and supervisors' tools) and to a local
+file written atomically (``state_file``, default ``<home>/state.json``). A restarted engine resumes from the
+newer of the two; with neither it starts clean and still adopts every caller Asterisk
+holds. Redis being down costs the supervisors' view, never a call: errors are logged
+once per outage and the file keeps recovery working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("callrouter.state")
+
+def state_key(prefix: str) -> str:
+    return f"{prefix}:state"
+
+
+def _write_file(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class StateStore:
+    def __init__(self, redis_url: str, path: Path, prefix: str = "callrouter") -> None:
+        self.redis_url = redis_url
+        self.key = state_key(prefix)
+        self.path = path
+        self._redis: aioredis.Redis | None = None
+        self._redis_ok = True
+        self.saves = 0
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        return self._redis
+
+    async def save(self, state: dict[str, Any]) -> None:
+        text = json.dumps(state, separators=(",", ":"), default=str)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_write_file, self.path, text)
+        try:
+            await self._client().set(self.key, text)
+            if not self._redis_ok:
+                log.warning("event=redis_recovered url=%s", self.redis_url)
+            self._redis_ok = True
+        except (RedisError, OSError) as exc:
+            if self._redis_ok:
+                log.warning("event=redis_unavailable url=%s error=%r (state kept in %s)", self.redis_url, exc,
+                            self.path)
+            self._redis_ok = False
+        self.saves += 1
+
+    async def load(self) -> dict[str, Any] | None:
+        """The newest saved state of Redis and the file, or None."""
+        found: list[dict[str, Any]] = []
+        try:
+            raw = await self._client().get(self.key)
+            if raw:
+                found.append(json.loads(raw))
+        except (RedisError, OSError, ValueError) as exc:
+            log.warning("event=state_redis_unreadable error=%r", exc)
+        try:
+            found.append(json.loads(await asyncio.to_thread(self.path.read_text)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.warning("event=state_file_unreadable path=%s error=%r", self.path, exc)
+        if not found:
+            return None
+        return max(found, key=lambda s: float(s.get("saved_at", 0)))
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+
+async def read_state(redis_url: str, path: Path, prefix: str = "callrouter") -> dict[str, Any] | None:
+    store = StateStore(redis_url, path, prefix)
+    try:
+        return await store.load()
+    finally:
+        await store.close()
