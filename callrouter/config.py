@@ -125,7 +125,11 @@ class Settings:
         path = self.secrets_path
         data: dict[str, str] = {}
         if path.exists():
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise ConfigError(f"{path}: not valid JSON ({exc}); fix it or move it away to regenerate "
+                                  "every secret") from exc
         return data
 
     def secret(self, name: str) -> str:
@@ -134,9 +138,11 @@ class Settings:
             data[name] = secrets.token_urlsafe(24)
             path = self.secrets_path
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-            tmp.chmod(0o600)
+            # created 0600 from the first byte, under a name no other writer uses
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(data, indent=2, sort_keys=True))
             tmp.replace(path)
         return data[name]
 

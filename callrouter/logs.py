@@ -33,6 +33,8 @@ def setup_logging(level: str = "INFO") -> None:
 def q(value: object) -> str:
     """Quote a value for a logfmt line when it holds spaces or quotes."""
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or any(c in text for c in ' "=\n\r\t'):
+        escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+                   .replace("\r", "\\r").replace("\t", "\\t"))
+        return '"' + escaped + '"'
     return text

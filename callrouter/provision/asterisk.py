@@ -49,8 +49,8 @@ class Target:
         Never go through the chroot's /var/run: it is an absolute link to /run and
         would resolve on the host's side.
         """
-        if inner.startswith("/var/run/"):
-            inner = "/run/" + inner[len("/var/run/"):]
+        if inner == "/var/run" or inner.startswith("/var/run/"):
+            inner = "/run" + inner[len("/var/run"):]
         return self.root / inner.lstrip("/") if self.mode == "chroot" else Path(inner)
 
     def command(self, *args: str) -> list[str]:

@@ -119,7 +119,7 @@ def render_config(settings: Settings, dest: Path, paths: AsteriskPaths, seats: l
         raise RenderError(f"{src}: no *.conf templates found")
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.iterdir():
-        if old.is_file() and old.name not in rendered:
+        if old.is_file() and old.suffix == ".conf" and old.name not in rendered:
             old.unlink()
     written = []
     for name, text in rendered.items():

@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import base64
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -295,7 +297,10 @@ class _SeatBase:
     def _common(self, log_name: str, err_name: str) -> list[str]:
         assert self.workdir is not None
         return ["-inf", str(self.workdir / "seat.csv"), "-key", "seat", self.spec.seat,
-                "-i", self.local_ip, "-p", str(self.port), "-bind_local", "-t", "u1", "-nostdin",
+                # -bind_local: SIP on local_ip only; -ci: SIPp's UDP control socket (8888+)
+                # too, it would listen on every address otherwise
+                "-i", self.local_ip, "-p", str(self.port), "-bind_local", "-ci", self.local_ip,
+                "-t", "u1", "-nostdin",
                 "-trace_logs", "-log_file", str(self.workdir / log_name),
                 "-trace_err", "-error_file", str(self.workdir / err_name)]
 
@@ -321,10 +326,10 @@ class _SeatBase:
                 "-timeout", "20s"]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.seed is not None:
-            env["GSL_RNG_SEED"] = str(self.seed)  # SIPp's talk-time draws (GSL)
-        return env
+        # SIPp draws talk times with GSL, whose default seed is fixed: without a seed of
+        # its own every seat would draw the same sequence
+        seed = self.seed if self.seed is not None else random.SystemRandom().randrange(1, 2**31)
+        return {**os.environ, "GSL_RNG_SEED": str(seed)}
 
     def _open_stderr(self) -> IO[bytes]:
         assert self.workdir is not None
@@ -725,14 +730,15 @@ async def ari_test_call(settings: Settings, seat: str, *, ring_timeout_s: int = 
     app = f"seatsim-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     base = settings.ari_url.rstrip("/")
     ws_url = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + f"/events?app={app}"
-    auth = aiohttp.BasicAuth(settings.ari_user, settings.ari_password)
+    token = base64.b64encode(f"{settings.ari_user}:{settings.ari_password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
     started = time.monotonic()
     answered_at: float | None = None
     ended_at: float | None = None
     cause: int | None = None
     cause_txt = ""
     we_hung_up = False
-    async with (aiohttp.ClientSession(auth=auth, timeout=aiohttp.ClientTimeout(total=15)) as http,
+    async with (aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=15)) as http,
                 http.ws_connect(ws_url, heartbeat=10.0) as ws):
         async with http.post(f"{base}/channels", params={
                 "endpoint": f"PJSIP/{seat}", "app": app, "timeout": str(ring_timeout_s),

@@ -9,6 +9,7 @@ source address must be one of the trunk's identify addresses (127.0.0.1 by defau
 from __future__ import annotations
 
 import csv
+import math
 import random
 import shutil
 import socket
@@ -84,7 +85,8 @@ def percentile(values: list[float], p: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    # nearest rank: the smallest value with at least p % of the values at or below it
+    k = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
     return round(ordered[k], 2)
 
 

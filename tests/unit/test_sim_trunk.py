@@ -49,9 +49,6 @@ def test_percentile_does_not_reorder_its_input() -> None:
     assert values == [3.0, 1.0, 2.0]
 
 
-@pytest.mark.xfail(reason="percentile() rounds p*n+0.5 half-to-even, so it is off by one rank when p*n/100 "
-                          "is an odd whole number (p50 of 1..10 gives 6, p99 of 1..100 gives 100): "
-                          "nearest rank is ceil(p*n/100)", strict=True)
 def test_percentile_is_nearest_rank() -> None:
     ten = [float(i) for i in range(1, 11)]
     assert [percentile(ten, p) for p in (10, 50, 90)] == [1.0, 5.0, 9.0]
