@@ -107,6 +107,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.sim import trunk
 
+    if args.action == "seats":
+        from callrouter.sim import seats
+
+        return seats.seats_main(args, settings)
     if args.action == "call":
         report = trunk.run_calls(settings, [trunk.CallSpec(args.number, args.caller, args.hold)],
                                  rate=1.0)
@@ -226,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--count", type=int, default=50)
     ss.add_argument("--hold", type=float, default=3.0)
     ss.add_argument("--seed", type=int, default=1)
+    sx = ssub.add_parser("seats", help="simulated seat softphones: register, answer, talk (SIPp)")
+    from callrouter.sim.seats import add_seats_arguments
+
+    add_seats_arguments(sx)
     s.set_defaults(func=cmd_sim)
 
     st = sub.add_parser("status", help="per line: waiting, longest wait, seats by state, overflow")

@@ -49,9 +49,9 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         by_line[line]["calls"] += 1
         by_line[line][str(r["outcome"] or "open")] += 1
         by_cat[(line, str(r["category"]))] += 1
-        w = _wait_s(r)
-        if w is not None:
-            waits[line].append(w)
+        wait = _wait_s(r)
+        if wait is not None:
+            waits[line].append(wait)
     out = ["", f"{len(rows)} tickets", "", "line    calls  answered  in 15 s  wait p50   outcomes"]
     for line in sorted(by_line):
         c = by_line[line]

@@ -25,6 +25,9 @@ from callrouter.ari.events import Bridge, Channel, Event, parse_event
 log = logging.getLogger("callrouter.ari")
 
 EventHandler = Callable[[Event], None]
+# a request over the socket is answered in milliseconds; waiting longer only delays the
+# fall-back to HTTP
+WS_REQUEST_TIMEOUT_S = 3.0
 ConnectHandler = Callable[[], Awaitable[None]]
 
 
@@ -51,6 +54,10 @@ class AriClient:
         # CPU in a storm. Before the socket is up, and for reconciliation, plain HTTP.
         self.rest_over_ws = True
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        # REST over this connection's socket only once a probe request came back: seen here,
+        # a socket that re-attaches to an application kept alive by its channels (after the
+        # previous engine died) delivers events but never answers RESTRequests
+        self._ws_rest_ready = False
         self._pending: dict[str, asyncio.Future[tuple[int, str]]] = {}
         self._ids = itertools.count(1)
         self._request_timeout = request_timeout
@@ -86,8 +93,16 @@ class AriClient:
     # ------------------------------------------------------------------ REST
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                       body: dict[str, Any] | None = None) -> Any:
-        if self.rest_over_ws and self._ws is not None and not self._ws.closed:
-            status, text = await self._request_ws(method, path, params, body)
+        if self._ws_rest_ready and self._ws is not None and not self._ws.closed:
+            try:
+                status, text = await self._request_ws(method, path, params, body)
+            except AriError as exc:
+                if "Timeout" not in exc.message:
+                    raise
+                # the socket stopped answering requests: HTTP for the rest of this connection
+                self._ws_rest_ready = False
+                log.warning("event=ari_ws_rest_timeout method=%s path=%s: falling back to HTTP", method, path)
+                status, text = await self._request_http(method, path, params, body)
         else:
             status, text = await self._request_http(method, path, params, body)
         if status >= 400:
@@ -124,11 +139,23 @@ class AriClient:
         self._pending[request_id] = future
         try:
             await ws.send_str(json.dumps(message))
-            return await asyncio.wait_for(future, self._request_timeout)
+            return await asyncio.wait_for(future, WS_REQUEST_TIMEOUT_S)
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             raise AriError(method, path, 0, f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._pending.pop(request_id, None)
+
+    async def _probe_ws_rest(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            status, _ = await asyncio.wait_for(self._request_ws("GET", "/asterisk/ping", None, None), 2.0)
+        except (AriError, TimeoutError) as exc:
+            log.warning("event=ari_ws_rest_unavailable error=%r: REST requests go over HTTP on this connection", exc)
+            return
+        if status == 200 and self._ws is ws:
+            self._ws_rest_ready = True
+            log.info("event=ari_ws_rest_ready")
+        else:
+            log.warning("event=ari_ws_rest_unavailable status=%d: REST requests go over HTTP", status)
 
     def _rest_response(self, data: dict[str, Any]) -> None:
         future = self._pending.get(str(data.get("request_id", "")))
@@ -231,6 +258,7 @@ class AriClient:
         """
         delay = backoff_initial
         while True:
+            probe: asyncio.Task[None] | None = None
             try:
                 ws_timeout = aiohttp.ClientWSTimeout(ws_close=5.0)
                 async with self.session.ws_connect(self._ws_url(), heartbeat=10.0, timeout=ws_timeout) as ws:
@@ -244,6 +272,8 @@ class AriClient:
                         # Reconciliation failing must not stop live events: log and go on.
                         log.exception("event=reconcile_failed")
                     self._ws = ws
+                    probe = asyncio.create_task(self._probe_ws_rest(ws), name="ari-ws-rest-probe") \
+                        if self.rest_over_ws else None
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:
                             try:
@@ -264,7 +294,10 @@ class AriClient:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 log.warning("event=ari_connect_failed error=%r retry_in=%.1fs", exc, delay)
             finally:
+                if probe is not None:
+                    probe.cancel()
                 self._ws = None
+                self._ws_rest_ready = False
                 self._fail_pending("events WebSocket closed")
                 self.connected.clear()
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))

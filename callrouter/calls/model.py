@@ -51,5 +51,6 @@ class SeatLeg:
     call_id: str
     seat: str
     offered_at: float
+    originated: bool = False  # Asterisk accepted the originate: the leg exists
     answered: bool = False
     cancelled: bool = False  # we hung it up ourselves: its end is no failure

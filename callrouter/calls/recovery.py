@@ -100,13 +100,17 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
             call.phase, call.seat, call.seat_leg, call.bridge = CallPhase.TALKING, seat, leg_id, mixing_bridge_id(
                 channel.id)
             service.legs.setdefault(leg_id, SeatLeg(id=leg_id, call_id=call.id, seat=seat,
-                                                    offered_at=service.now_ts(), answered=True))
+                                                    offered_at=service.now_ts(), originated=True,
+                                                    answered=True))
             continue
         if call.phase is CallPhase.TALKING:
             continue
         if service.acd.call_state(call.id) is None:
             service.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
         if service.holding.bridge_of(call.id) is None and call.offer_leg is None:
+            # a greeting the dead engine started may still be playing (its id is
+            # deterministic): stop it, or the channel takes no bridge until it ends
+            call.greeting_playback = f"greet-{call.id}"
             service._lane(call, _rehold(service, call.id, channel.state), "rehold")
     return talking_legs
 
@@ -120,6 +124,12 @@ async def _rehold(service: CallService, call_id: str, state: str) -> None:
             await service.ari.answer(call_id)
         except AriError:
             return
+    if call.greeting_playback:
+        playback, call.greeting_playback = call.greeting_playback, ""
+        try:
+            await service.ari.stop_playback(playback)
+        except AriError:
+            pass  # none playing
     await service._hold(call)
 
 

@@ -250,7 +250,13 @@ class CallService:
                 log.warning("event=originate_failed ticket=%s seat=%s error=%s", call.ticket_id, action.seat, q(exc))
                 if self.legs.pop(leg.id, None) is not None and not leg.cancelled:
                     self.feed(OfferFailed(call.id, action.seat, "error"))
-        self._lane(call, originate(), "offer")
+                return
+            leg.originated = True
+            if leg.cancelled:
+                await self._hangup(leg.id)  # cancelled while the originate was under way
+        # Not in the caller's lane: a seat must ring at once, whatever the caller's channel
+        # is busy with (a greeting, a slow request). CancelOffer copes with the overlap.
+        self.tasks.spawn(originate(), name=f"offer:{call.id}")
 
     def _cancel_offer(self, call_id: str, seat: str) -> None:
         for leg in list(self.legs.values()):
@@ -261,7 +267,8 @@ class CallService:
                     call.offer_leg = None
                     if call.phase is CallPhase.RINGING:
                         call.phase = CallPhase.WAITING
-                self.tasks.spawn(self._hangup(leg.id), name=f"cancel:{leg.id}")
+                if leg.originated:  # else the originate task hangs it up when it returns
+                    self.tasks.spawn(self._hangup(leg.id), name=f"cancel:{leg.id}")
 
     async def _hangup(self, channel_id: str, reason: str = "normal") -> None:
         try:

@@ -211,7 +211,7 @@ def parse_log(text: str, result: SeatResult) -> None:
     result.calls = sorted(calls.values(), key=lambda c: c.offered_at)
 
 
-_NOISE = ("out-of-call", "The following events occurred", "Resolving remote host")
+_NOISE = ("out-of-call", "The following events occurred", "Resolving remote host", "GSL_RNG_SEED=")
 
 
 def _tail(path: Path, lines: int = 20) -> list[str]:
@@ -270,7 +270,6 @@ class _SeatBase:
         self._sipp = ""
         self._stderr: IO[bytes] | None = None
         self._final: SeatResult | None = None
-        self._stopped = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec.seat} {self.local_ip}:{self.port} {self.spec.mode}>"
@@ -287,10 +286,11 @@ class _SeatBase:
         self._sipp = sipp_binary()
         scenario_path(self.settings, REGISTER_SCENARIO)
         scenario_path(self.settings, ANSWER_SCENARIO)
+        password = self._password()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"callrouter-seat-{self.spec.seat}-"))  # mode 0700
         fd = os.open(self.workdir / "seat.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"SEQUENTIAL\n{self.spec.seat};{self._password()}\n")
+            fh.write(f"SEQUENTIAL\n{self.spec.seat};{password}\n")
         if not self.port:
             self.port = free_udp_port(self.local_ip)
 
@@ -404,16 +404,32 @@ class _SeatBase:
             _LIVE.discard(self)
         return res
 
-    def _unregister_sync(self, timeout: float = 25.0) -> str:
+    def _begin_unregister(self) -> subprocess.Popen[bytes] | None:
         if self.workdir is None or not self.port:
+            return None
+        return subprocess.Popen(_guarded(self.register_command(0)), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _end_unregister(self, proc: subprocess.Popen[bytes], timeout: float = 25.0) -> str:
+        try:
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return self._log_text("register.log")
+
+    def _unregister_sync(self) -> str:
+        proc = self._begin_unregister()
+        if proc is None:
             return ""
         try:
-            subprocess.run(_guarded(self.register_command(0)), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                           timeout=timeout, start_new_session=True)
+            return self._end_unregister(proc)
         except subprocess.TimeoutExpired:
             return ""
-        return self._log_text("register.log")
+
+    def _had_binding(self) -> bool:
+        return ";registered;" in self._log_text()
 
     def _shutdown_at_exit(self) -> None:
         raise NotImplementedError
@@ -472,9 +488,14 @@ class SeatSim(_SeatBase):
         """Terminate SIPp, then remove the binding (REGISTER Expires: 0). Idempotent."""
         if self._final is not None:
             return self._final
-        self._terminate()
-        had_binding = self._log_text().find(";registered;") >= 0
-        return self._finish(self._unregister_sync() if unregister and had_binding else "")
+        log = ""
+        try:
+            self._terminate()
+            if unregister and self._had_binding():
+                log = self._unregister_sync()
+        finally:  # also when interrupted: close files, remove the directory, forget the seat
+            result = self._finish(log)
+        return result
 
     def _shutdown_at_exit(self) -> None:
         self.stop()
@@ -505,10 +526,31 @@ class SeatSims:
         return [s.result() for s in self.seats]
 
     def stop(self, *, unregister: bool = True) -> list[SeatResult]:
-        for s in self.seats:  # terminate all first: the unregisters then run back to back
-            with contextlib.suppress(Exception):
-                s._terminate()
-        return [s.stop(unregister=unregister) for s in self.seats]
+        """Terminate every seat, then remove all the bindings at once. Idempotent."""
+        pending = [s for s in self.seats if s._final is None]
+        procs: dict[SeatSim, subprocess.Popen[bytes] | None] = {}
+        logs: dict[SeatSim, str] = {}
+        try:
+            for s in pending:  # SIGTERM to all, then wait for each
+                if s.proc is not None and s.proc.poll() is None:
+                    s.proc.terminate()
+            for s in pending:
+                with contextlib.suppress(Exception):
+                    s._terminate()
+            if unregister:
+                procs = {s: s._begin_unregister() for s in pending if s._had_binding()}
+                for s, proc in procs.items():
+                    if proc is not None:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            logs[s] = s._end_unregister(proc)
+        finally:
+            for proc in procs.values():
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            for s in pending:
+                s._finish(logs.get(s, ""))
+        return [s.result() for s in self.seats]
 
     def summary(self) -> dict[str, Any]:
         return summary_json(self.results(), time.monotonic() - self.started_at)
@@ -604,19 +646,27 @@ class AsyncSeatSim(_SeatBase):
     async def stop(self, *, unregister: bool = True) -> SeatResult:
         if self._final is not None:
             return self._final
-        await self._terminate()
         log = ""
-        if unregister and self._log_text().find(";registered;") >= 0 and self.workdir is not None:
-            proc = await asyncio.create_subprocess_exec(
-                *_guarded(self.register_command(0)), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            try:
-                await asyncio.wait_for(proc.wait(), 25)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-            log = self._log_text("register.log")
-        return self._finish(log)
+        try:
+            await self._terminate()
+            if unregister and self._had_binding() and self.workdir is not None:
+                proc = await asyncio.create_subprocess_exec(
+                    *_guarded(self.register_command(0)), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    await asyncio.wait_for(proc.wait(), 25)
+                except BaseException:  # timed out or cancelled: leave no process behind
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    with contextlib.suppress(BaseException):
+                        await asyncio.shield(proc.wait())
+                    raise
+                log = self._log_text("register.log")
+        except TimeoutError:
+            pass
+        finally:
+            result = self._finish(log)
+        return result
 
     def _shutdown_at_exit(self) -> None:
         # the event loop is gone: signal the process by pid and reap it ourselves
@@ -636,8 +686,7 @@ class AsyncSeatSim(_SeatBase):
             else:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
-        had_binding = self._log_text().find(";registered;") >= 0
-        self._finish(self._unregister_sync() if had_binding else "")
+        self._finish(self._unregister_sync() if self._had_binding() else "")
 
     async def __aenter__(self) -> Self:
         if self.aproc is None:
@@ -739,7 +788,7 @@ async def ari_test_call(settings: Settings, seat: str, *, ring_timeout_s: int = 
     cause_txt = ""
     we_hung_up = False
     async with (aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=15)) as http,
-                http.ws_connect(ws_url, heartbeat=10.0) as ws):
+                http.ws_connect(ws_url) as ws):
         async with http.post(f"{base}/channels", params={
                 "endpoint": f"PJSIP/{seat}", "app": app, "timeout": str(ring_timeout_s),
                 "callerId": "seatsim <900>"}) as resp:
@@ -768,7 +817,8 @@ async def ari_test_call(settings: Settings, seat: str, *, ring_timeout_s: int = 
                     hold_deadline = None
                     continue
                 try:
-                    msg = await ws.receive(timeout=wake - now)
+                    # short slices: the deadlines are checked whatever the socket does
+                    msg = await ws.receive(timeout=min(1.0, wake - now))
                 except TimeoutError:
                     continue
                 if msg.type != aiohttp.WSMsgType.TEXT:
@@ -880,9 +930,13 @@ def seats_main(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"callrouter: SIPp ended for {', '.join(dead)}", file=sys.stderr)
                     break
     finally:
-        results = group.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not None:  # a second SIGTERM must not cut the unregistering short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            results = group.stop()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     out = summary_json(results, time.monotonic() - started)
     json.dump(out, sys.stdout, ensure_ascii=False, indent=2 if sys.stdout.isatty() else None)
     sys.stdout.write("\n")

@@ -141,7 +141,7 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
         cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
                # -r calls per -rp ms: calls per 1000 s, so fractional rates work
                "-m", str(len(specs)), "-r", str(max(1, int(rate * 1000))), "-rp", "1000000",
-               "-l", str(max_concurrent), "-i", local_ip, "-p", str(free_udp_port(local_ip)),
+               "-l", str(max_concurrent), "-i", local_ip, "-bind_local", "-ci", local_ip, "-p", str(free_udp_port(local_ip)),
                "-mp", str(free_udp_port(local_ip)), "-t", "u1", "-nostdin",
                "-trace_logs", "-log_file", str(logs), "-trace_err", "-error_file", str(errs),
                "-trace_rtt", "-rtt_freq", "1", "-timeout", f"{int(timeout_s)}s", "-timeout_error",

@@ -139,12 +139,14 @@ def test_kill_9_keeps_waiting_callers_in_order_and_talking_calls_up(engines: Eng
                                                                     seats: list[SeatSims]) -> None:
     engines.use_lines(wrap_up_s=1)
     first = engines.start()
-    # two seats that talk until the caller hangs up; four callers who hang up after 12 s
+    # two seats that talk until the caller hangs up; two callers talking when the engine
+    # dies (they hang up after 8 s), two waiting (they hang up 20 s after the engine
+    # answered them, so some 12 s after a seat did)
     seats.append(start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.2, talk_s=0),
                                                 SeatSpec("s110-02", answer_delay_s=0.2, talk_s=0)]))
     engines.login("s110-01", "s110-02")
     talkers = [CallSpec("110", f"1383000000{i}", 8.0) for i in range(2)]
-    waiters = [CallSpec("110", f"1383000001{i}", -1) for i in range(2)]
+    waiters = [CallSpec("110", f"1383000001{i}", 20.0) for i in range(2)]
     t1, out1 = _calls_in_background(engines, talkers, rate=10)
     wait_for(lambda: first.log().count("event=call_connected") == 2, 15, "two calls talking")
     t2, out2 = _calls_in_background(engines, waiters, rate=2)
@@ -155,7 +157,7 @@ def test_kill_9_keeps_waiting_callers_in_order_and_talking_calls_up(engines: Eng
     bridges_before = prov.rx(target, "bridge show all").stdout
     assert bridges_before.count("callrouter-call-") == 2, bridges_before
     # a new caller while the engine is down is held by the dialplan, not declined
-    t3, out3 = _calls_in_background(engines, [CallSpec("110", "13830000099", -1)], rate=1)
+    t3, out3 = _calls_in_background(engines, [CallSpec("110", "13830000099", 25.0)], rate=1)
     time.sleep(1.5)
     second = engines.start()
     wait_for(lambda: "event=reconciled" in second.log(), 10, "the new engine to reconcile")
