@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.calls.snapshot import read_state
 
     saved = asyncio.run(read_state(settings.redis_url, settings.state_path, settings.redis_prefix))
-    summary = status_summary(saved) if saved else None
+    summary = status_summary(saved, now=time.time()) if saved else None
     if summary is None:
         _, live = _api(settings, "GET", "/api/status")
         summary = live if isinstance(live, dict) else {}

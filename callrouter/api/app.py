@@ -43,15 +43,20 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         return error(400, type(exc).__name__.lower(), str(exc))
 
 
-def status_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """Per line: waiting, longest wait, seats by state, overflow; what `status --json` prints."""
+def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """Per line: waiting, longest wait, seats by state, overflow; what `status --json` prints.
+
+    ``now`` ages a saved snapshot: the longest wait keeps growing after it was written.
+    """
     acd = snapshot.get("acd", snapshot)
+    age = max(0.0, now - float(acd.get("at") or now)) if now is not None else 0.0
     lines = {}
     for line_id, line in acd.get("lines", {}).items():
+        waiting = line.get("waiting") or 0
         lines[line_id] = {
             "name": line.get("name"),
-            "waiting": line.get("waiting"),
-            "longest_wait_s": line.get("longest_wait_s"),
+            "waiting": waiting,
+            "longest_wait_s": round(float(line.get("longest_wait_s") or 0) + (age if waiting else 0.0), 1),
             "seats": line.get("seats"),
             "overflow_active": line.get("overflow_active"),
             "overflow_seats": line.get("overflow_seats"),

@@ -239,6 +239,11 @@ class AriClient:
         result = await self.request("GET", f"/endpoints/{quote(technology)}")
         return [(str(e.get("resource", "")), str(e.get("state", ""))) for e in result or []]
 
+    async def filter_events(self, disallowed: list[str]) -> None:
+        """Ask Asterisk not to send these event types to the application at all."""
+        await self.request("PUT", f"/applications/{quote(self.app)}/eventFilter",
+                           body={"disallowed": [{"type": t} for t in disallowed]})
+
     # application
     async def application(self) -> dict[str, Any]:
         result = await self.request("GET", f"/applications/{quote(self.app)}")

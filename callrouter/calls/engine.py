@@ -58,10 +58,15 @@ def _state(service: CallService) -> dict[str, Any]:
     return {"saved_at": now, "acd": service.acd.snapshot(now), "engine": {**service.counters, "pid": os.getpid()}}
 
 
-async def _saver(service: CallService, state: StateStore) -> None:
-    # every tick, changed or not: waits grow by the second and supervisors read them
+async def _saver(service: CallService, state: StateStore, idle_every_s: float = 5.0) -> None:
+    # after every change (at most twice a second), else every few seconds: readers compute
+    # growing waits from the arrival times; a storm's snapshot is not small to encode
+    saved_changes, saved_at = -1, 0.0
     while True:
         await asyncio.sleep(TICK_S)
+        if service.changes == saved_changes and time.monotonic() - saved_at < idle_every_s:
+            continue
+        saved_changes, saved_at = service.changes, time.monotonic()
         try:
             await state.save(_state(service))
         except OSError as exc:

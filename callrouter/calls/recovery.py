@@ -29,8 +29,22 @@ from callrouter.tickets import CloseTicket, ticket_id_for_channel
 log = logging.getLogger("callrouter.calls")
 
 
+# Events the shell never reads: in a storm each caller brings a dozen of them, and every
+# one costs Asterisk a JSON encode and the engine a decode.
+UNUSED_EVENTS = ["ChannelVarset", "ChannelDialplan", "ChannelStateChange", "ChannelCallerId",
+                 "ChannelConnectedLine", "ChannelHangupRequest", "PlaybackStarted", "PlaybackContinuing",
+                 "ChannelEnteredBridge", "ChannelLeftBridge", "BridgeCreated", "BridgeDestroyed", "BridgeMerged",
+                 "BridgeBlindTransfer", "BridgeAttendedTransfer", "BridgeVideoSourceChanged", "Dial",
+                 "ChannelTalkingStarted", "ChannelTalkingFinished", "ChannelToneDetected", "ContactStatusChange",
+                 "PeerStatusChange", "ChannelUserevent", "ChannelHold", "ChannelUnhold"]
+
+
 async def reconcile(service: CallService) -> None:
     ari = service.ari
+    try:
+        await ari.filter_events(UNUSED_EVENTS)
+    except AriError as exc:
+        log.warning("event=event_filter_failed error=%s", q(exc))
     app = await ari.application()
     in_app = set(app.get("channel_ids") or [])
     channels = {c.id: c for c in await ari.list_channels()}

@@ -86,6 +86,7 @@ class CallService:
         self.tasks = TaskOwner("calls")
         self.counters = {"arrived": 0, "ended": 0, "adopted": 0, "lost_in_gap": 0, "connected": 0}
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.changes = 0  # ACD events handled: the state saver writes when this moved
         self._leg_seq = 0
         self._endpoint_seat = self._endpoint_map()
 
@@ -106,6 +107,8 @@ class CallService:
         except Exception:
             log.exception("event=acd_rejected acd_event=%s", q(event))
             return
+        if actions or not isinstance(event, Tick):
+            self.changes += 1
         for action in actions:
             self._execute(action)
 
@@ -241,6 +244,10 @@ class CallService:
 
         async def originate() -> None:
             caller_id = f'"{call.route.category}" <{call.caller or "anonymous"}>'
+            # benchmark point (scripts/bench_dispatch.py): offered_at is stamped in the same
+            # synchronous ACD step that made the seat ready; at = the request is handed to ARI
+            log.debug("event=originate_sent leg=%s seat=%s offered_at=%.6f at=%.6f", leg.id, action.seat,
+                      leg.offered_at, self.now_ts())
             try:
                 # the ACD times the ring out itself (Tick); Asterisk's timeout is the backstop
                 await self.ari.originate(f"PJSIP/{action.endpoint}", channel_id=leg.id,
