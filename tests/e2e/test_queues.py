@@ -97,6 +97,7 @@ def test_fire_caller_arriving_last_is_answered_first(engines: EngineFactory, sea
     t2, out2 = _calls_in_background(engines, [fire], rate=1)
     t1.join(timeout=60)
     t2.join(timeout=60)
+    assert out1 and all(c.ok for c in out1[0].calls) and out2 and out2[0].calls[0].ok
     rows = wait_for(lambda: _closed(engines, 5), 30, "five tickets closed")
     by_seat_time = sorted(rows, key=lambda r: str(r["seat_answered_at"]))
     order = [r["caller"] for r in by_seat_time]
