@@ -50,6 +50,10 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.numberplan import PlanError, check_plan, load_plan
 
     path = Path(args.file) if args.file else settings.numberplan_path
+    if args.action == "reload":
+        status, result = _api(settings, "POST", "/api/plan/reload")
+        _print_json(result)
+        return 0 if status == 200 else 1
     if args.action == "check":
         problems = check_plan(path)
         for problem in problems:
@@ -151,7 +155,12 @@ def cmd_seats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_lines(args: argparse.Namespace, settings: Settings) -> int:
-    if args.action == "add-seat":
+    if args.action == "reload":
+        status, result = _api(settings, "POST", "/api/lines/reload")
+    elif args.line is None or args.seat is None:
+        print(f"callrouter lines {args.action} LINE SEAT: both are needed", file=sys.stderr)
+        return 2
+    elif args.action == "add-seat":
         status, result = _api(settings, "POST", f"/api/lines/{args.line}/seats", {"seat": args.seat})
     else:
         status, result = _api(settings, "DELETE", f"/api/lines/{args.line}/seats/{args.seat}")
@@ -204,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = psub.add_parser("list", help="every entry")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--file")
+    rl = psub.add_parser("reload", help="the running engine validates and loads the plan again")
+    rl.add_argument("--file", help=argparse.SUPPRESS)
     r = psub.add_parser("route", help="where a dialled number goes")
     r.add_argument("number")
     r.add_argument("--file")
@@ -248,9 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(func=cmd_seats)
 
     li = sub.add_parser("lines", help="add or remove seats of a line at runtime (running engine)")
-    li.add_argument("action", choices=["add-seat", "remove-seat"])
-    li.add_argument("line", choices=["110", "96345"])
-    li.add_argument("seat")
+    li.add_argument("action", choices=["add-seat", "remove-seat", "reload"])
+    li.add_argument("line", nargs="?", choices=["110", "96345"])
+    li.add_argument("seat", nargs="?")
     li.set_defaults(func=cmd_lines)
 
     # `callrouter simulate SCENARIO ...` is dispatched in main() before this parser

@@ -6,21 +6,26 @@ stable error id; bad input is a 400 with the reason, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from callrouter.acd import AcdError, AddSeat, RemoveSeat
+from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, load_lines
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService
+from callrouter.numberplan import PlanError, load_plan
 
 log = logging.getLogger("callrouter.api")
 
 SERVICE_KEY: web.AppKey[CallService] = web.AppKey("service", CallService)
 TOKEN_KEY: web.AppKey[str] = web.AppKey("token", str)
+LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
+PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
 SEAT_ACTIONS = ("login", "logout", "pause", "resume")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -112,6 +117,32 @@ async def remove_seat(request: web.Request) -> web.Response:
     return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
 
 
+async def reload_lines(request: web.Request) -> web.Response:
+    """Validate queues/lines.toml again and apply it; no waiting or talking call is dropped."""
+    service = request.app[SERVICE_KEY]
+    path = request.app[LINES_PATH_KEY]
+    try:
+        config = await asyncio.to_thread(load_lines, path)
+    except ConfigFileError as exc:
+        return error(400, "invalid_lines", str(exc))
+    service.reconfigure(config)
+    return web.json_response({"reloaded": str(path), "lines": list(config.line_ids),
+                              "seats": sum(len(line.seats) for line in config.lines) + len(config.pool)})
+
+
+async def reload_plan(request: web.Request) -> web.Response:
+    """Validate the number plan again and use it for every new call."""
+    service = request.app[SERVICE_KEY]
+    path = request.app[PLAN_PATH_KEY]
+    try:
+        plan = await asyncio.to_thread(load_plan, path)
+    except PlanError as exc:
+        return error(400, "invalid_plan", str(exc))
+    service.plan = plan
+    log.info("event=plan_reloaded path=%s entries=%d", path, len(plan.entries))
+    return web.json_response({"reloaded": str(path), "entries": len(plan.entries)})
+
+
 async def _json(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -124,10 +155,14 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def build_app(service: CallService, token: str) -> web.Application:
+def build_app(service: CallService, token: str, lines_path: Path, plan_path: Path) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     app[SERVICE_KEY] = service
     app[TOKEN_KEY] = token
+    app[LINES_PATH_KEY] = lines_path
+    app[PLAN_PATH_KEY] = plan_path
+    app.router.add_post("/api/lines/reload", reload_lines)
+    app.router.add_post("/api/plan/reload", reload_plan)
     app.router.add_get("/api/status", get_status)
     app.router.add_post("/api/seats/{seat}/{action}", seat_action)
     app.router.add_post("/api/lines/{line}/seats", add_seat)

@@ -93,7 +93,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, acd)
-    runner = web.AppRunner(build_app(service, settings.secret("api_token")), access_log=None)
+    runner = web.AppRunner(build_app(service, settings.secret("api_token"), settings.lines_path,
+                                        settings.numberplan_path), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()

@@ -26,10 +26,12 @@ from callrouter.acd import (
     CallQueued,
     CancelOffer,
     Connect,
+    LinesConfig,
     Offer,
     OfferAnswered,
     OfferFailed,
     OverflowChanged,
+    Reconfigure,
     SeatRegistered,
     SeatStateChanged,
     Tick,
@@ -417,6 +419,12 @@ class CallService:
         # PJSIP/s110-01-0000002a -> endpoint s110-01
         name = channel.name.split("/", 1)[-1]
         return self._endpoint_seat.get(name.rsplit("-", 1)[0])
+
+    def reconfigure(self, config: LinesConfig) -> None:
+        """New lines configuration (validated by the caller); no call is dropped."""
+        self.feed(Reconfigure(config))
+        self._endpoint_seat = self._endpoint_map()
+        log.info("event=lines_reloaded source=%s", config.source)
 
     def tick(self) -> None:
         self.feed(Tick())
