@@ -1,0 +1,73 @@
+"""The engine's control API against a running engine: auth, bad input, reloads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+
+from tests.e2e.conftest import EngineFactory
+
+
+def _raw(engines: EngineFactory, method: str, path: str, data: bytes | None, token: str | None) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(f"{engines.settings.api_url}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_api_needs_a_token(engines: EngineFactory) -> None:
+    engines.start()
+    assert _raw(engines, "GET", "/api/status", None, None)[0] == 401
+    status, body = _raw(engines, "GET", "/api/status", None, "not-the-token")
+    assert status == 401 and body["error"] == "unauthorized"  # type: ignore[index]
+
+
+def test_bad_requests_get_400_with_a_reason(engines: EngineFactory) -> None:
+    engines.start()
+    status, body = engines.api("POST", "/api/seats/s999-99/login")
+    assert status == 400 and body["error"] == "unknownseat" and "s999-99" in body["details"]  # type: ignore[index]
+    status, body = engines.api("POST", "/api/seats/s110-01/dance")
+    assert status == 400 and body["error"] == "unknown_action"  # type: ignore[index]
+    status, body = _raw(engines, "POST", "/api/lines/110/seats", b"{not json", engines.settings.secret("api_token"))
+    assert status == 400 and "JSON" in body["details"]  # type: ignore[index]
+    status, body = engines.api("POST", "/api/lines/110/seats", {})
+    assert status == 400 and body["error"] == "missing_seat"  # type: ignore[index]
+    status, body = engines.api("POST", "/api/lines/999/seats", {"seat": "ovf-01"})
+    assert status == 400 and body["error"] == "unknownline"  # type: ignore[index]
+
+
+def test_seat_control_and_runtime_seats(engines: EngineFactory) -> None:
+    engines.start()
+    status, body = engines.api("POST", "/api/seats/s110-03/login")
+    assert status == 200 and body["state"] == "ready"  # type: ignore[index]
+    status, body = engines.api("POST", "/api/seats/s110-03/pause", {"reason": "lunch"})
+    assert status == 200 and body["state"] == "paused" and body["reason"] == "lunch"  # type: ignore[index]
+    status, body = engines.api("POST", "/api/lines/110/seats", {"seat": "ovf-05"})
+    assert status == 200 and "ovf-05" in body["seats"]  # type: ignore[index,operator]
+    status, body = engines.api("DELETE", "/api/lines/110/seats/ovf-05")
+    assert status == 200 and "ovf-05" not in body["seats"]  # type: ignore[index,operator]
+    assert engines.status()["seats"]["s110-03"]["state"] == "paused"
+
+
+def test_reloads_validate_first(engines: EngineFactory) -> None:
+    plan = engines.tmp / "numberplan.csv"
+    shutil.copy(engines.settings.numberplan_path, plan)
+    engines.env["CALLROUTER_NUMBERPLAN"] = str(plan)
+    engines.start()
+    good = plan.read_text()
+    plan.write_text(good + "119,110,fire,县消防救援大队,1,火警,no\n")  # a duplicate
+    status, body = engines.api("POST", "/api/plan/reload")
+    assert status == 400 and body["error"] == "invalid_plan"  # type: ignore[index]
+    assert f"{plan}:" in body["details"] and "duplicate number 119" in body["details"]  # type: ignore[index]
+    plan.write_text(good)
+    status, body = engines.api("POST", "/api/plan/reload")
+    assert status == 200 and body["entries"] >= 100  # type: ignore[index,operator]
+    status, body = engines.api("POST", "/api/lines/reload")
+    assert status == 200 and body["lines"] == ["110", "96345"]  # type: ignore[index]
