@@ -168,6 +168,18 @@ def cmd_lines(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "list":
+        status, result = _api(settings, "GET", "/api/calls")
+    elif args.action == "transfer":
+        status, result = _api(settings, "POST", f"/api/calls/{args.call}/transfer",
+                              {"to": args.to, "reason": args.reason})
+    else:
+        status, result = _api(settings, "DELETE", f"/api/calls/{args.call}")
+    _print_json(result)
+    return 0 if status == 200 else 1
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """From Redis (what supervisors' tools read) or the state file; else from the engine."""
     from callrouter.api import status_summary
@@ -263,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("line", nargs="?", choices=["110", "96345"])
     li.add_argument("seat", nargs="?")
     li.set_defaults(func=cmd_lines)
+
+    ca = sub.add_parser("calls", help="live calls of the running engine: list, transfer, hang up")
+    csub = ca.add_subparsers(dest="action", required=True)
+    csub.add_parser("list")
+    ct = csub.add_parser("transfer", help="hand a talking caller to the other line")
+    ct.add_argument("call")
+    ct.add_argument("--to", required=True, choices=["110", "96345"])
+    ct.add_argument("--reason", default="")
+    ch = csub.add_parser("hangup")
+    ch.add_argument("call")
+    ca.set_defaults(func=cmd_calls)
 
     # `callrouter simulate SCENARIO ...` is dispatched in main() before this parser
     sub.add_parser("simulate", help="capacity simulator on the ACD core: callrouter simulate --help")

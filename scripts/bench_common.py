@@ -136,7 +136,7 @@ class BenchEngine:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "callrouter.cli", "run"], stdout=log,
-                                         stderr=subprocess.STDOUT, env=self.env)
+                                         stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if "event=reconciled" in self.log():

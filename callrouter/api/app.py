@@ -17,7 +17,7 @@ from aiohttp import web
 
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, load_lines
 from callrouter.calls.features import seat_event
-from callrouter.calls.service import CallService
+from callrouter.calls.service import CallService, TransferError
 from callrouter.numberplan import PlanError, load_plan
 
 log = logging.getLogger("callrouter.api")
@@ -117,6 +117,37 @@ async def remove_seat(request: web.Request) -> web.Response:
     return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
 
 
+async def list_calls(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    return web.json_response([call.summary() for call in service.calls.values()])
+
+
+async def transfer_call(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    body = await _json(request)
+    to_line = body.get("to")
+    if not isinstance(to_line, str):
+        return error(400, "missing_to", 'body must be {"to": "96345" | "110", "reason": "..."}')
+    priority = body.get("priority")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 9):
+        return error(400, "bad_priority", "priority must be an integer 1 (most urgent) to 9")
+    try:
+        call = service.transfer(request.match_info["call"], to_line, str(body.get("reason") or ""),
+                                priority=priority)
+    except TransferError as exc:
+        return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+    return web.json_response(call.summary())
+
+
+async def hangup_call(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    call_id = request.match_info["call"]
+    if call_id not in service.calls:
+        return error(404, "unknown_call", f"no live call {call_id!r}")
+    await service.ari.hangup(call_id)
+    return web.json_response({"call_id": call_id, "hung_up": True})
+
+
 async def reload_lines(request: web.Request) -> web.Response:
     """Validate queues/lines.toml again and apply it; no waiting or talking call is dropped."""
     service = request.app[SERVICE_KEY]
@@ -162,6 +193,9 @@ def build_app(service: CallService, token: str, lines_path: Path, plan_path: Pat
     app[LINES_PATH_KEY] = lines_path
     app[PLAN_PATH_KEY] = plan_path
     app.router.add_post("/api/lines/reload", reload_lines)
+    app.router.add_get("/api/calls", list_calls)
+    app.router.add_post("/api/calls/{call}/transfer", transfer_call)
+    app.router.add_delete("/api/calls/{call}", hangup_call)
     app.router.add_post("/api/plan/reload", reload_plan)
     app.router.add_get("/api/status", get_status)
     app.router.add_post("/api/seats/{seat}/{action}", seat_action)

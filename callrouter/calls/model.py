@@ -54,3 +54,4 @@ class SeatLeg:
     originated: bool = False  # Asterisk accepted the originate: the leg exists
     answered: bool = False
     cancelled: bool = False  # we hung it up ourselves: its end is no failure
+    dtmf: str = ""  # an in-call code being keyed (*1, *9)

@@ -24,6 +24,7 @@ from callrouter.acd import (
     CallArrived,
     CallEnded,
     CallQueued,
+    CallTransferred,
     CancelOffer,
     Connect,
     LinesConfig,
@@ -43,7 +44,15 @@ from callrouter.calls.model import CallPhase, LiveCall, SeatLeg
 from callrouter.logs import q
 from callrouter.numberplan import NumberPlan
 from callrouter.tasks import TaskOwner
-from callrouter.tickets import AnswerTicket, CloseTicket, OpenTicket, SetSeat, TicketWriter, ticket_id_for_channel
+from callrouter.tickets import (
+    AddTransfer,
+    AnswerTicket,
+    CloseTicket,
+    OpenTicket,
+    SetSeat,
+    TicketWriter,
+    ticket_id_for_channel,
+)
 
 log = logging.getLogger("callrouter.calls")
 
@@ -53,9 +62,18 @@ Clock = Callable[[], datetime]
 # after a restart Asterisk can be asked what is ours.
 BRIDGE_PREFIX = "callrouter-"
 LEG_PREFIX = "cr-leg-"
+# keyed by a seat during a call (DTMF): hand the caller to that line
+IN_CALL_CODES = {"*1": "110", "*9": "96345"}
 # Q.850 causes of a seat leg that ended before answer
 BUSY_CAUSES = {17, 21}  # user busy, call rejected
 NO_ANSWER_CAUSES = {18, 19}  # no user responding, no answer
+
+
+class TransferError(Exception):
+    def __init__(self, error_id: str, details: str) -> None:
+        super().__init__(details)
+        self.error_id = error_id
+        self.details = details
 
 
 def utcnow() -> datetime:
@@ -419,6 +437,76 @@ class CallService:
         # PJSIP/s110-01-0000002a -> endpoint s110-01
         name = channel.name.split("/", 1)[-1]
         return self._endpoint_seat.get(name.rsplit("-", 1)[0])
+
+    # ------------------------------------------------------------ transfer between lines
+    def transfer(self, call_id: str, to_line: str, reason: str, by_seat: str | None = None,
+                 priority: int | None = None) -> LiveCall:
+        """A seat hands its caller to the other line (110 -> 96345, or an escalation to 110).
+
+        The caller hears a short notice, then hold music in the target line's holding
+        bridge, keeping their place by original arrival (an escalation to 110 goes to the
+        front of its priority class); the seat that transferred goes to wrap-up; the same
+        ticket follows the caller with the transfer recorded. Raises TransferError.
+        """
+        call = self.calls.get(call_id)
+        if call is None:
+            raise TransferError("unknown_call", f"no live call {call_id!r}")
+        if to_line not in self.acd.config.line_ids:
+            raise TransferError("unknown_line", f"{to_line!r}: use one of {', '.join(self.acd.config.line_ids)}")
+        if to_line == call.line:
+            raise TransferError("same_line", f"the call is already on line {to_line}")
+        if call.phase is not CallPhase.TALKING:
+            raise TransferError("not_talking", "only a call a seat is talking to can be transferred")
+        if by_seat is not None and call.seat != by_seat:
+            raise TransferError("not_your_call", f"seat {by_seat} is not on call {call_id}")
+        from_line, seat, leg_id, bridge_id = call.line, call.seat, call.seat_leg, call.bridge
+        escalated = to_line == "110"
+        self.feed(CallTransferred(call.id, to_line, priority=priority, escalated=escalated))
+        call.line, call.phase, call.seat, call.seat_leg, call.bridge = to_line, CallPhase.WAITING, None, None, None
+        if leg_id is not None:
+            leg = self.legs.pop(leg_id, None)
+            if leg is not None:
+                leg.cancelled = True
+        self.writer.submit(AddTransfer(id=call.ticket_id, from_line=from_line, to_line=to_line, seat=seat or "",
+                                       reason=reason, at=self.clock()))
+        log.info("event=call_transferred ticket=%s channel=%s from=%s to=%s seat=%s escalated=%s reason=%s",
+                 call.ticket_id, call.id, from_line, to_line, seat or "-", escalated, q(reason))
+        self._emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": seat, "reason": reason})
+
+        async def move() -> None:
+            # the caller first: into the target line's holding bridge, then the notice;
+            # only then is the seat's leg hung up, so the caller never hears silence
+            try:
+                await self.holding.join(to_line, call.id)
+                await self.ari.play(call.id, f"sound:callrouter/transfer-{to_line}")
+            except AriError as exc:
+                log.warning("event=transfer_move_failed ticket=%s error=%s", call.ticket_id, q(exc))
+            if leg_id is not None:
+                await self._hangup(leg_id)
+            if bridge_id is not None:
+                try:
+                    await self.ari.destroy_bridge(bridge_id)
+                except AriError:
+                    pass
+        self._lane(call, move(), "transfer")
+        return call
+
+    def seat_dtmf(self, leg_id: str, digit: str) -> None:
+        """In-call codes a seat keys on its phone: *1 hands the caller to 110, *9 to 96345."""
+        leg = self.legs.get(leg_id)
+        if leg is None:
+            return
+        if digit == "*":
+            leg.dtmf = "*"
+            return
+        code, leg.dtmf = leg.dtmf + digit, ""
+        to_line = IN_CALL_CODES.get(code)
+        if to_line is None:
+            return
+        try:
+            self.transfer(leg.call_id, to_line, f"seat keyed {code}", by_seat=leg.seat)
+        except TransferError as exc:
+            log.warning("event=transfer_refused seat=%s code=%s error=%s", leg.seat, code, q(exc.details))
 
     def reconfigure(self, config: LinesConfig) -> None:
         """New lines configuration (validated by the caller); no call is dropped."""

@@ -10,6 +10,7 @@ import logging
 
 from callrouter.ari import (
     ChannelDestroyed,
+    ChannelDtmfReceived,
     EndpointStateChange,
     Event,
     PlaybackEvent,
@@ -43,6 +44,9 @@ class StasisRouter:
                 service.leg_ended(cid, cause)
             elif cid in service.calls:
                 service.caller_ended(cid, event.cause_txt if isinstance(event, ChannelDestroyed) else "hang-up")
+        elif isinstance(event, ChannelDtmfReceived):
+            if event.channel.id in service.legs:
+                service.seat_dtmf(event.channel.id, event.digit)
         elif isinstance(event, PlaybackEvent) and event.type == "PlaybackFinished":
             service.playback_finished(event.playback_id)
         elif isinstance(event, EndpointStateChange) and event.technology == "PJSIP":

@@ -65,12 +65,61 @@ def seat_sections(seats: list[str], settings: Settings) -> str:
     return "\n".join(out)
 
 
+def bench_queue_dialplan(settings: Settings) -> str:
+    """Benchmark baseline (bench_trunk_ip only): the engine's routing done by app_queue.
+
+    Each listed number goes to its line's queue (the number plan, as the engine routes
+    it); anything else to 96345, as the engine does with unlisted numbers. Arrival time
+    and the answering member are written to queue_log (BENCHANSWER) with milliseconds.
+    """
+    from callrouter.numberplan import load_plan
+
+    plan = load_plan(settings.numberplan_path)
+    out = ["", "; Benchmark baseline: the engine's two lines as app_queue queues.", "[bench-queue]"]
+    for entry in plan.entries:
+        if entry.number.isdigit():
+            out.append(f"exten => {entry.number},1,Set(__BQ_LINE={entry.line})\n"
+                       " same => n,Goto(bench-queue-hold,${EXTEN},1)")
+    out += ["exten => _X!,1,Set(__BQ_LINE=96345)", " same => n,Goto(bench-queue-hold,${EXTEN},1)", "",
+            "[bench-queue-hold]",
+            "exten => _X!,1,Set(__BQ_T0=${STRFTIME(,,%s.%3q)})",
+            " same => n,Set(__BQ_UID=${UNIQUEID})",
+            " same => n,Answer()",
+            " same => n,Queue(bench-${BQ_LINE},,,,,,bench-queue-answered)",
+            " same => n,Hangup()", "",
+            "; runs on the member's channel once it answered, before the bridge",
+            "[bench-queue-answered]",
+            ("exten => s,1,QueueLog(bench-${BQ_LINE},${BQ_UID},${CHANNEL(name)},BENCHANSWER,"
+            "${BQ_T0}|${STRFTIME(,,%s.%3q)})"),
+            " same => n,Return()", ""]
+    return "\n".join(out)
+
+
+def bench_queue_sections(settings: Settings) -> str:
+    """queues.conf for the baseline: one queue per line with the line's own seats
+    (penalty 0) and the overflow seats allowed on it (penalty 1: rung only when no
+    own seat is free), ring timeout and wrap-up from the lines file, leastrecent."""
+    from callrouter.acd import load_lines
+
+    cfg = load_lines(settings.lines_path)
+    out = ["", "; Benchmark baseline only (bench_trunk_ip): the lines as app_queue queues."]
+    for line in cfg.lines:
+        out += [f"[bench-{line.id}]", "strategy = leastrecent", f"timeout = {max(1, round(line.ring_timeout_s))}",
+                "retry = 1", f"wrapuptime = {round(line.wrap_up_s)}", "ringinuse = no", "autofill = yes",
+                "joinempty = yes", "leavewhenempty = no", "announce-frequency = 0", "announce-holdtime = no",
+                "periodic-announce-frequency = 0", "musicclass = default"]
+        out += [f"member => PJSIP/{s.endpoint},0,{s.id}" for s in line.seats]
+        out += [f"member => PJSIP/{p.endpoint},1,{p.id}" for p in cfg.pool if line.id in p.lines]
+        out.append("")
+    return "\n".join(out)
+
+
 def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) -> dict[str, str]:
     media = ""
     if settings.sip_bind not in ("0.0.0.0", "::", ""):
         # RTP sockets on the same address as SIP: nothing listens beyond it.
         media = f"media_address = {settings.sip_bind}\nbind_rtp_to_media_address = yes"
-    bench_trunk = bench_context = ""
+    bench_trunk = bench_context = bench_queues = bench_modules = ""
     if settings.bench_trunk_ip:
         # Latency baseline only: a second trunk whose context answers in plain dialplan.
         bench_trunk = (
@@ -83,7 +132,11 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
             "\n; Benchmark baseline: answer in plain dialplan, then hold.\n[bench-plain]\n"
             "exten => _X!,1,Answer()\n same => n,MusicOnHold(default)\n same => n,Hangup()\n"
             "exten => _+!,1,Answer()\n same => n,MusicOnHold(default)\n same => n,Hangup()\n"
-        )
+            "; 'Q' + number: the same caller through Asterisk's own app_queue instead\n"
+            "exten => _Q.,1,Goto(bench-queue,${EXTEN:1},1)\n"
+        ) + bench_queue_dialplan(settings)
+        bench_queues = bench_queue_sections(settings)
+        bench_modules = "\n; benchmark baseline only: Gosub on the answering queue member\nload = app_stack.so\n"
     return {
         **{k: getattr(paths, k) for k in ("etc_dir", "mod_dir", "varlib_dir", "data_dir",
                                           "spool_dir", "run_dir", "log_dir")},
@@ -102,6 +155,8 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
         "media_lines": media,
         "bench_trunk": bench_trunk,
         "bench_context": bench_context,
+        "bench_queues": bench_queues,
+        "bench_modules": bench_modules,
         "seats": seat_sections(seats, settings),
     }
 

@@ -1,17 +1,26 @@
 """Tickets: the record of every call, written beside the call flow.
 
-The engine builds ops (``OpenTicket`` ... ``SetSeat``) with ids from ``new_ticket_id`` and
-submits them to a ``TicketWriter``, which applies them to a ``TicketStore`` (SQLite or
-PostgreSQL) in the background, in order, retrying through database outages.
+The engine builds ops (``OpenTicket`` ... ``RecordCallback``) with ids from
+``new_ticket_id`` and submits them to a ``TicketWriter``, which applies them to a
+``TicketStore`` (SQLite or PostgreSQL) in the background, in order, retrying through
+database outages (with a durable local spool when given one). Every change also writes an
+outbox row in the same transaction; ``OutboxRelay`` publishes those to the Redis stream
+``<prefix>:tickets`` and ``consumer`` reads it with a consumer group (docs/DISPATCH.md).
 """
 
 from .models import (
+    CALLBACK_OUTCOMES,
     LINES,
     OUTCOMES,
+    AddTransfer,
     AnswerTicket,
     Base,
     CloseTicket,
     OpenTicket,
+    OutboxEvent,
+    Reclassify,
+    RecordCallback,
+    RequestCallback,
     SetSeat,
     Ticket,
     TicketEvent,
@@ -23,12 +32,18 @@ from .store import TicketDict, TicketStore
 from .writer import TicketWriter
 
 __all__ = [
+    "CALLBACK_OUTCOMES",
     "LINES",
     "OUTCOMES",
+    "AddTransfer",
     "AnswerTicket",
     "Base",
     "CloseTicket",
     "OpenTicket",
+    "OutboxEvent",
+    "Reclassify",
+    "RecordCallback",
+    "RequestCallback",
     "SetSeat",
     "Ticket",
     "TicketDict",

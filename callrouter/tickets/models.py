@@ -3,8 +3,9 @@
 A ticket is the record of one call. The engine never writes a ticket itself: it builds
 an operation (``OpenTicket``, ``AnswerTicket``, ``CloseTicket``, ``SetSeat``) and hands
 it to the :class:`~callrouter.tickets.writer.TicketWriter`, which applies it beside the
-call flow. Every change also leaves a row in ``ticket_events``; the outbox that feeds the
-dispatch stream will sit beside it.
+call flow. Every change also leaves a row in ``ticket_events`` and, in the same
+transaction, a row in ``outbox`` that :mod:`~callrouter.tickets.relay` publishes to the
+dispatch stream.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    false,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 LINES: Final = ("110", "96345")
+CALLBACK_OUTCOMES: Final = ("reached", "no_answer")
 
 # Outcomes the engine is expected to use; the column is free text so that a new outcome
 # never turns into a write that fails (and is retried) forever.
@@ -126,6 +130,19 @@ class Ticket(Base):
     outcome: Mapped[str | None] = mapped_column(String)
     duration_s: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Columns added with the dispatch outbox carry server defaults, so that
+    # TicketStore.create_schema can add them to a database made before them.
+    reclassified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # [{"from_line", "to_line", "seat", "reason", "at"}, ...] oldest first; ``line`` is the last
+    transfers: Mapped[list[dict[str, Any]]] = mapped_column(
+        _Json, default=list, server_default=text("'[]'"))
+    callback_requested: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                     server_default=false())
+    callback_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    callback_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # last attempt
+    callback_seat: Mapped[str | None] = mapped_column(String)
+    callback_outcome: Mapped[str | None] = mapped_column(String)  # reached | no_answer
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_tickets_arrived_at", "arrived_at"),
@@ -154,6 +171,14 @@ class Ticket(Base):
             "outcome": self.outcome,
             "duration_s": self.duration_s,
             "updated_at": _iso(self.updated_at),
+            "reclassified_at": _iso(self.reclassified_at),
+            "transfers": list(self.transfers or []),
+            "callback_requested": bool(self.callback_requested),
+            "callback_requested_at": _iso(self.callback_requested_at),
+            "callback_at": _iso(self.callback_at),
+            "callback_seat": self.callback_seat,
+            "callback_outcome": self.callback_outcome,
+            "callback_attempts": self.callback_attempts or 0,
         }
 
 
@@ -175,6 +200,42 @@ class TicketEvent(Base):
             "at": _iso(self.at),
             "kind": self.kind,
             "data": self.data,
+        }
+
+
+class OutboxEvent(Base):
+    """One event for the dispatch stream, written in the transaction of the change.
+
+    ``seq`` orders events as they were written; ``event_id`` is the id consumers dedupe
+    by. A relay claims unsent rows (``claimed_by`` / ``claimed_until``, a lease), publishes
+    them and only then sets ``sent_at``.
+    """
+
+    __tablename__ = "outbox"
+
+    seq: Mapped[int] = mapped_column(_EventId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(32), unique=True)
+    ticket_id: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())  # when the change happened
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())  # when it was written
+    payload: Mapped[dict[str, Any]] = mapped_column(_Json)  # Ticket.to_dict() after it
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_outbox_sent_at_seq", "sent_at", "seq"),)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "event_id": self.event_id,
+            "ticket_id": self.ticket_id,
+            "kind": self.kind,
+            "at": _iso(self.at),
+            "created_at": _iso(self.created_at),
+            "ticket": self.payload,
+            "sent_at": _iso(self.sent_at),
         }
 
 
@@ -265,8 +326,78 @@ class SetSeat:
         _aware("at", self.at)
 
 
-TicketOp = OpenTicket | AnswerTicket | CloseTicket | SetSeat
-TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat)
+def _line(name: str, value: str) -> None:
+    if value not in LINES:
+        raise ValueError(f"{name} must be one of {LINES}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Reclassify:
+    """The answering seat corrects the category (the last reclassification wins)."""
+
+    id: str
+    category: str
+    at: datetime
+    seat: str
+
+    def __post_init__(self) -> None:
+        for name in ("id", "category", "seat"):
+            _text(name, getattr(self, name))
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class AddTransfer:
+    """The caller was handed from one line to the other; the ticket follows."""
+
+    id: str
+    from_line: str
+    to_line: str
+    seat: str
+    reason: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("id", "from_line", "to_line", "seat", "reason"):
+            _text(name, getattr(self, name))
+        _line("from_line", self.from_line)
+        _line("to_line", self.to_line)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCallback:
+    """Flag the ticket for a call back (the store also does so for abandoned 110 calls)."""
+
+    id: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        _text("id", self.id)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallback:
+    """A seat called the citizen back: ``reached`` ends the callback, ``no_answer`` not."""
+
+    id: str
+    at: datetime
+    seat: str
+    outcome: str
+
+    def __post_init__(self) -> None:
+        _text("id", self.id)
+        _text("seat", self.seat)
+        if self.outcome not in CALLBACK_OUTCOMES:
+            raise ValueError(f"outcome must be one of {CALLBACK_OUTCOMES}, got {self.outcome!r}")
+        _aware("at", self.at)
+
+
+TicketOp = (OpenTicket | AnswerTicket | CloseTicket | SetSeat | Reclassify | AddTransfer
+            | RequestCallback | RecordCallback)
+TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat, Reclassify, AddTransfer,
+                     RequestCallback, RecordCallback)
 
 
 def duration_between(start: datetime, end: datetime) -> float:

@@ -8,33 +8,43 @@ Blocking by design: the engine never calls it on the event loop. Writes go throu
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.schema import CreateColumn
 
 from .models import (
+    AddTransfer,
     AnswerTicket,
     Base,
     CloseTicket,
     OpenTicket,
+    OutboxEvent,
+    Reclassify,
+    RecordCallback,
+    RequestCallback,
     SetSeat,
     Ticket,
     TicketEvent,
     TicketOp,
     duration_between,
+    utc,
 )
 
 log = logging.getLogger("callrouter.tickets")
 
 TicketDict: TypeAlias = dict[str, Any]
 TicketRows: TypeAlias = list[TicketDict]
+OutboxRow: TypeAlias = dict[str, Any]  # OutboxEvent.to_dict()
 
 # Execution option read by our SQLite "begin" hook (see _sqlite_begin).
 _SQLITE_BEGIN: Final = "callrouter_sqlite_begin"
@@ -83,8 +93,26 @@ class TicketStore:
 
     # --- lifecycle ----------------------------------------------------------------------
     def create_schema(self) -> None:
-        """Create the tables that are missing (idempotent)."""
+        """Create the tables that are missing and add missing columns (idempotent).
+
+        Only additive changes: a column added to a model later must be nullable or carry a
+        server default, so a database made by an older version gains it here.
+        """
         Base.metadata.create_all(self._engine)
+        with self._engine.begin() as conn:
+            present = inspect(conn)
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in present.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    if not column.nullable and column.server_default is None:
+                        raise RuntimeError(f"cannot add column {table.name}.{column.name}: "
+                                           "give it a server default or make it nullable")
+                    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                    log.warning("adding column %s.%s to an older ticket database",
+                                table.name, column.name)
+                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {ddl}')
 
     def close(self) -> None:
         self._engine.dispose()
@@ -101,9 +129,13 @@ class TicketStore:
         """Apply ``ops`` in order, in one transaction.
 
         Idempotent, so the writer can retry a batch whose commit may or may not have
-        happened: an ``OpenTicket`` whose id exists, an answer for an answered ticket, a
-        close for a closed one and a seat change not newer than the last are no-ops, and
-        no-ops leave no event.
+        happened (and replay its spool after a crash): an ``OpenTicket`` whose id exists,
+        an answer for an answered ticket, a close for a closed one, a callback request for
+        a flagged one, and a seat change, reclassification, transfer or callback record not
+        newer than the last of its kind are no-ops, and no-ops leave no event.
+
+        Every change leaves a ``ticket_events`` row and an ``outbox`` row (the ticket as it
+        is after the change) in this same transaction: both or neither.
         """
         if not ops:
             return
@@ -118,14 +150,96 @@ class TicketStore:
                 session, {op.channel_id for op in ops if isinstance(op, OpenTicket)})
             new: list[Ticket] = []
             events: list[TicketEvent] = []
+            outbox: list[OutboxEvent] = []
             for op in ops:
-                event_ = _apply_one(op, tickets, channel_owner, new, now)
-                if event_ is not None:
-                    events.append(event_)
+                for change in _apply_one(op, tickets, channel_owner, new, now):
+                    events.append(TicketEvent(ticket_id=op.id, at=change.at, kind=change.kind,
+                                              data=change.data))
+                    outbox.append(OutboxEvent(
+                        event_id=uuid.uuid4().hex, ticket_id=op.id, kind=change.outbox_kind,
+                        at=change.at, created_at=now, payload=change.ticket))
             session.add_all(new)
             # tickets first, so the events' foreign keys find them
             session.flush()
             session.add_all(events)
+            session.add_all(outbox)
+
+    # --- the outbox (used by the relay) ---------------------------------------------------
+    def claim_outbox(self, owner: str, limit: int, lease_s: float) -> list[OutboxRow]:
+        """Claim up to ``limit`` unsent events, oldest first, for ``lease_s`` seconds.
+
+        Rows claimed by another owner whose lease is still running are skipped; our own
+        claims are taken again (a relay that failed to publish retries them). PostgreSQL:
+        ``FOR UPDATE SKIP LOCKED``, so two relays never wait for or take the same row;
+        SQLite: the write lock taken at BEGIN serialises claimers.
+        """
+        now = datetime.now(UTC)
+        until = now + timedelta(seconds=lease_s)
+        stmt = (select(OutboxEvent)
+                .where(OutboxEvent.sent_at.is_(None),
+                       or_(OutboxEvent.claimed_until.is_(None),
+                           OutboxEvent.claimed_until < now,
+                           OutboxEvent.claimed_by == owner))
+                .order_by(OutboxEvent.seq)
+                .limit(max(0, limit)))
+        if self.backend == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        with self._sessions() as session, session.begin():
+            if self.backend == "sqlite":
+                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            rows = list(session.scalars(stmt))
+            for row in rows:
+                row.claimed_by = owner
+                row.claimed_until = until
+            return [row.to_dict() for row in rows]
+
+    def mark_sent(self, owner: str, event_ids: Sequence[str]) -> int:
+        """Mark events we published as sent; returns how many were still ours to mark."""
+        if not event_ids:
+            return 0
+        now = datetime.now(UTC)
+        marked = 0
+        with self._sessions() as session, session.begin():
+            if self.backend == "sqlite":
+                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            for chunk in _chunks(list(event_ids)):
+                result = session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.event_id.in_(chunk), OutboxEvent.sent_at.is_(None),
+                           OutboxEvent.claimed_by == owner)
+                    .values(sent_at=now, claimed_by=None, claimed_until=None))
+                marked += getattr(result, "rowcount", 0) or 0
+        return marked
+
+    def release_claims(self, owner: str) -> None:
+        """Give back unsent rows claimed by ``owner`` (a relay stopping)."""
+        with self._sessions() as session, session.begin():
+            if self.backend == "sqlite":
+                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            session.execute(update(OutboxEvent)
+                            .where(OutboxEvent.claimed_by == owner,
+                                   OutboxEvent.sent_at.is_(None))
+                            .values(claimed_by=None, claimed_until=None))
+
+    def outbox(self, *, unsent_only: bool = False, limit: int | None = None) -> TicketRows:
+        """Outbox events in the order they were written."""
+        stmt = select(OutboxEvent).order_by(OutboxEvent.seq)
+        if unsent_only:
+            stmt = stmt.where(OutboxEvent.sent_at.is_(None))
+        if limit is not None:
+            stmt = stmt.limit(max(0, limit))
+        with self._sessions() as session:
+            return [row.to_dict() for row in session.scalars(stmt)]
+
+    def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """(unsent events, when the oldest of them was written)."""
+        with self._sessions() as session:
+            count, oldest = session.execute(
+                select(func.count(), func.min(OutboxEvent.created_at))
+                .where(OutboxEvent.sent_at.is_(None))).one()
+        if isinstance(oldest, str):  # SQLite aggregates lose the column type
+            oldest = datetime.fromisoformat(oldest)
+        return int(count or 0), None if oldest is None else utc(oldest)
 
     # --- reads --------------------------------------------------------------------------
     def get(self, ticket_id: str) -> TicketDict | None:
@@ -159,6 +273,19 @@ class TicketStore:
         with self._sessions() as session:
             return [e.to_dict() for e in session.scalars(stmt)]
 
+    def callbacks(self, pending_only: bool = True, limit: int = 500) -> TicketRows:
+        """Tickets flagged for a call back, oldest request first.
+
+        Pending: flagged and not yet ``reached`` (a ``no_answer`` attempt stays pending).
+        """
+        stmt = (select(Ticket).where(Ticket.callback_requested.is_(True))
+                .order_by(Ticket.callback_requested_at, Ticket.id).limit(max(0, limit)))
+        if pending_only:
+            stmt = stmt.where(or_(Ticket.callback_outcome.is_(None),
+                                  Ticket.callback_outcome != "reached"))
+        with self._sessions() as session:
+            return [t.to_dict() for t in session.scalars(stmt)]
+
     def count(self) -> int:
         with self._sessions() as session:
             return session.scalar(select(func.count()).select_from(Ticket)) or 0
@@ -182,73 +309,149 @@ class TicketStore:
         return owners
 
 
+@dataclass(frozen=True, slots=True)
+class _Change:
+    kind: str  # ticket_events kind
+    outbox_kind: str  # dispatch stream kind
+    at: datetime
+    data: dict[str, Any]  # ticket_events data: what changed
+    ticket: dict[str, Any]  # the whole ticket after the change
+
+
+def _change(ticket: Ticket, kind: str, at: datetime, data: dict[str, Any],
+            outbox_kind: str | None = None) -> _Change:
+    return _Change(kind, outbox_kind or kind, at, data, ticket.to_dict())
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
 def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str, str],
-               new: list[Ticket], now: datetime) -> TicketEvent | None:
-    """Change the loaded ``tickets`` for one op; the event to record, or None for a no-op."""
+               new: list[Ticket], now: datetime) -> list[_Change]:
+    """Change the loaded ``tickets`` for one op; the changes to record (none for a no-op)."""
     if isinstance(op, OpenTicket):
         existing = tickets.get(op.id)
         if existing is not None:
             if existing.channel_id != op.channel_id:
                 log.error("ticket id %s clashes: already used for channel %s, not opened "
                           "for channel %s", op.id, existing.channel_id, op.channel_id)
-            return None  # a retried batch: already written
+            return []  # a retried batch: already written
         owner = channel_owner.get(op.channel_id)
         if owner is not None:
             # the same call opened twice (e.g. after an engine restart): the first ticket
             # stays the record of this channel
             log.warning("channel %s already has ticket %s; ticket %s not opened",
                         op.channel_id, owner, op.id)
-            return None
+            return []
         opened = Ticket(
             id=op.id, dialled=op.dialled, number=op.number, caller=op.caller,
             caller_name=op.caller_name, line=op.line, category=op.category,
             department=op.department, priority=op.priority, listed=op.listed,
             channel_id=op.channel_id, arrived_at=op.arrived_at, answered_at=None, seat=None,
             seat_answered_at=None, ended_at=None, outcome=None, duration_s=None,
-            updated_at=now)
+            updated_at=now, reclassified_at=None, transfers=[], callback_requested=False,
+            callback_requested_at=None, callback_at=None, callback_seat=None,
+            callback_outcome=None, callback_attempts=0)
         tickets[op.id] = opened
         channel_owner[op.channel_id] = op.id
         new.append(opened)
-        data = opened.to_dict()
-        del data["updated_at"]
-        return TicketEvent(ticket_id=op.id, at=op.arrived_at, kind="opened", data=data)
+        data = {k: v for k, v in opened.to_dict().items() if k in _OPENED_FIELDS}
+        return [_change(opened, "opened", op.arrived_at, data)]
 
     ticket = tickets.get(op.id)
     if ticket is None:
         # ops are applied in submission order, so this means the open was never submitted
         log.warning("%s for unknown ticket %s: not recorded (%r)", type(op).__name__, op.id, op)
-        return None
+        return []
 
     if isinstance(op, AnswerTicket):
         if ticket.answered_at is not None:
-            return None
+            return []
         ticket.answered_at = op.at
         ticket.updated_at = now
-        return TicketEvent(ticket_id=op.id, at=op.at, kind="answered",
-                           data={"answered_at": op.at.astimezone(UTC).isoformat()})
+        return [_change(ticket, "answered", op.at, {"answered_at": _iso(op.at)})]
 
     if isinstance(op, CloseTicket):
         if ticket.ended_at is not None:
-            return None
+            return []
         ticket.ended_at = op.at
         ticket.outcome = op.outcome
         ticket.duration_s = duration_between(ticket.arrived_at, op.at)
         ticket.updated_at = now
-        return TicketEvent(ticket_id=op.id, at=op.at, kind="closed",
-                           data={"ended_at": op.at.astimezone(UTC).isoformat(),
-                                 "outcome": op.outcome, "duration_s": ticket.duration_s})
+        abandoned = op.outcome == "abandoned"
+        changes = [_change(ticket, "closed", op.at,
+                           {"ended_at": _iso(op.at), "outcome": op.outcome,
+                            "duration_s": ticket.duration_s},
+                           outbox_kind="abandoned" if abandoned else "closed")]
+        if abandoned and ticket.line == "110" and not ticket.callback_requested:
+            # PSAP practice: an emergency caller who gave up before a seat answered is
+            # called back
+            changes.extend(_request_callback(ticket, op.at, now))
+        return changes
 
     if isinstance(op, SetSeat):
         if ticket.seat_answered_at is not None and op.at <= ticket.seat_answered_at:
-            return None  # this change or a later one is already written
+            return []  # this change or a later one is already written
         ticket.seat = op.seat
         ticket.seat_answered_at = op.at
         ticket.updated_at = now
-        return TicketEvent(ticket_id=op.id, at=op.at, kind="seated",
-                           data={"seat": op.seat,
-                                 "seat_answered_at": op.at.astimezone(UTC).isoformat()})
+        return [_change(ticket, "seated", op.at,
+                        {"seat": op.seat, "seat_answered_at": _iso(op.at)})]
+
+    if isinstance(op, Reclassify):
+        if ticket.reclassified_at is not None and op.at <= ticket.reclassified_at:
+            return []
+        previous = ticket.category
+        ticket.category = op.category
+        ticket.reclassified_at = op.at
+        ticket.updated_at = now
+        return [_change(ticket, "reclassified", op.at,
+                        {"from": previous, "to": op.category, "seat": op.seat})]
+
+    if isinstance(op, AddTransfer):
+        transfers = list(ticket.transfers or [])
+        if transfers and op.at <= datetime.fromisoformat(transfers[-1]["at"]):
+            return []
+        record = {"from_line": op.from_line, "to_line": op.to_line, "seat": op.seat,
+                  "reason": op.reason, "at": _iso(op.at)}
+        ticket.transfers = [*transfers, record]  # a new list: JSON columns track assignment
+        ticket.line = op.to_line
+        ticket.updated_at = now
+        return [_change(ticket, "transferred", op.at, record)]
+
+    if isinstance(op, RequestCallback):
+        if ticket.callback_requested:
+            return []
+        return _request_callback(ticket, op.at, now)
+
+    if isinstance(op, RecordCallback):
+        if ticket.callback_at is not None and op.at <= ticket.callback_at:
+            return []
+        ticket.callback_at = op.at
+        ticket.callback_seat = op.seat
+        ticket.callback_outcome = op.outcome
+        ticket.callback_attempts = (ticket.callback_attempts or 0) + 1
+        ticket.updated_at = now
+        return [_change(ticket, "callback_done", op.at,
+                        {"seat": op.seat, "outcome": op.outcome, "at": _iso(op.at),
+                         "attempt": ticket.callback_attempts})]
 
     raise TypeError(f"not a ticket op: {op!r}")
+
+
+def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[_Change]:
+    ticket.callback_requested = True
+    ticket.callback_requested_at = at
+    ticket.updated_at = now
+    return [_change(ticket, "callback_requested", at, {"callback_requested_at": _iso(at)})]
+
+
+# what an "opened" ticket event records (as before the dispatch columns were added)
+_OPENED_FIELDS: Final = frozenset((
+    "id", "dialled", "number", "caller", "caller_name", "line", "category", "department",
+    "priority", "listed", "channel_id", "arrived_at", "answered_at", "seat",
+    "seat_answered_at", "ended_at", "outcome", "duration_s"))
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -2,21 +2,31 @@
 
 ``submit()`` only appends to an in-memory queue, so a slow or absent database delays
 records, never a call. ``run()`` writes what is queued in batches, one transaction each,
-in submission order; when the database fails it retries the same batch with exponential
-backoff until it succeeds. Nothing is dropped; while the database is away the queue
-simply grows in memory.
+in submission order; when the database fails it retries with exponential backoff until
+it succeeds. Nothing is dropped. Without a spool, the queue grows in memory while the
+database is away. With ``spool_path``, the first failed write moves the failed batch and
+everything queued to a durable local spool (:mod:`~callrouter.tickets.spool`), and every
+op submitted after it is appended there too (fsync'd per batch), so an engine that dies
+during the outage loses nothing: the next writer on the same file writes the spool first.
+When the database is back the spool is written in order, then emptied, then new ops go
+the direct way again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from .models import TICKET_OPS, TicketOp
+from .spool import Spool
 from .store import TicketStore
 
 log = logging.getLogger("callrouter.tickets")
+_T = TypeVar("_T")
 
 
 class TicketWriter:
@@ -28,7 +38,8 @@ class TicketWriter:
 
     def __init__(self, store: TicketStore, *, batch_max: int = 200,
                  retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
-                 linger_s: float = 0.0) -> None:
+                 linger_s: float = 0.0,
+                 spool_path: str | os.PathLike[str] | None = None) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         if not 0 < retry_initial_s <= retry_max_s:
@@ -54,6 +65,18 @@ class TicketWriter:
         self._closing = False
         self._running = False
         self._run_done = asyncio.Event()
+        self._wakeup = asyncio.Event()  # set by submit(): new ops while spooling
+        self._spool = Spool(spool_path) if spool_path is not None else None
+        # the spool's ops in memory (the file is the durable copy) and how many are written
+        self._spool_ops: list[TicketOp] = []
+        self._spool_done = 0
+        if self._spool is not None:
+            # read at construction (small, local) so that pending and drain() count them
+            self._spool_ops = self._spool.load()
+            self._submitted += len(self._spool_ops)
+            if self._spool_ops:
+                log.warning("ticket spool %s holds %d ops from an earlier run: writing them "
+                            "first", self._spool.path, len(self._spool_ops))
 
     # --- the call path ------------------------------------------------------------------
     def submit(self, op: TicketOp) -> None:
@@ -68,6 +91,7 @@ class TicketWriter:
                           op)
             self._queue.put_nowait(op)
             self._submitted += 1
+            self._wakeup.set()
         except Exception:  # never let record keeping break a call
             log.exception("could not queue ticket op %r", op)
 
@@ -81,6 +105,11 @@ class TicketWriter:
     def written(self) -> int:
         """Ops written (committed) since start."""
         return self._written
+
+    @property
+    def spooled(self) -> int:
+        """Ops in the durable spool not yet written (0 without a spool)."""
+        return len(self._spool_ops) - self._spool_done
 
     @property
     def retries(self) -> int:
@@ -106,6 +135,9 @@ class TicketWriter:
         self._run_done.clear()
         try:
             while not self._stop.is_set():
+                if self._spool_ops:
+                    await self._write_spool()
+                    continue
                 if not self._inflight:
                     batch = await self._next_batch()
                     if not batch:
@@ -137,31 +169,122 @@ class TicketWriter:
         while True:
             try:
                 await asyncio.to_thread(self._store.apply, self._inflight)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - logged in _failed; retried forever
                 attempt += 1
-                self._retries += 1
-                first_line = (str(exc).splitlines() or [""])[0]
-                self._last_error = f"{type(exc).__name__}: {first_line}"
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                log.warning("ticket write failed (attempt %d; %d ops in batch, %d pending), "
-                            "retrying in %.3g s: %s", attempt, len(self._inflight),
-                            self.pending, delay, self._last_error,
-                            exc_info=attempt == 1)
+                self._failed(exc, attempt, len(self._inflight), delay)
+                if self._spool is not None:
+                    # from now on ops go to the durable spool until it is written
+                    batch, self._inflight = self._inflight, []
+                    await self._to_spool(batch)
+                    return
                 if await self._stopped_within(delay):
                     return  # closed while failing: keep the batch for a later run()
                 delay = min(delay * 2, self._retry_max_s)
                 continue
-            if self._failing_since is not None:
-                log.warning("ticket writes recovered after %d failed attempts (%.1f s)",
-                            attempt, time.monotonic() - self._failing_since)
-                self._failing_since = None
-                self._last_error = None
-            self._written += len(self._inflight)
+            self._recovered(attempt)
+            written = len(self._inflight)
             self._inflight = []
-            async with self._progress:
-                self._progress.notify_all()
+            await self._count_written(written)
             return
+
+    def _failed(self, exc: Exception, attempt: int, batch: int, delay: float) -> None:
+        self._retries += 1
+        first_line = (str(exc).splitlines() or [""])[0]
+        self._last_error = f"{type(exc).__name__}: {first_line}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        where = f", spooling to {self._spool.path}" if self._spool is not None else ""
+        log.warning("ticket write failed (attempt %d; %d ops in batch, %d pending%s), "
+                    "retrying in %.3g s: %s", attempt, batch, self.pending, where, delay,
+                    self._last_error, exc_info=attempt == 1)
+
+    def _recovered(self, attempts: int) -> None:
+        if self._failing_since is not None:
+            log.warning("ticket writes recovered after %d failed attempts (%.1f s)",
+                        attempts, time.monotonic() - self._failing_since)
+            self._failing_since = None
+            self._last_error = None
+
+    async def _count_written(self, count: int) -> None:
+        self._written += count
+        async with self._progress:
+            self._progress.notify_all()
+
+    # --- the spool (only with spool_path) -------------------------------------------------
+    async def _to_spool(self, ops: Sequence[TicketOp]) -> None:
+        """Append ``ops`` and everything queued to the spool, durably, in order."""
+        batch = list(ops)
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if op is not None:
+                batch.append(op)
+        if not batch or self._spool is None:
+            return
+        self._spool_ops.extend(batch)
+        try:
+            await asyncio.to_thread(self._spool.append, batch)
+        except OSError:
+            # still written from memory when the database returns, just not crash-proof
+            log.exception("could not append %d ticket ops to the spool %s; kept in memory",
+                          len(batch), self._spool.path)
+
+    async def _write_spool(self) -> None:
+        """Write the spool in order, spooling new ops meanwhile; empty it once written."""
+        if self._spool is None:
+            return
+        delay = self._retry_initial_s
+        attempt = 0
+        while True:
+            await self._to_spool(())
+            if self._spool_done >= len(self._spool_ops):
+                try:
+                    await asyncio.to_thread(self._spool.clear)
+                except OSError:
+                    # replayed again at the next start: harmless, every op is idempotent
+                    log.exception("could not empty the ticket spool %s", self._spool.path)
+                log.info("ticket spool %s written (%d ops)", self._spool.path,
+                         len(self._spool_ops))
+                self._spool_ops = []
+                self._spool_done = 0
+                return
+            if self._stop.is_set():
+                return  # everything is in the spool: the next writer writes it
+            chunk = self._spool_ops[self._spool_done:self._spool_done + self._batch_max]
+            try:
+                await self._while_spooling(asyncio.to_thread(self._store.apply, chunk))
+            except Exception as exc:  # noqa: BLE001 - logged in _failed; retried forever
+                attempt += 1
+                self._failed(exc, attempt, len(chunk), delay)
+                await self._while_spooling(self._stopped_within(delay))
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            self._recovered(attempt)
+            attempt = 0
+            delay = self._retry_initial_s
+            self._spool_done += len(chunk)
+            await self._count_written(len(chunk))
+
+    async def _while_spooling(self, work: Awaitable[_T]) -> _T:
+        """Await ``work`` while appending newly submitted ops to the spool."""
+        job = asyncio.ensure_future(work)
+        try:
+            while not job.done():
+                self._wakeup.clear()
+                if self._queue.empty():
+                    woken = asyncio.ensure_future(self._wakeup.wait())
+                    try:
+                        await asyncio.wait({job, woken}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        woken.cancel()
+                        await asyncio.gather(woken, return_exceptions=True)
+                await self._to_spool(())
+            return job.result()
+        finally:
+            if not job.done():
+                job.cancel()  # run() cancelled; a database call in its thread runs on
 
     async def _stopped_within(self, seconds: float) -> bool:
         try:
@@ -197,6 +320,13 @@ class TicketWriter:
         self._queue.put_nowait(None)  # wake a run() waiting for work
         if self._running:
             await self._run_done.wait()
+        if self._spool is not None and self.pending:
+            batch, self._inflight = self._inflight, []
+            await self._to_spool(batch)
+            log.error("ticket writer closed with %d ops not written, kept in the spool %s: "
+                      "written at the next start (last error: %s)", self.pending,
+                      self._spool.path, self._last_error)
+            return False
         if self.pending:
             log.error("ticket writer closed with %d ops not written (last error: %s)",
                       self.pending, self._last_error)

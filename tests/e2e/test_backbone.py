@@ -96,7 +96,9 @@ def test_a_killed_engine_is_replaced_and_keeps_the_ticket(engines: EngineFactory
     time.sleep(1.0)
     second = engines.start()
     wait_for(lambda: "event=call_adopted" in second.log(), 10, "the second engine to adopt the caller")
-    assert "known=True" in second.log()
+    first_ticket = next(line.split("ticket=")[1].split()[0] for line in first.log().splitlines()
+                        if "event=call_arrived" in line)
+    assert f"event=call_adopted ticket={first_ticket}" in second.log(), "adopted under the ticket the first opened"
     thread.join(timeout=30)
     assert out and out[0].calls[0].ok, out and out[0].to_json()
     rows = wait_for(lambda: _closed_tickets(engines, 1), 20, "the caller's ticket to close")
