@@ -14,9 +14,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callrouter.config import ConfigError, Settings, load_settings
 from callrouter.logs import setup_logging
+
+if TYPE_CHECKING:
+    from callrouter.tickets import TicketStore
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -85,18 +89,71 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_tickets(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.tickets import TicketStore
 
+    if args.action == "consume":
+        return _tickets_consume(args, settings)
     store = TicketStore(settings.database_url)
     try:
         store.create_schema()
-        rows = store.list(limit=args.limit, line=args.line)
+        if args.action == "callbacks":
+            rows = store.callbacks(pending_only=not args.all)
+        elif args.action == "callback-done":
+            return _tickets_callback_done(store, args)
+        else:
+            rows = store.list(limit=args.limit, line=args.line)
     finally:
         store.close()
     if args.json:
         _print_json(rows)
+    elif args.action == "callbacks":
+        for r in rows:
+            print(f"{r['id']}  {r['line']:>5}  {r['caller'] or '-':<14} requested {r['callback_requested_at']}  "
+                  f"attempts {r['callback_attempts']}  last {r['callback_outcome'] or '-'}")
     else:
         for r in rows:
             print(f"{r['id']}  {r['line']:>5}  {r['category']:<22} {r['dialled']:<14} {r['caller'] or '-':<14} "
                   f"{r['arrived_at']}  {r['outcome'] or 'open'}")
+    return 0
+
+
+def _tickets_callback_done(store: TicketStore, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from callrouter.tickets import RecordCallback
+
+    if store.get(args.ticket) is None:
+        print(f"callrouter: no ticket {args.ticket}", file=sys.stderr)
+        return 1
+    store.apply([RecordCallback(args.ticket, datetime.now(UTC), args.seat, args.outcome)])
+    _print_json(store.get(args.ticket))
+    return 0
+
+
+def _tickets_consume(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+    import socket
+
+    from redis.asyncio import Redis
+
+    from callrouter.tickets.consumer import GroupConsumer, StreamEvent
+    from callrouter.tickets.relay import stream_name
+
+    def show(event: StreamEvent) -> None:
+        sys.stdout.write(json.dumps(event.to_json(), ensure_ascii=False) + "\n")
+        sys.stdout.flush()  # printed before it is acknowledged
+
+    async def consume() -> int:
+        redis = Redis.from_url(settings.redis_url, decode_responses=True,
+                               socket_timeout=args.block_ms / 1000 + 10, socket_connect_timeout=5)
+        try:
+            consumer = GroupConsumer(redis, args.stream or stream_name(settings.redis_prefix), args.group,
+                                     args.consumer or f"{socket.gethostname()}-{os.getpid()}",
+                                     count=args.count, block_ms=args.block_ms, idle_claim_ms=args.idle_claim_ms,
+                                     max_deliveries=args.max_deliveries)
+            return await consumer.run(show, max_events=args.max_events)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(consume())
     return 0
 
 
@@ -238,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--json", action="store_true")
     tl.add_argument("--limit", type=int, default=50)
     tl.add_argument("--line", choices=["110", "96345"])
+    tc = tsub.add_parser("callbacks", help="tickets flagged for a call back (abandoned 110 calls)")
+    tc.add_argument("--json", action="store_true")
+    tc.add_argument("--all", action="store_true", help="also those already reached")
+    td = tsub.add_parser("callback-done", help="record a call back attempt")
+    td.add_argument("ticket")
+    td.add_argument("--seat", required=True)
+    td.add_argument("--outcome", required=True, choices=["reached", "no_answer"])
+    tk = tsub.add_parser("consume", help="read the dispatch stream with a consumer group; one JSON line per event")
+    tk.add_argument("--group", required=True)
+    tk.add_argument("--consumer", help="consumer name (default host-pid; reuse it to resume its pending events)")
+    tk.add_argument("--count", type=int, default=100, help="events per read")
+    tk.add_argument("--idle-claim-ms", type=int, default=30_000,
+                    help="claim events another consumer left pending this long (XAUTOCLAIM)")
+    tk.add_argument("--max-deliveries", type=int, default=5,
+                    help="an event delivered more often goes to the dead-letter stream <stream>:dead")
+    tk.add_argument("--block-ms", type=int, default=1000, help=argparse.SUPPRESS)
+    tk.add_argument("--max-events", type=int, default=None, help="exit after this many events")
+    tk.add_argument("--stream", help="default <redis_prefix>:tickets")
     t.set_defaults(func=cmd_tickets)
 
     ru = sub.add_parser("run", help="run the engine (ARI) until SIGTERM")

@@ -102,11 +102,20 @@ class CpuSampler:
         return 100.0 * (self.cpu_s() - self.c0) / dt if dt > 0 else 0.0
 
 
-def asterisk_pid() -> int:
-    out = subprocess.run(["pgrep", "-o", "-x", "asterisk"], capture_output=True, text=True, check=False).stdout
-    if not out.strip():
-        raise SystemExit("Asterisk is not running: .venv/bin/callrouter asterisk up")
-    return int(out.split()[0])
+def asterisk_pid(settings: Settings | None = None) -> int:
+    """The pid of OUR Asterisk: the one whose root is the chroot (another chroot's
+    Asterisk may run beside it on other ports)."""
+    from callrouter.config import load_settings
+
+    root = str((settings or load_settings()).chroot)
+    out = subprocess.run(["pgrep", "-x", "asterisk"], capture_output=True, text=True, check=False).stdout
+    for pid in out.split():
+        try:
+            if os.readlink(f"/proc/{pid}/root") == root:
+                return int(pid)
+        except OSError:
+            continue
+    raise SystemExit(f"no Asterisk running in {root}: .venv/bin/callrouter asterisk up")
 
 
 def rx(settings: Settings, command: str) -> str:
@@ -144,6 +153,7 @@ class BenchEngine:
             if self.proc.poll() is not None:
                 raise SystemExit(f"engine exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             time.sleep(0.2)
+        self.stop()
         raise SystemExit("engine did not connect to ARI in 30 s")
 
     def log(self) -> str:

@@ -24,6 +24,7 @@ wrap-up expiry.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import re
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 from bench_common import NUMBERS_96345, SEATS_96345, BenchEngine, CpuSampler, asterisk_pid, fmt, machine, pct, stamp
 
 from callrouter.config import load_settings
+from callrouter.provision import asterisk as prov
 from callrouter.sim.seats import SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
 
@@ -74,7 +76,7 @@ def run_once(settings, wrap_up: float, args: argparse.Namespace) -> dict:  # typ
         print(f"wrap-up {wrap_up}: {waiting} waiting, logging in {len(seats_names)} seats", file=sys.stderr)
         seats = start_seats(engine.settings, [SeatSpec(s, answer_delay_s=0.2, talk_s=1.0, talk_dist="fixed")
                                               for s in seats_names], seed=7)
-        eng_cpu, ast_cpu = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid())  # type: ignore[union-attr]
+        eng_cpu, ast_cpu = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
         t0 = time.time()
         engine.login(*seats_names)
         time.sleep(args.seconds)
@@ -141,9 +143,17 @@ def main() -> int:
     ap.add_argument("--wrap-up", default="0", help="comma list of wrap_up_s values, one run each")
     ap.add_argument("--markdown", help="write the table to this file too")
     args = ap.parse_args()
-    settings = load_settings()
+    settings = dataclasses.replace(load_settings(), bench_trunk_ip="127.0.0.3")
+    # a fresh Asterisk with callrouter's own configuration (tests may have re-rendered it)
+    prov.stop(prov.select_target(settings))
+    prov.up(settings)
     head = f"Machine: {machine()}; {stamp()}"
-    runs = [run_once(settings, float(w), args) for w in args.wrap_up.split(",")]
+    runs = []
+    for w in args.wrap_up.split(","):
+        r = run_once(settings, float(w), args)
+        runs.append(r)
+        print({k: (v if not isinstance(v, list) else (len(v), pct(v, 50), pct(v, 99))) for k, v in r.items()},
+              file=sys.stderr)
 
     lines = [head, "", (f"{args.seats} sim seats on line 96345 (answer 0.2 s, talk 1 s), callers held "
              f"{args.waiting}+ (see waiting), {args.seconds:.0f} s per run; times in ms"), "",

@@ -175,7 +175,7 @@ def one_step(settings, n: int, args: argparse.Namespace) -> dict:  # type: ignor
     plain_out: list[TrunkReport] = []
     specs = [CallSpec(s.number, s.caller, hold) for s in storm_specs(settings, plain_n, hold, seed=n)]
     tt = threading.Thread(target=lambda: plain_out.append(run_calls(engine.settings, specs, args.rate)))
-    eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid())  # type: ignore[union-attr]
+    eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
     res: dict = {"n": n, "rate": args.rate}
     try:
         pt.start()

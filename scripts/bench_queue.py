@@ -82,7 +82,7 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
     seats = start_seats(engine.settings, seat_specs(args), seed=args.seed)
     try:
         engine.login(*SEATS_110, *SEATS_96345, *POOL)
-        eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid())  # type: ignore[union-attr]
+        eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
         t0 = time.monotonic()
         report = run_calls(engine.settings, specs, rate=len(specs) / args.within)
         seconds = time.monotonic() - t0
@@ -117,7 +117,7 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
     offset = qlog.stat().st_size if qlog.exists() else 0
     seats = start_seats(settings, seat_specs(args), seed=args.seed)
     try:
-        ast = CpuSampler(asterisk_pid())
+        ast = CpuSampler(asterisk_pid(settings))
         t0 = time.monotonic()
         qspecs = [CallSpec("Q" + s.number, s.caller, s.hold_s) for s in specs]
         report = run_calls(settings, qspecs, rate=len(specs) / args.within, local_ip=BENCH_IP)

@@ -35,6 +35,7 @@ class LiveCall:
     seat_leg: str | None = None
     seat_answered_at: datetime | None = None
     bridge: str | None = None
+    connects: int = 0  # mixing bridges made for this caller so far
     # one call's ARI requests run in order, each call in its own lane
     lane: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 

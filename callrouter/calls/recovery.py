@@ -22,7 +22,7 @@ from callrouter.acd import CallAbandoned, CallArrived, CallEnded, CallState
 from callrouter.ari import AriError, Bridge, Channel
 from callrouter.calls.holding import HOLD_RE
 from callrouter.calls.model import CallPhase, SeatLeg
-from callrouter.calls.service import BRIDGE_PREFIX, LEG_PREFIX, CallService, mixing_bridge_id
+from callrouter.calls.service import BRIDGE_PREFIX, LEG_PREFIX, CallService, is_mixing_bridge_of
 from callrouter.logs import q
 from callrouter.tickets import CloseTicket, ticket_id_for_channel
 
@@ -97,7 +97,8 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
                    legs: dict[str, Channel]) -> set[str]:
     talking_legs: set[str] = set()
     for channel in sorted(callers.values(), key=lambda c: c.creationtime):
-        mixing = bridges.get(mixing_bridge_id(channel.id))
+        mixing = next((b for b in bridges.values() if is_mixing_bridge_of(b.id, channel.id)
+                       and channel.id in b.channels), None)
         leg_id = next((c for c in (mixing.channels if mixing else ()) if c in legs), None)
         call = service.calls.get(channel.id)
         if call is None:
@@ -107,12 +108,12 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
             service.counters["adopted"] += 1
             log.info("event=call_adopted ticket=%s channel=%s talking=%s", call.ticket_id, channel.id,
                      leg_id is not None)
-        if leg_id is not None:
+        if leg_id is not None and mixing is not None:
             # talking: Asterisk keeps them bridged; nothing to do but remember it
             talking_legs.add(leg_id)
             seat = service.seat_of_channel(legs[leg_id]) or ""
-            call.phase, call.seat, call.seat_leg, call.bridge = CallPhase.TALKING, seat, leg_id, mixing_bridge_id(
-                channel.id)
+            call.phase, call.seat, call.seat_leg, call.bridge = CallPhase.TALKING, seat, leg_id, mixing.id
+            call.connects = int(mixing.id.rsplit("-", 1)[1])
             service.legs.setdefault(leg_id, SeatLeg(id=leg_id, call_id=call.id, seat=seat,
                                                     offered_at=service.now_ts(), originated=True,
                                                     answered=True))

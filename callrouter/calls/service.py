@@ -88,8 +88,13 @@ def parse_ari_time(value: str) -> datetime | None:
         return None
 
 
-def mixing_bridge_id(call_id: str) -> str:
-    return f"{BRIDGE_PREFIX}call-{call_id}"
+def mixing_bridge_id(call_id: str, n: int) -> str:
+    """The n-th seat a caller talks to (a transfer makes a second) meets them here."""
+    return f"{BRIDGE_PREFIX}call-{call_id}-{n}"
+
+
+def is_mixing_bridge_of(bridge_id: str, call_id: str) -> bool:
+    return bridge_id.startswith(f"{BRIDGE_PREFIX}call-{call_id}-")
 
 
 class CallService:
@@ -331,7 +336,8 @@ class CallService:
                     await self.ari.stop_playback(playback)
                 except AriError:
                     pass  # finished meanwhile
-            bridge_id = mixing_bridge_id(call.id)
+            call.connects += 1
+            bridge_id = mixing_bridge_id(call.id, call.connects)
             try:
                 await self.ari.create_bridge(bridge_id, "mixing")
                 self.holding.left(call.id)
@@ -507,6 +513,37 @@ class CallService:
             self.transfer(leg.call_id, to_line, f"seat keyed {code}", by_seat=leg.seat)
         except TransferError as exc:
             log.warning("event=transfer_refused seat=%s code=%s error=%s", leg.seat, code, q(exc.details))
+
+    def seat_refer(self, raw: dict[str, Any]) -> None:
+        """A seat's phone sent a blind transfer (SIP REFER) to 110 or 96345.
+
+        The seat legs carry PJSIP_TRANSFER_HANDLING()=ari-only, so Asterisk leaves the
+        REFER to us (ChannelTransfer event) instead of redirecting the caller into the
+        dialplan: the caller then keeps their place and their ticket like any transfer.
+        """
+        source = ((raw.get("referred_by") or {}).get("source_channel") or {}).get("id", "")
+        dest = str(((raw.get("refer_to") or {}).get("requested_destination") or {}).get("destination", ""))
+        leg = self.legs.get(str(source))
+        if leg is None:
+            return
+        to_line = next((line for line in self.acd.config.line_ids if dest.lstrip("+").endswith(line)), None)
+        if to_line is None:
+            log.warning("event=refer_refused seat=%s destination=%s: only 110 or 96345", leg.seat, q(dest))
+            return
+        try:
+            self.transfer(leg.call_id, to_line, f"seat transferred (REFER to {dest})", by_seat=leg.seat)
+        except TransferError as exc:
+            # Asterisk reports some REFERs twice: the second finds the call already moved
+            log.info("event=refer_ignored seat=%s error=%s", leg.seat, q(exc.details))
+            return
+        self.tasks.spawn(self._transfer_progress(leg.id), name=f"refer-progress:{leg.id}")
+
+    async def _transfer_progress(self, leg_id: str) -> None:
+        # tells the phone its transfer succeeded (NOTIFY 200) before we hang its leg up
+        try:
+            await self.ari.request("POST", f"/channels/{leg_id}/transfer_progress", params={"states": "channel_answered"})
+        except AriError as exc:
+            log.debug("event=transfer_progress_failed leg=%s error=%s", leg_id, q(exc))
 
     def reconfigure(self, config: LinesConfig) -> None:
         """New lines configuration (validated by the caller); no call is dropped."""

@@ -44,6 +44,8 @@ class StasisRouter:
                 service.leg_ended(cid, cause)
             elif cid in service.calls:
                 service.caller_ended(cid, event.cause_txt if isinstance(event, ChannelDestroyed) else "hang-up")
+        elif event.type == "ChannelTransfer":
+            service.seat_refer(event.raw)
         elif isinstance(event, ChannelDtmfReceived):
             if event.channel.id in service.legs:
                 service.seat_dtmf(event.channel.id, event.digit)

@@ -50,7 +50,7 @@ from callrouter.sim.trunk import SimError, free_udp_port, scenario_path, sipp_bi
 REGISTER_SCENARIO = "seat-register.xml"
 ANSWER_SCENARIO = "seat-answer.xml"
 
-Mode = Literal["answer", "no_answer", "busy", "transfer"]
+Mode = Literal["answer", "no_answer", "busy", "transfer", "refer"]
 TalkDist = Literal["exponential", "fixed"]
 MODES: tuple[str, ...] = get_args(Mode)
 TALK_DISTS: tuple[str, ...] = get_args(TalkDist)
@@ -73,6 +73,7 @@ class SeatSpec:
     mode: Mode = "answer"
     talk_dist: TalkDist = "exponential"
     xfer_digit: str = "9"  # mode transfer: keys "*" then this digit once answered (*9: to 96345, *1: to 110)
+    refer_to: str = "96345"  # mode refer: the number a blind transfer (SIP REFER) sends the caller to
 
     def __post_init__(self) -> None:
         if not self.seat or any(c in self.seat for c in ";\n\r\t @<>\""):
@@ -317,6 +318,7 @@ class _SeatBase:
                 "-key", "mode", spec.mode, "-key", "answer_ms", str(round(spec.answer_delay_s * 1000)),
                 "-key", "talk_ms", str(round(spec.talk_s * 1000) if spec.talk_s > 0 else 0),
                 "-key", "talk_dist", spec.talk_dist, "-key", "xfer_digit", spec.xfer_digit,
+                "-key", "refer_to", spec.refer_to,
                 "-m", "1", "-aa"]
 
     def register_command(self, expires_s: int) -> list[str]:

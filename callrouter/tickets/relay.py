@@ -61,7 +61,7 @@ class OutboxRelay:
 
     def __init__(self, store: TicketStore, redis_url: str, stream: str = "callrouter:tickets",
                  *, batch_max: int = 200, poll_s: float = 0.05, lease_s: float = 30.0,
-                 retry_initial_s: float = 0.1, retry_max_s: float = 5.0,
+                 retry_initial_s: float = 0.1, retry_max_s: float = 2.0,
                  redis_timeout_s: float = 5.0, maxlen: int | None = None,
                  owner: str | None = None) -> None:
         if batch_max < 1:

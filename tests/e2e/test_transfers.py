@@ -135,3 +135,17 @@ def test_seat_keys_star_9_on_its_phone_to_hand_the_caller_to_96345(engines: Engi
     ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
     assert ticket["line"] == "96345" and ticket["seat"] == "s96345-01"
     assert [(t["from_line"], t["to_line"], t["seat"]) for t in ticket["transfers"]] == [("110", "96345", "s110-01")]
+
+
+def test_seat_phone_blind_transfer_refer_to_96345(engines: EngineFactory, seats: list[SeatSims]) -> None:
+    engines.use_lines(wrap_up_s=1)
+    engine = engines.start()
+    seats.append(start_seats(engines.settings, [
+        SeatSpec("s110-01", answer_delay_s=0.2, mode="refer", refer_to="96345"),
+        SeatSpec("s96345-01", answer_delay_s=0.2, talk_s=1.0, talk_dist="fixed")]))
+    engines.login("s110-01", "s96345-01")
+    report = run_calls(engines.settings, [CallSpec("110", "13880000001", -1)], rate=1)
+    assert report.calls[0].outcome == "completed_by_far_end", (report.to_json(), engine.log()[-3000:])
+    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    assert ticket["line"] == "96345" and ticket["seat"] == "s96345-01"
+    assert [(t["from_line"], t["to_line"], t["seat"]) for t in ticket["transfers"]] == [("110", "96345", "s110-01")]

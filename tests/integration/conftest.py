@@ -27,6 +27,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from callrouter.tickets import TicketStore
 
+from .servers import (
+    PrivatePostgres,
+    PrivateRedis,
+    private_postgres_bindir,
+    private_redis_binary,
+)
+
 BACKENDS = ("sqlite", "postgresql")
 
 _DEFAULT_PG_URLS = (
@@ -157,3 +164,26 @@ def make_store(make_database: Callable[[str], FreshDatabase]
     yield make
     for store in reversed(stores):
         store.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A redis-server of this test alone (outage tests kill and restart it)."""
+    server = PrivateRedis(private_redis_binary())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of this test module alone (outage tests stop and start it)."""
+    server = PrivatePostgres(private_postgres_bindir())
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()
