@@ -228,6 +228,8 @@ def cmd_lines(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
         status, result = _api(settings, "GET", "/api/calls")
+    elif args.action == "consult":
+        status, result = _api(settings, "POST", f"/api/calls/{args.call}/consult", {"line": args.line})
     elif args.action == "transfer":
         status, result = _api(settings, "POST", f"/api/calls/{args.call}/transfer",
                               {"to": args.to, "reason": args.reason})
@@ -358,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("call")
     ct.add_argument("--to", required=True, choices=["110", "96345"])
     ct.add_argument("--reason", default="")
+    cc = csub.add_parser("consult", help="bring a seat of the other line into the call (three-way)")
+    cc.add_argument("call")
+    cc.add_argument("--line", required=True, choices=["110", "96345"])
     ch = csub.add_parser("hangup")
     ch.add_argument("call")
     ca.set_defaults(func=cmd_calls)

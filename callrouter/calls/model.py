@@ -36,6 +36,15 @@ class LiveCall:
     seat_answered_at: datetime | None = None
     bridge: str | None = None
     connects: int = 0  # mixing bridges made for this caller so far
+    # the ACD's id for this caller: the channel id, or after a three-way consult handed
+    # the caller over, the consult's id
+    acd_id: str = ""
+    consult_id: str | None = None  # a three-way consult under way (its ACD id)
+    consult_leg: str | None = None  # the consulted seat's leg, once it answered
+    consult_line: str | None = None
+
+    def __post_init__(self) -> None:
+        self.acd_id = self.acd_id or self.id
     # one call's ARI requests run in order, each call in its own lane
     lane: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 

@@ -9,6 +9,7 @@ never stand in front of a caller.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -88,6 +89,9 @@ def parse_ari_time(value: str) -> datetime | None:
         return None
 
 
+CONSULT_PREFIX = "consult~"
+
+
 def mixing_bridge_id(call_id: str, n: int) -> str:
     """The n-th seat a caller talks to (a transfer makes a second) meets them here."""
     return f"{BRIDGE_PREFIX}call-{call_id}-{n}"
@@ -122,6 +126,12 @@ class CallService:
         return mapping
 
     # ------------------------------------------------------------ plumbing
+    def call_for(self, acd_id: str) -> LiveCall | None:
+        """The live caller an ACD call id stands for (a consult's id names its caller)."""
+        if acd_id.startswith(CONSULT_PREFIX):
+            return self.calls.get(acd_id[len(CONSULT_PREFIX):])
+        return self.calls.get(acd_id)
+
     def now_ts(self) -> float:
         return self.clock().timestamp()
 
@@ -253,17 +263,19 @@ class CallService:
                                     "trigger": action.trigger})
 
     def _offer(self, action: Offer) -> None:
-        call = self.calls.get(action.call_id)
-        if call is None:
+        call = self.call_for(action.call_id)
+        consult = action.call_id.startswith(CONSULT_PREFIX)
+        if call is None or (consult and call.consult_id != action.call_id):
             # the ACD offered a call the shell no longer has: tell it, so the seat is freed
             self.feed(OfferFailed(action.call_id, action.seat, "error"))
             return
         self._leg_seq += 1
-        leg = SeatLeg(id=f"{LEG_PREFIX}{self._leg_seq}-{int(time.time())}", call_id=call.id, seat=action.seat,
-                      offered_at=self.now_ts())
+        leg = SeatLeg(id=f"{LEG_PREFIX}{self._leg_seq}-{int(time.time())}", call_id=action.call_id,
+                      seat=action.seat, offered_at=self.now_ts())
         self.legs[leg.id] = leg
-        call.phase = CallPhase.RINGING
-        call.offer_leg = leg.id
+        if not consult:
+            call.phase = CallPhase.RINGING
+            call.offer_leg = leg.id
         log.info("event=offer ticket=%s channel=%s seat=%s leg=%s timeout_s=%.0f", call.ticket_id, call.id,
                  action.seat, leg.id, action.timeout_s)
 
@@ -276,12 +288,12 @@ class CallService:
             try:
                 # the ACD times the ring out itself (Tick); Asterisk's timeout is the backstop
                 await self.ari.originate(f"PJSIP/{action.endpoint}", channel_id=leg.id,
-                                         app_args=f"seat,{call.id},{action.seat}",
+                                         app_args=f"seat,{action.call_id},{action.seat}",
                                          timeout_s=math.ceil(action.timeout_s) + 2, caller_id=caller_id)
             except AriError as exc:
                 log.warning("event=originate_failed ticket=%s seat=%s error=%s", call.ticket_id, action.seat, q(exc))
                 if self.legs.pop(leg.id, None) is not None and not leg.cancelled:
-                    self.feed(OfferFailed(call.id, action.seat, "error"))
+                    self.feed(OfferFailed(action.call_id, action.seat, "error"))
                 return
             leg.originated = True
             if leg.cancelled:
@@ -294,7 +306,7 @@ class CallService:
         for leg in list(self.legs.values()):
             if leg.call_id == call_id and leg.seat == seat and not leg.cancelled:
                 leg.cancelled = True
-                call = self.calls.get(call_id)
+                call = self.call_for(call_id)
                 if call is not None and call.offer_leg == leg.id:
                     call.offer_leg = None
                     if call.phase is CallPhase.RINGING:
@@ -310,6 +322,9 @@ class CallService:
                 log.warning("event=hangup_failed channel=%s error=%s", channel_id, q(exc))
 
     def _connect(self, action: Connect) -> None:
+        if action.call_id.startswith(CONSULT_PREFIX):
+            self._consult_joined(action)
+            return
         call = self.calls.get(action.call_id)
         leg = next((lg for lg in self.legs.values() if lg.call_id == action.call_id and lg.seat == action.seat
                     and not lg.cancelled), None)
@@ -381,13 +396,23 @@ class CallService:
         leg = self.legs.pop(leg_id, None)
         if leg is None or leg.cancelled:
             return
-        call = self.calls.get(leg.call_id)
+        call = self.call_for(leg.call_id)
+        if call is not None and call.seat_leg == leg.id and call.consult_leg is not None:
+            # the seat that asked for the consult left it: the consulted seat keeps the caller
+            self._consult_handover(call, leg)
+            return
         if call is not None and call.seat_leg == leg.id:
             # the seat hung up a connected call: the call is over for the caller too
             log.info("event=seat_hung_up ticket=%s seat=%s", call.ticket_id, leg.seat)
             self._finish(call, "completed")
-            self.feed(CallEnded(call.id))
+            self.feed(CallEnded(call.acd_id))
             self.tasks.spawn(self._hangup(call.id), name=f"end-caller:{call.id}")
+            return
+        if call is not None and call.consult_leg == leg.id:
+            # the consulted seat left; the first seat and the caller talk on
+            log.info("event=consult_left ticket=%s seat=%s", call.ticket_id, leg.seat)
+            self.feed(CallEnded(leg.call_id))
+            call.consult_id = call.consult_leg = call.consult_line = None
             return
         if call is not None and call.offer_leg == leg.id:
             call.offer_leg = None
@@ -403,15 +428,20 @@ class CallService:
         call = self.calls.get(channel_id)
         if call is None:
             return
+        if call.consult_id is not None:
+            consult_id = call.consult_id
+            self.feed(CallEnded(consult_id) if call.consult_leg else CallAbandoned(consult_id))
+            if call.consult_leg and self.legs.pop(call.consult_leg, None) is not None:
+                self.tasks.spawn(self._hangup(call.consult_leg), name=f"end-consult:{call.consult_leg}")
         if call.phase is CallPhase.TALKING:
             self._finish(call, "completed", cause)
-            self.feed(CallEnded(call.id))
+            self.feed(CallEnded(call.acd_id))
             if call.seat_leg and call.seat_leg in self.legs:
                 self.legs.pop(call.seat_leg)
                 self.tasks.spawn(self._hangup(call.seat_leg), name=f"end-seat:{call.seat_leg}")
         else:
             self._finish(call, "abandoned", cause)
-            self.feed(CallAbandoned(call.id))
+            self.feed(CallAbandoned(call.acd_id))
 
     def _finish(self, call: LiveCall, outcome: str, cause: str = "") -> None:
         if self.calls.pop(call.id, None) is None:
@@ -467,7 +497,9 @@ class CallService:
             raise TransferError("not_your_call", f"seat {by_seat} is not on call {call_id}")
         from_line, seat, leg_id, bridge_id = call.line, call.seat, call.seat_leg, call.bridge
         escalated = to_line == "110"
-        self.feed(CallTransferred(call.id, to_line, priority=priority, escalated=escalated))
+        if call.consult_id is not None:
+            raise TransferError("consult_under_way", "finish or drop the three-way consult first")
+        self.feed(CallTransferred(call.acd_id, to_line, priority=priority, escalated=escalated))
         call.line, call.phase, call.seat, call.seat_leg, call.bridge = to_line, CallPhase.WAITING, None, None, None
         if leg_id is not None:
             leg = self.legs.pop(leg_id, None)
@@ -496,6 +528,82 @@ class CallService:
                     pass
         self._lane(call, move(), "transfer")
         return call
+
+    # ------------------------------------------------------------ three-way consult
+    def consult(self, call_id: str, line: str, by_seat: str | None = None) -> LiveCall:
+        """Bring a seat of the other line into the call: caller and both seats in one bridge.
+
+        The consulted line's next free seat is rung like a caller at the front of the
+        queue (国办发〔2022〕12号: a three-way call where responsibility is unclear). If no
+        seat of that line answers within its ring timeout, the consult is dropped and the
+        first seat simply keeps the caller. When the first seat then leaves, the consulted
+        seat keeps the caller and the ticket records the hand-over.
+        """
+        call = self.calls.get(call_id)
+        if call is None:
+            raise TransferError("unknown_call", f"no live call {call_id!r}")
+        if line not in self.acd.config.line_ids or line == call.line:
+            raise TransferError("bad_line", f"consult the other line, not {line!r}")
+        if call.phase is not CallPhase.TALKING or call.bridge is None:
+            raise TransferError("not_talking", "only a call a seat is talking to can have a consult")
+        if by_seat is not None and call.seat != by_seat:
+            raise TransferError("not_your_call", f"seat {by_seat} is not on call {call_id}")
+        if call.consult_id is not None:
+            raise TransferError("consult_under_way", "a consult is already under way")
+        consult_id = f"{CONSULT_PREFIX}{call.id}"
+        call.consult_id, call.consult_line = consult_id, line
+        log.info("event=consult_requested ticket=%s seat=%s line=%s", call.ticket_id, call.seat, line)
+        self.feed(CallArrived(consult_id, line, 1, self.now_ts(), escalated=True))
+        timeout = self.acd.config.line(line).ring_timeout_s
+
+        def give_up() -> None:
+            if call.consult_id == consult_id and call.consult_leg is None:
+                log.info("event=consult_no_seat ticket=%s line=%s: the first seat keeps the caller",
+                         call.ticket_id, line)
+                call.consult_id = call.consult_line = None
+                self.feed(CallAbandoned(consult_id))
+                self._emit("consult_failed", {**call.summary(), "line": line})
+        asyncio.get_running_loop().call_later(timeout, give_up)
+        return call
+
+    def _consult_joined(self, action: Connect) -> None:
+        call = self.call_for(action.call_id)
+        leg = next((lg for lg in self.legs.values() if lg.call_id == action.call_id and lg.seat == action.seat
+                    and not lg.cancelled), None)
+        if call is None or leg is None or call.consult_id != action.call_id or call.bridge is None:
+            if leg is not None:
+                self.tasks.spawn(self._hangup(leg.id), name=f"consult-lost:{leg.id}")
+            self.feed(CallEnded(action.call_id))
+            return
+        call.consult_leg = leg.id
+        bridge_id = call.bridge
+        log.info("event=consult_joined ticket=%s seat=%s line=%s", call.ticket_id, action.seat, action.line)
+        self._emit("consult_joined", {**call.summary(), "consult_seat": action.seat})
+
+        async def join() -> None:
+            try:
+                await self.ari.add_to_bridge(bridge_id, leg.id)
+            except AriError as exc:
+                log.warning("event=consult_bridge_failed ticket=%s error=%s", call.ticket_id, q(exc))
+        self._lane(call, join(), "consult")
+
+    def _consult_handover(self, call: LiveCall, first: SeatLeg) -> None:
+        consult_leg = self.legs.get(call.consult_leg or "")
+        if consult_leg is None or call.consult_id is None or call.consult_line is None:
+            return
+        from_line, from_seat = call.line, first.seat
+        self.feed(CallEnded(call.acd_id))  # the first seat's part is over: wrap-up
+        call.acd_id, call.line = call.consult_id, call.consult_line
+        call.seat, call.seat_leg = consult_leg.seat, consult_leg.id
+        call.consult_id = call.consult_leg = call.consult_line = None
+        now = self.clock()
+        self.writer.submit(AddTransfer(id=call.ticket_id, from_line=from_line, to_line=call.line, seat=from_seat,
+                                       reason="three-way consult", at=now))
+        self.writer.submit(SetSeat(id=call.ticket_id, seat=consult_leg.seat, at=now))
+        log.info("event=consult_handover ticket=%s from_seat=%s to_seat=%s line=%s", call.ticket_id, from_seat,
+                 consult_leg.seat, call.line)
+        self._emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": from_seat,
+                                        "reason": "three-way consult"})
 
     def seat_dtmf(self, leg_id: str, digit: str) -> None:
         """In-call codes a seat keys on its phone: *1 hands the caller to 110, *9 to 96345."""

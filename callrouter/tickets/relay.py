@@ -92,6 +92,7 @@ class OutboxRelay:
         self._failures = 0
         self._lag_s = 0.0
         self._failing_since: float | None = None
+        self._streak = 0  # failed attempts in a row
         self._last_error: str | None = None
 
     # --- metrics ------------------------------------------------------------------------
@@ -187,9 +188,13 @@ class OutboxRelay:
         first = self._failing_since is None
         if first:
             self._failing_since = time.monotonic()
-        log.warning("event=relay_failed stream=%s retry_in_s=%.3g unmarked=%d error=%r",
-                    self.stream, delay, len(self._unmarked), self._last_error,
-                    exc_info=first and not isinstance(exc, RedisError | OSError))
+            self._streak = 0
+        self._streak += 1
+        # every failure while Redis is away would flood the log: the first, then every 10th
+        level = logging.WARNING if self._streak % 10 == 1 else logging.DEBUG
+        log.log(level, "event=relay_failed stream=%s attempt=%d retry_in_s=%.3g unmarked=%d "
+                "error=%r", self.stream, self._streak, delay, len(self._unmarked),
+                self._last_error, exc_info=first and not isinstance(exc, RedisError | OSError))
 
     async def _stopped_within(self, seconds: float) -> bool:
         try:

@@ -149,3 +149,49 @@ def test_seat_phone_blind_transfer_refer_to_96345(engines: EngineFactory, seats:
     ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
     assert ticket["line"] == "96345" and ticket["seat"] == "s96345-01"
     assert [(t["from_line"], t["to_line"], t["seat"]) for t in ticket["transfers"]] == [("110", "96345", "s110-01")]
+
+
+def _consult(engines: EngineFactory, caller: str, line: str) -> None:
+    call = _call_of(engines, caller)
+    status, body = engines.api("POST", f"/api/calls/{call['call_id']}/consult", {"line": line})
+    assert status == 200, body
+
+
+def test_three_way_consult_hands_the_caller_to_the_consulted_seat(engines: EngineFactory,
+                                                                   seats: list[SeatSims]) -> None:
+    engines.use_lines(wrap_up_s=1)
+    engine = engines.start()
+    seats.append(start_seats(engines.settings, [
+        SeatSpec("s110-01", answer_delay_s=0.2, talk_s=4.0, talk_dist="fixed"),  # leaves after 4 s
+        SeatSpec("s96345-01", answer_delay_s=0.2, talk_s=0)]))
+    engines.login("s110-01", "s96345-01")
+    a = CallSpec("110", "13890000001", 8.0)
+    ta, out = _background(engines, [a])
+    wait_for(lambda: "event=call_connected" in engine.log(), 10, "the 110 seat to answer")
+    _consult(engines, a.caller, "96345")
+    wait_for(lambda: "event=consult_joined" in engine.log(), 10, "the 96345 seat to join: three in one bridge")
+    wait_for(lambda: "event=consult_handover" in engine.log(), 10, "the first seat to leave")
+    ta.join(timeout=30)
+    assert out and out[0].calls[0].outcome == "completed", "the caller stayed connected until they hung up"
+    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    assert ticket["seat"] == "s96345-01" and ticket["line"] == "96345" and ticket["outcome"] == "completed"
+    assert [(t["from_line"], t["to_line"], t["seat"], t["reason"]) for t in ticket["transfers"]] == [
+        ("110", "96345", "s110-01", "three-way consult")]
+
+
+def test_consult_without_a_free_seat_leaves_the_caller_with_the_first_seat(engines: EngineFactory,
+                                                                           seats: list[SeatSims]) -> None:
+    engines.use_lines(wrap_up_s=1, ring_timeout_s=3)
+    engine = engines.start()
+    seats.append(start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.2, talk_s=0)]))
+    engines.login("s110-01")  # nobody on 96345
+    a = CallSpec("110", "13890000002", 7.0)
+    ta, out = _background(engines, [a])
+    wait_for(lambda: "event=call_connected" in engine.log(), 10, "the 110 seat to answer")
+    _consult(engines, a.caller, "96345")
+    wait_for(lambda: "event=consult_no_seat" in engine.log(), 10, "the consult to give up after the ring timeout")
+    assert engines.status()["lines"]["96345"]["waiting"] == 0, "the dropped consult left no one queued"
+    ta.join(timeout=30)
+    assert out and out[0].calls[0].outcome == "completed"
+    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    assert ticket["seat"] == "s110-01" and ticket["line"] == "110" and ticket["transfers"] == []
