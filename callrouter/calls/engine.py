@@ -29,6 +29,7 @@ from callrouter.calls.stasis import StasisRouter
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
 from callrouter.tickets import TicketStore, TicketWriter
+from callrouter.tickets.relay import OutboxRelay, stream_name
 
 log = logging.getLogger("callrouter.engine")
 
@@ -81,6 +82,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     store = TicketStore(settings.database_url)
     await asyncio.to_thread(store.create_schema)
     writer = TicketWriter(store, linger_s=0.2)
+    # every ticket change reaches dispatch through the outbox, beside the call flow
+    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=0.2)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
     acd = restore_acd(lines, await state.load())
     loop = asyncio.get_running_loop()
@@ -103,7 +106,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         asyncio.create_task(ari.run_events(StasisRouter(service), lambda: reconcile(service)), name="ari-events"),
         asyncio.create_task(_ticker(service), name="acd-tick"),
         asyncio.create_task(_saver(service, state), name="state-saver"),
+        asyncio.create_task(relay.run(), name="outbox-relay"),
     }
+    keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()
     try:
         if on_ready is not None:
@@ -119,9 +124,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         log.info("event=engine_stopping live_calls=%d pending_tickets=%d uptime_s=%.0f", len(service.calls),
                  writer.pending, time.monotonic() - started)
         for task in tasks:
-            if task.get_name() != "ticket-writer":
+            if task.get_name() not in keep_running:
                 task.cancel()
-        await asyncio.gather(*[t for t in tasks if t.get_name() != "ticket-writer"], return_exceptions=True)
+        await asyncio.gather(*[t for t in tasks if t.get_name() not in keep_running], return_exceptions=True)
         await runner.cleanup()
         await service.tasks.shutdown(timeout=3.0)
         try:
@@ -131,7 +136,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         await state.close()
         if not await writer.close(timeout=10.0):
             log.error("event=tickets_not_drained pending=%d", writer.pending)
-        await asyncio.gather(*[t for t in tasks if t.get_name() == "ticket-writer"], return_exceptions=True)
+        # what the writer wrote last is published by the next engine's relay if not now
+        await relay.close()
+        await asyncio.gather(*[t for t in tasks if t.get_name() in keep_running], return_exceptions=True)
         await ari.close()
         await asyncio.to_thread(store.close)
         if handle_signals:

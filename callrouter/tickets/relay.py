@@ -204,6 +204,25 @@ class OutboxRelay:
         return True
 
     # --- shutdown -----------------------------------------------------------------------
+    async def drain(self, timeout: float) -> bool:
+        """Wait (while ``run()`` works) until the outbox is empty; False after ``timeout``.
+
+        For shutdown, after the writer is drained: the last calls' events go out now
+        rather than at the next start.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                unsent, _ = await asyncio.to_thread(self._store.outbox_backlog)
+            except Exception as exc:  # noqa: BLE001 - the database is away: nothing to wait for
+                log.warning("event=relay_drain_failed error=%r", exc)
+                return False
+            if unsent == 0:
+                return True
+            if time.monotonic() >= deadline or not self._running:
+                return False
+            await asyncio.sleep(self._poll_s)
+
     async def close(self) -> None:
         """Stop ``run()`` (at its next wait), wait for it, give back our claims and close
         the Redis connections. What is unsent stays in the outbox for the next relay."""

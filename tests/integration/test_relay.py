@@ -132,6 +132,7 @@ async def test_relay_publishes_every_change_once_in_order(
                 writer.submit(op)
             await asyncio.sleep(0.005)
         assert await writer.drain(timeout=30)
+        assert await relay.drain(timeout=20)
         produced = outbox_ids(store)
         await eventually(lambda: len(seen.events) >= len(produced), 20, "every event")
         assert relay.sent == len(produced) and relay.metrics()["failing"] is False
