@@ -198,7 +198,8 @@ def _prepare_chroot(root: Path) -> None:
 
 
 def _asterisk_ids(target: Target) -> tuple[int, int]:
-    passwd = target.host_path("/etc/passwd").read_text()
+    """The asterisk user's uid/gid (from the chroot's /etc/passwd, or the host's)."""
+    passwd = target.host_path("/etc/passwd").read_text() if target.mode == "chroot" else Path("/etc/passwd").read_text()
     for line in passwd.splitlines():
         parts = line.split(":")
         if parts[0] == "asterisk":
@@ -215,7 +216,8 @@ def _seat_names(settings: Settings) -> list[str]:
 
 def render(settings: Settings, target: Target) -> None:
     paths = target.paths
-    uid, gid = _asterisk_ids(target) if target.mode == "chroot" else (os.getuid(), os.getgid())
+    uid, gid = _asterisk_ids(target) if target.mode == "chroot" or _host_has_asterisk_user() else (
+        os.getuid(), os.getgid())
     etc = target.host_path(paths.etc_dir)
     for files in render_config(settings, etc, paths, _seat_names(settings)):
         os.chown(files, 0, gid)
@@ -250,8 +252,16 @@ def running(target: Target) -> bool:
         return False
 
 
+def _host_has_asterisk_user() -> bool:
+    try:
+        return any(line.split(":")[0] == "asterisk" for line in Path("/etc/passwd").read_text().splitlines())
+    except OSError:
+        return False
+
+
 def start(target: Target, timeout: float = 60) -> None:
-    uid_args = ["-U", "asterisk", "-G", "asterisk"] if target.mode == "chroot" else []
+    # never as root: the Debian package's asterisk user, in the chroot or on the host
+    uid_args = ["-U", "asterisk", "-G", "asterisk"] if target.mode == "chroot" or _host_has_asterisk_user() else []
     proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, check=False, timeout=30)
     if proc.returncode != 0:
         raise ProvisionError(f"asterisk failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
