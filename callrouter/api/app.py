@@ -152,6 +152,19 @@ async def consult_call(request: web.Request) -> web.Response:
     return web.json_response({**call.summary(), "consult_line": line})
 
 
+async def reclassify_call(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    body = await _json(request)
+    category = body.get("category")
+    if not isinstance(category, str):
+        return error(400, "missing_category", 'body must be {"category": "<slug>"}')
+    try:
+        call = service.reclassify(request.match_info["call"], category)
+    except TransferError as exc:
+        return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+    return web.json_response({**call.summary(), "category": category})
+
+
 async def hangup_call(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     call_id = request.match_info["call"]
@@ -210,6 +223,7 @@ def build_app(service: CallService, token: str, lines_path: Path, plan_path: Pat
     app.router.add_post("/api/calls/{call}/transfer", transfer_call)
     app.router.add_delete("/api/calls/{call}", hangup_call)
     app.router.add_post("/api/calls/{call}/consult", consult_call)
+    app.router.add_post("/api/calls/{call}/reclassify", reclassify_call)
     app.router.add_post("/api/plan/reload", reload_plan)
     app.router.add_get("/api/status", get_status)
     app.router.add_post("/api/seats/{seat}/{action}", seat_action)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ from callrouter.tickets import (
     AnswerTicket,
     CloseTicket,
     OpenTicket,
+    Reclassify,
     SetSeat,
     TicketWriter,
     ticket_id_for_channel,
@@ -516,6 +518,7 @@ class CallService:
             # only then is the seat's leg hung up, so the caller never hears silence
             try:
                 await self.holding.join(to_line, call.id)
+                log.info("event=transfer_queued ticket=%s channel=%s to=%s", call.ticket_id, call.id, to_line)
                 await self.ari.play(call.id, f"sound:callrouter/transfer-{to_line}")
             except AriError as exc:
                 log.warning("event=transfer_move_failed ticket=%s error=%s", call.ticket_id, q(exc))
@@ -527,6 +530,17 @@ class CallService:
                 except AriError:
                     pass
         self._lane(call, move(), "transfer")
+        return call
+
+    def reclassify(self, call_id: str, category: str) -> LiveCall:
+        """The answering seat corrects the category the number plan gave the call."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise TransferError("unknown_call", f"no live call {call_id!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]{1,39}", category):
+            raise TransferError("bad_category", f"{category!r}: a lowercase slug such as gas_repair")
+        self.writer.submit(Reclassify(id=call.ticket_id, category=category, at=self.clock(), seat=call.seat or ""))
+        log.info("event=call_reclassified ticket=%s seat=%s category=%s", call.ticket_id, call.seat or "-", category)
         return call
 
     # ------------------------------------------------------------ three-way consult
