@@ -34,6 +34,11 @@ def error(status: int, error_id: str, details: str) -> web.Response:
     return web.json_response({"status": status, "error": error_id, "details": details}, status=status)
 
 
+def call_error(exc: TransferError) -> web.Response:
+    """A refused call action: 404 for a call that is not live, else 400 with the reason."""
+    return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+
+
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     header = request.headers.get("Authorization", "")
@@ -135,7 +140,7 @@ async def transfer_call(request: web.Request) -> web.Response:
         call = service.transfer(request.match_info["call"], to_line, str(body.get("reason") or ""),
                                 priority=priority)
     except TransferError as exc:
-        return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+        return call_error(exc)
     return web.json_response(call.summary())
 
 
@@ -148,7 +153,7 @@ async def consult_call(request: web.Request) -> web.Response:
     try:
         call = service.consult(request.match_info["call"], line)
     except TransferError as exc:
-        return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+        return call_error(exc)
     return web.json_response({**call.summary(), "consult_line": line})
 
 
@@ -161,7 +166,7 @@ async def reclassify_call(request: web.Request) -> web.Response:
     try:
         call = service.reclassify(request.match_info["call"], category)
     except TransferError as exc:
-        return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+        return call_error(exc)
     return web.json_response({**call.summary(), "category": category})
 
 
