@@ -76,6 +76,7 @@ class Settings:
     # every Redis key the engine writes starts with this (state, the ticket stream ...)
     redis_prefix: str = "callrouter"
     state_file: Path | None = None  # default home/state.json: recovery when Redis is away
+    spool_file: Path | None = None  # default home/tickets-spool.jsonl: ticket changes while the DB is away
 
     api_bind: str = "127.0.0.1"
     api_port: int = 8080
@@ -98,6 +99,10 @@ class Settings:
     @property
     def state_path(self) -> Path:
         return self.state_file or (self.home / "state.json")
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_file or (self.home / "tickets-spool.jsonl")
 
     @property
     def api_url(self) -> str:

@@ -12,6 +12,7 @@ through ``--pg-url`` (default ``$CALLROUTER_TEST_PG_URL`` or
 
 1. latency: one ticket change every 1/``--rate`` s (50/s) for ``--seconds`` (20): each
    change's ``submit()`` -> the reader has the event (XREAD returned it); p50/p99/max.
+   Mostly the writer's linger (``--linger``) plus the relay's poll interval (``--poll``).
 2. throughput: ``--backlog`` (20000) events already in the outbox; one relay publishes
    them all: events/s.
 3. outage: ~60 ticket changes/s (20 calls/s: open, answer, close); Redis killed for
@@ -174,12 +175,13 @@ class Reader:
 
 
 async def bench_latency(url: str, redis_url: str, rate: float, seconds: float,
-                        linger: float) -> dict[str, float | None]:
+                        linger: float, poll: float) -> dict[str, float | None]:
     store = TicketStore(url)
     store.create_schema()
     writer = TicketWriter(store, linger_s=linger)
-    relay = OutboxRelay(store, redis_url, STREAM)
-    reader = Reader(redis_url, STREAM)
+    stream = f"{STREAM}:{secrets.token_hex(4)}"  # this run's events only
+    relay = OutboxRelay(store, redis_url, stream, poll_s=poll)
+    reader = Reader(redis_url, stream)
     submitted: dict[tuple[str, str], float] = {}
     tasks = [asyncio.create_task(t) for t in (writer.run(), relay.run(), reader.run())]
     try:
@@ -198,7 +200,8 @@ async def bench_latency(url: str, redis_url: str, rate: float, seconds: float,
             writer.submit(op)
         await writer.drain(timeout=30)
         deadline = time.monotonic() + 30
-        while len(reader.seen) < len(submitted) and time.monotonic() < deadline:
+        while (sum(k in reader.seen for k in submitted) < len(submitted)
+               and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
     finally:
         await writer.close(timeout=10)
@@ -220,7 +223,7 @@ async def bench_throughput(url: str, redis_url: str, backlog: int) -> tuple[int,
     for start in range(0, calls, 250):
         store.apply([op for _ in range(min(250, calls - start)) for op in call_ops()])
     total = store.outbox_backlog()[0]
-    relay = OutboxRelay(store, redis_url, STREAM + ":throughput")
+    relay = OutboxRelay(store, redis_url, f"{STREAM}:throughput:{secrets.token_hex(4)}")
     started = time.monotonic()
     task = asyncio.create_task(relay.run())
     while relay.sent < total:
@@ -237,8 +240,9 @@ async def bench_outage(url: str, redis: PrivateRedis, outage_s: float,
     store = TicketStore(url)
     store.create_schema()
     writer = TicketWriter(store, linger_s=0.2)
-    relay = OutboxRelay(store, redis.url, STREAM + ":outage")
-    reader = Reader(redis.url, STREAM + ":outage")
+    stream = f"{STREAM}:outage:{secrets.token_hex(4)}"
+    relay = OutboxRelay(store, redis.url, stream)
+    reader = Reader(redis.url, stream)
     produce = True
     produced = 0
 
@@ -288,9 +292,11 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         for backend in args.backends.split(","):
             with database(backend, args.pg_url) as url:
-                lat = await bench_latency(url, redis.url, args.rate, args.seconds, args.linger)
+                lat = await bench_latency(url, redis.url, args.rate, args.seconds, args.linger,
+                                        args.poll)
                 rows.append(f"| {backend} | change -> readable at {args.rate:g}/s for "
-                            f"{args.seconds:g} s (linger {args.linger:g} s) | "
+                            f"{args.seconds:g} s (writer linger {args.linger:g} s, relay poll "
+                            f"{args.poll:g} s) | "
                             f"p50 {fmt(lat['p50'])} ms, p99 {fmt(lat['p99'])} ms, max "
                             f"{fmt(lat['max'])} ms ({lat['n']} changes, {lat['missing']} "
                             "missing) |")
@@ -329,6 +335,8 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=50.0, help="ticket changes per second")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--linger", type=float, default=0.2, help="writer linger (engine: 0.2)")
+    p.add_argument("--poll", type=float, default=0.05,
+                   help="relay poll interval (OutboxRelay default 0.05; the engine passes 0.2)")
     p.add_argument("--backlog", type=int, default=20000, help="0 skips the throughput run")
     p.add_argument("--outage-s", type=float, default=30.0, help="0 skips the outage run")
     p.add_argument("--calls-per-s", type=float, default=20.0)

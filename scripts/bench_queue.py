@@ -113,7 +113,7 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
 
 
 def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
-    qlog = Path(settings.asterisk_root) / QUEUE_LOG
+    qlog = Path(settings.chroot) / QUEUE_LOG
     offset = qlog.stat().st_size if qlog.exists() else 0
     seats = start_seats(settings, seat_specs(args), seed=args.seed)
     try:
@@ -172,6 +172,9 @@ def main() -> int:
     for path in args.order.split(","):
         results.append(run_callrouter(settings, lines, specs, args) if path == "callrouter"
                        else run_app_queue(settings, specs, args))
+        r = results[-1]
+        print({k: v if k != "waits" else {ln: (len(w), pct(w, 50), pct(w, 90)) for ln, w in v.items()}
+               for k, v in r.items()}, file=sys.stderr)
         time.sleep(3)
     out = [head, "",
            (f"{args.callers} callers within {args.within:.0f} s on 10 numbers of both lines; patience "

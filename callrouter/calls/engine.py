@@ -81,9 +81,10 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     lines = load_lines(settings.lines_path)
     store = TicketStore(settings.database_url)
     await asyncio.to_thread(store.create_schema)
-    writer = TicketWriter(store, linger_s=0.2)
+    # a database outage spools ticket changes to a durable local file, written back in order
+    writer = TicketWriter(store, linger_s=0.2, spool_path=settings.spool_path)
     # every ticket change reaches dispatch through the outbox, beside the call flow
-    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=0.2)
+    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=0.1)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
     acd = restore_acd(lines, await state.load())
     loop = asyncio.get_running_loop()
@@ -136,7 +137,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         await state.close()
         if not await writer.close(timeout=10.0):
             log.error("event=tickets_not_drained pending=%d", writer.pending)
-        # what the writer wrote last is published by the next engine's relay if not now
+        # the last changes go out now if Redis lets them; else the next engine's relay sends them
+        await relay.drain(timeout=2.0)
         await relay.close()
         await asyncio.gather(*[t for t in tasks if t.get_name() in keep_running], return_exceptions=True)
         await ari.close()

@@ -302,6 +302,9 @@ class _SeatBase:
                 # -bind_local: SIP on local_ip only; -ci: SIPp's UDP control socket (8888+)
                 # too, it would listen on every address otherwise
                 "-i", self.local_ip, "-p", str(self.port), "-bind_local", "-ci", self.local_ip,
+                # a media port of its own: SIPp's default (6000 and up) races between seats
+                # started together ("Address already in use")
+                "-mp", str(free_udp_port(self.local_ip)),
                 "-t", "u1", "-nostdin",
                 "-trace_logs", "-log_file", str(self.workdir / log_name),
                 "-trace_err", "-error_file", str(self.workdir / err_name)]

@@ -99,27 +99,33 @@ class GroupConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def step(self, handle: Handler) -> int:
-        """One round (see the module doc); the number of events handled and acked."""
+    async def step(self, handle: Handler, limit: int | None = None) -> int:
+        """One round (see the module doc), reading at most ``limit`` events (default
+        ``count`` per read); the number of events handled and acked."""
+        budget = self._count if limit is None else max(0, min(limit, self._count))
         done = 0
-        if not self._history_done:
+        if not self._history_done and budget > 0:
             # what this consumer name was given before and never acked (a restart)
             reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: "0"},
-                                                count=self._count)
+                                                count=budget)
             entries = _entries(reply)
-            if len(entries) < self._count:
+            if len(entries) < budget:
                 self._history_done = True
+            budget -= len(entries)
             done += await self._process(entries, handle, check_deliveries=True)
-        reply = await self.redis.xautoclaim(self.stream, self.group, self.consumer,
-                                            self._idle_claim_ms, self._claim_cursor,
-                                            count=self._count)
-        self._claim_cursor = str(reply[0])
-        claimed = [(str(i), dict(f)) for i, f in reply[1] if f is not None]
-        done += await self._process(claimed, handle, check_deliveries=True)
-        reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
-                                            count=self._count,
-                                            block=self._block_ms if done == 0 else None)
-        done += await self._process(_entries(reply), handle, check_deliveries=False)
+        if budget > 0:
+            reply = await self.redis.xautoclaim(self.stream, self.group, self.consumer,
+                                                self._idle_claim_ms, self._claim_cursor,
+                                                count=budget)
+            self._claim_cursor = str(reply[0])
+            claimed = [(str(i), dict(f)) for i, f in reply[1] if f is not None]
+            budget -= len(claimed)
+            done += await self._process(claimed, handle, check_deliveries=True)
+        if budget > 0:
+            reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                                count=budget,
+                                                block=self._block_ms if done == 0 else None)
+            done += await self._process(_entries(reply), handle, check_deliveries=False)
         return done
 
     async def run(self, handle: Handler, stop: asyncio.Event | None = None,
@@ -134,7 +140,8 @@ class GroupConsumer:
                 if not grouped:
                     await self.ensure_group()
                     grouped = True
-                await self.step(handle)
+                left = None if max_events is None else max_events - self.handled
+                await self.step(handle, left)
                 delay = 0.1
             except RedisError as exc:
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):

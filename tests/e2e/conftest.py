@@ -87,6 +87,7 @@ class EngineFactory:
         self.lines: Path | None = None
         # this test's own state: never resume another test's seats and callers
         self.env = {"CALLROUTER_DB_URL": self.db_url, "CALLROUTER_STATE_FILE": str(tmp / "state.json"),
+                    "CALLROUTER_SPOOL_FILE": str(tmp / "tickets-spool.jsonl"),
                     "CALLROUTER_REDIS_PREFIX": f"crtest-{secrets.token_hex(4)}"}
 
     def use_lines(self, **values: float) -> Path:

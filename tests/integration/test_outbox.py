@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -224,3 +229,25 @@ def test_create_schema_upgrades_an_older_database(backend: str, make_store: Make
         assert ticket is not None
         assert (ticket["transfers"], ticket["callback_requested"]) == ([], True)
         assert kinds(again) == ["abandoned", "callback_requested"]
+
+
+def test_callback_commands(backend: str, make_store: MakeStore, tmp_path: Path) -> None:
+    store, database = make_store(backend)
+    store.apply([open_op("E1", "110"), CloseTicket("E1", s(4), "abandoned"),
+                 open_op("P1", "96345", s(2)), CloseTicket("P1", s(20), "abandoned")])
+    env = {**os.environ, "CALLROUTER_HOME": str(tmp_path), "CALLROUTER_DB_URL": database.url}
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "callrouter.cli", "tickets", *args],
+                              env=env, capture_output=True, text=True, timeout=30,
+                              check=check)
+
+    assert [t["id"] for t in json.loads(cli("callbacks", "--json").stdout)] == ["E1"]
+    assert "E1" in cli("callbacks").stdout
+    done = json.loads(cli("callback-done", "E1", "--seat", "s110-02", "--outcome",
+                          "reached").stdout)
+    assert (done["callback_outcome"], done["callback_seat"]) == ("reached", "s110-02")
+    assert json.loads(cli("callbacks", "--json").stdout) == []
+    assert cli("callback-done", "T-none", "--seat", "s", "--outcome", "reached",
+               check=False).returncode == 1
+    assert kinds(store, "E1")[-1] == "callback_done"

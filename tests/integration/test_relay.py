@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -152,7 +156,8 @@ async def test_relay_publishes_every_change_once_in_order(
             (row["ticket_id"], row["kind"], row["at"], row["seq"], row["ticket"])
         assert row["sent_at"] is not None
     assert store.outbox_backlog() == (0, None)
-    assert max(gaps) < 0.5, f"event loop stalled {max(gaps):.3f} s"
+    # coarse (the machine may be busy): the relay's database work runs in threads
+    assert max(gaps) < 1.0, f"event loop stalled {max(gaps):.3f} s"
 
 
 async def test_redis_outage_loses_nothing_and_delivers_exactly_once(
@@ -244,9 +249,9 @@ async def test_a_crashed_consumers_pending_events_go_to_another(
         assert pending["pending"] == 17  # delivered to a, never acknowledged
 
         seen = Dedupe()
-        b = GroupConsumer(redis, STREAM, "dispatch", "b", block_ms=10, idle_claim_ms=200)
+        b = GroupConsumer(redis, STREAM, "dispatch", "b", block_ms=10, idle_claim_ms=1500)
         assert await b.step(seen) == 0  # not idle long enough yet
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.6)
         await b.run(seen, max_events=17)
         assert all(e.deliveries == 2 for e in seen.order)
         assert (await redis.xpending(STREAM, "dispatch"))["pending"] == 0
@@ -320,3 +325,21 @@ async def test_two_relays_on_one_postgresql_database_never_send_a_row_twice(
     assert set(sent) == set(outbox_ids(store))
     assert relays[0].sent + relays[1].sent == 1600
     assert relays[0].sent > 0 and relays[1].sent > 0, [r.sent for r in relays]
+
+
+def test_consume_command_prints_and_acknowledges(tmp_path: Any, make_store: MakeStore,
+                                                 private_redis: PrivateRedis) -> None:
+    store, _ = make_store("sqlite")
+    produced = asyncio.run(_publish(store, private_redis.url, 3))  # 12 events
+    env = {**os.environ, "CALLROUTER_HOME": str(tmp_path), "CALLROUTER_REDIS_URL":
+           private_redis.url, "CALLROUTER_REDIS_PREFIX": STREAM.removesuffix(":tickets")}
+    command = [sys.executable, "-m", "callrouter.cli", "tickets", "consume", "--group",
+               "fire-dispatch", "--consumer", "w1", "--max-events"]
+    first = subprocess.run([*command, "5"], env=env, capture_output=True, text=True,
+                           timeout=30, check=True)
+    rest = subprocess.run([*command, "7"], env=env, capture_output=True, text=True,
+                          timeout=30, check=True)
+    events = [json.loads(line) for line in (first.stdout + rest.stdout).splitlines()]
+    assert [e["event_id"] for e in events] == produced
+    assert events[0]["kind"] == "opened" and events[0]["ticket"]["id"] == events[0]["ticket_id"]
+    assert {"stream_id", "at", "seq", "deliveries"} <= events[0].keys()
