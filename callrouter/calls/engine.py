@@ -82,7 +82,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     store = TicketStore(settings.database_url)
     await asyncio.to_thread(store.create_schema)
     # a database outage spools ticket changes to a durable local file, written back in order
-    writer = TicketWriter(store, linger_s=0.2, spool_path=settings.spool_path)
+    writer = TicketWriter(store, linger_s=0.2, retry_max_s=2.0, spool_path=settings.spool_path)
     # every ticket change reaches dispatch through the outbox, beside the call flow
     relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=0.1)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)

@@ -160,14 +160,15 @@ async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_
     for leg_id in [lid for lid in service.legs if lid not in legs]:
         service.leg_ended(leg_id, 0)  # ended during the gap
     for bridge in bridges.values():
-        if not bridge.id.startswith(BRIDGE_PREFIX):
+        # empty holding bridges stay: they are reused (and Asterisk may refuse their id
+        # again once deleted); what goes is a call's mixing bridge with nobody to serve
+        if not bridge.id.startswith(BRIDGE_PREFIX) or HOLD_RE.match(bridge.id):
             continue
         serves = [c for c in bridge.channels if c in callers or c in talking_legs]
         if serves:
             continue
         try:
             await service.ari.destroy_bridge(bridge.id)
-            service.holding.members.pop(bridge.id, None)
             log.info("event=orphan_bridge_removed bridge=%s", bridge.id)
         except AriError as exc:
             log.warning("event=orphan_bridge_remove_failed bridge=%s error=%s", bridge.id, q(exc))

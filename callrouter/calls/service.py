@@ -231,14 +231,15 @@ class CallService:
         try:
             await self.holding.join(call.line, call.id)
         except AriError as exc:
-            if exc.status == 404:
-                return
+            if call.id not in self.calls:
+                return  # hung up meanwhile
+            # never silence: music on the caller's own channel while no bridge will take them
             log.warning("event=hold_bridge_failed ticket=%s channel=%s error=%s; holding on the channel",
                         call.ticket_id, call.id, q(exc))
             try:
                 await self.ari.start_moh(call.id)
-            except AriError:
-                pass
+            except AriError as moh_exc:
+                log.warning("event=hold_failed ticket=%s error=%s", call.ticket_id, q(moh_exc))
 
     # ------------------------------------------------------------ ACD actions
     def _execute(self, action: Action) -> None:
@@ -360,6 +361,8 @@ class CallService:
                 self.holding.left(call.id)
                 await self.ari.add_to_bridge(bridge_id, call.id, leg.id)
                 call.bridge = bridge_id
+                if call.id not in self.calls:  # the call ended while we bridged
+                    await self.ari.destroy_bridge(bridge_id)
             except AriError as exc:
                 # one side left while we bridged; its StasisEnd ends the call
                 log.warning("event=bridge_failed ticket=%s error=%s", call.ticket_id, q(exc))

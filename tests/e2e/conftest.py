@@ -135,6 +135,24 @@ class EngineFactory:
         return TicketStore(self.db_url)
 
 
+def _kill_child_sipp() -> None:
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == me and cmd.endswith(b"sipp"):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 @pytest.fixture
 def engines(asterisk: Settings, tmp_path: Path) -> Iterator[EngineFactory]:
     factory = EngineFactory(asterisk, tmp_path)
@@ -146,7 +164,9 @@ def engines(asterisk: Settings, tmp_path: Path) -> Iterator[EngineFactory]:
                 engine.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 engine.proc.kill()
-    # leave no caller behind for the next test
+    # leave no caller behind for the next test: a test that failed early may have left
+    # its SIPp trunk still placing calls, which the next test's engine would pick up
+    _kill_child_sipp()
     from callrouter.provision import asterisk as prov
 
     target = prov.select_target(asterisk)
