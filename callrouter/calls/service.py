@@ -36,6 +36,7 @@ from callrouter.acd import (
     OverflowChanged,
     Reconfigure,
     SeatRegistered,
+    SeatState,
     SeatStateChanged,
     Tick,
 )
@@ -255,6 +256,12 @@ class CallService:
             log.info("event=call_queued channel=%s line=%s position=%d eta_s=%d", action.call_id, action.line,
                      action.position, action.eta_s)
         elif isinstance(action, SeatStateChanged):
+            if action.state is SeatState.WRAP_UP:
+                # the core ends wrap-up on a Tick: tick right when it is due, so the seat
+                # takes its next caller then and not up to half a second later
+                loop = asyncio.get_running_loop()
+                for wrap_up_s in {line.wrap_up_s for line in self.acd.config.lines}:
+                    loop.call_later(wrap_up_s + 0.005, self.tick)
             log.info("event=seat_state seat=%s state=%s reason=%s registered=%s", action.seat, action.state.value,
                      q(action.reason), action.registered)
             self._emit("seat_state", {"seat": action.seat, "state": action.state.value, "reason": action.reason,
