@@ -225,6 +225,20 @@ def cmd_lines(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if status == 200 else 1
 
 
+def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.api.tokens import TokenError, TokenStore
+
+    store = TokenStore(settings.home / "tokens.json", settings.secret("api_token"))
+    try:
+        token = store.create(args.role, args.seat, args.name)
+    except TokenError as exc:
+        print(f"callrouter tokens: {exc}", file=sys.stderr)
+        return 2
+    _print_json({"token": token, "role": args.role, "seat": args.seat,
+                 "note": "shown once; only its SHA-256 is kept"})
+    return 0
+
+
 def cmd_calls(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
         status, result = _api(settings, "GET", "/api/calls")
@@ -352,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("line", nargs="?", choices=["110", "96345"])
     li.add_argument("seat", nargs="?")
     li.set_defaults(func=cmd_lines)
+
+    tk = sub.add_parser("tokens", help="API tokens with roles (stored hashed)")
+    tksub = tk.add_subparsers(dest="action", required=True)
+    tc = tksub.add_parser("create", help="print a new token once")
+    tc.add_argument("--role", required=True, choices=["agent", "supervisor", "admin"])
+    tc.add_argument("--seat", help="the seat an agent token acts on")
+    tc.add_argument("--name", default="", help="who holds it (for the record)")
+    tk.set_defaults(func=cmd_tokens)
 
     ca = sub.add_parser("calls", help="live calls of the running engine: list, transfer, hang up")
     csub = ca.add_subparsers(dest="action", required=True)

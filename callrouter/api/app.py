@@ -7,7 +7,6 @@ stable error id; bad input is a 400 with the reason, never a 500.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, load_lines
+from callrouter.api.feed import Feed
+from callrouter.api.tokens import Principal, TokenStore
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
 from callrouter.numberplan import PlanError, load_plan
@@ -23,7 +24,8 @@ from callrouter.numberplan import PlanError, load_plan
 log = logging.getLogger("callrouter.api")
 
 SERVICE_KEY: web.AppKey[CallService] = web.AppKey("service", CallService)
-TOKEN_KEY: web.AppKey[str] = web.AppKey("token", str)
+TOKENS_KEY: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
+PRINCIPAL = "callrouter.principal"
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
 SEAT_ACTIONS = ("login", "logout", "pause", "resume")
@@ -42,15 +44,33 @@ def call_error(exc: TransferError) -> web.Response:
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else ""
-    if not token or not hmac.compare_digest(token, request.app[TOKEN_KEY]):
-        return error(401, "unauthorized", "send Authorization: Bearer <token> (callrouter tokens)")
+    token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+    principal = request.app[TOKENS_KEY].lookup(token)
+    if principal is None:
+        return error(401, "unauthorized", "send Authorization: Bearer <token> (callrouter tokens create)")
+    request[PRINCIPAL] = principal
     try:
         return await handler(request)
     except web.HTTPException as exc:
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
     except AcdError as exc:
         return error(400, type(exc).__name__.lower(), str(exc))
+
+
+def require(request: web.Request, role: str) -> Principal:
+    """403 unless the token's role is at least ``role``."""
+    principal: Principal = request[PRINCIPAL]
+    if not principal.at_least(role):
+        raise web.HTTPForbidden(text=f"needs the {role} role; this token is {principal.role}")
+    return principal
+
+
+def require_seat(request: web.Request, seat: str | None) -> Principal:
+    """An agent acts only on its own seat; supervisors and admins on any."""
+    principal: Principal = request[PRINCIPAL]
+    if principal.role == "agent" and (seat is None or seat != principal.seat):
+        raise web.HTTPForbidden(text=f"an agent token acts only on seat {principal.seat}")
+    return principal
 
 
 def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -82,7 +102,7 @@ def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[s
 
 
 async def get_status(request: web.Request) -> web.Response:
-    service = request.app[SERVICE_KEY]
+    service = request.app[SERVICE_KEY]  # every role reads the lines' occupancy
     return web.json_response(status_summary({"acd": service.acd.snapshot(service.now_ts()),
                                              "engine": dict(service.counters)}))
 
@@ -90,6 +110,7 @@ async def get_status(request: web.Request) -> web.Response:
 async def seat_action(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     seat, action = request.match_info["seat"], request.match_info["action"]
+    require_seat(request, seat)
     if action not in SEAT_ACTIONS:
         return error(400, "unknown_action", f"{action!r}: use one of {', '.join(SEAT_ACTIONS)}")
     body = await _json(request)
@@ -101,6 +122,7 @@ async def seat_action(request: web.Request) -> web.Response:
 
 
 async def add_seat(request: web.Request) -> web.Response:
+    require(request, "supervisor")
     service = request.app[SERVICE_KEY]
     line = request.match_info["line"]
     body = await _json(request)
@@ -114,6 +136,7 @@ async def add_seat(request: web.Request) -> web.Response:
 
 
 async def remove_seat(request: web.Request) -> web.Response:
+    require(request, "supervisor")
     service = request.app[SERVICE_KEY]
     line, seat = request.match_info["line"], request.match_info["seat"]
     service.acd.overflow_active(line)
@@ -124,7 +147,17 @@ async def remove_seat(request: web.Request) -> web.Response:
 
 async def list_calls(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    return web.json_response([call.summary() for call in service.calls.values()])
+    principal: Principal = request[PRINCIPAL]
+    calls = [c for c in service.calls.values() if principal.role != "agent" or c.seat == principal.seat]
+    return web.json_response([call.summary() for call in calls])
+
+
+def live_call_for(request: web.Request) -> str:
+    """The call id of the path, after checking an agent token's seat is on that call."""
+    call_id = request.match_info["call"]
+    call = request.app[SERVICE_KEY].calls.get(call_id)
+    require_seat(request, call.seat if call is not None else None)
+    return call_id
 
 
 async def transfer_call(request: web.Request) -> web.Response:
@@ -137,7 +170,7 @@ async def transfer_call(request: web.Request) -> web.Response:
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 9):
         return error(400, "bad_priority", "priority must be an integer 1 (most urgent) to 9")
     try:
-        call = service.transfer(request.match_info["call"], to_line, str(body.get("reason") or ""),
+        call = service.transfer(live_call_for(request), to_line, str(body.get("reason") or ""),
                                 priority=priority)
     except TransferError as exc:
         return call_error(exc)
@@ -151,7 +184,7 @@ async def consult_call(request: web.Request) -> web.Response:
     if not isinstance(line, str):
         return error(400, "missing_line", 'body must be {"line": "96345" | "110"}')
     try:
-        call = service.consult(request.match_info["call"], line)
+        call = service.consult(live_call_for(request), line)
     except TransferError as exc:
         return call_error(exc)
     return web.json_response({**call.summary(), "consult_line": line})
@@ -164,7 +197,7 @@ async def reclassify_call(request: web.Request) -> web.Response:
     if not isinstance(category, str):
         return error(400, "missing_category", 'body must be {"category": "<slug>"}')
     try:
-        call = service.reclassify(request.match_info["call"], category)
+        call = service.reclassify(live_call_for(request), category)
     except TransferError as exc:
         return call_error(exc)
     return web.json_response({**call.summary(), "category": category})
@@ -173,6 +206,8 @@ async def reclassify_call(request: web.Request) -> web.Response:
 async def hangup_call(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     call_id = request.match_info["call"]
+    if call_id in service.calls:
+        live_call_for(request)
     if call_id not in service.calls:
         return error(404, "unknown_call", f"no live call {call_id!r}")
     await service.ari.hangup(call_id)
@@ -181,6 +216,7 @@ async def hangup_call(request: web.Request) -> web.Response:
 
 async def reload_lines(request: web.Request) -> web.Response:
     """Validate queues/lines.toml again and apply it; no waiting or talking call is dropped."""
+    require(request, "admin")
     service = request.app[SERVICE_KEY]
     path = request.app[LINES_PATH_KEY]
     try:
@@ -194,6 +230,7 @@ async def reload_lines(request: web.Request) -> web.Response:
 
 async def reload_plan(request: web.Request) -> web.Response:
     """Validate the number plan again and use it for every new call."""
+    require(request, "admin")
     service = request.app[SERVICE_KEY]
     path = request.app[PLAN_PATH_KEY]
     try:
@@ -217,10 +254,18 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def build_app(service: CallService, token: str, lines_path: Path, plan_path: Path) -> web.Application:
+def build_app(service: CallService, tokens: TokenStore, lines_path: Path, plan_path: Path,
+              outbox_lag: Callable[[], float] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     app[SERVICE_KEY] = service
-    app[TOKEN_KEY] = token
+    app[TOKENS_KEY] = tokens
+    feed = Feed(service)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=feed.metrics_text(outbox_lag() if outbox_lag else None),
+                            content_type="text/plain", charset="utf-8")
+    app.router.add_get("/api/events", feed.websocket)
+    app.router.add_get("/metrics", metrics)
     app[LINES_PATH_KEY] = lines_path
     app[PLAN_PATH_KEY] = plan_path
     app.router.add_post("/api/lines/reload", reload_lines)

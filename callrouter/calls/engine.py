@@ -21,6 +21,7 @@ from aiohttp import web
 
 from callrouter.acd import Acd, LinesConfig, SnapshotError, load_lines
 from callrouter.api import build_app
+from callrouter.api.tokens import TokenStore
 from callrouter.ari import AriClient
 from callrouter.calls.recovery import reconcile
 from callrouter.calls.service import CallService
@@ -97,8 +98,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, acd)
-    runner = web.AppRunner(build_app(service, settings.secret("api_token"), settings.lines_path,
-                                        settings.numberplan_path), access_log=None)
+    runner = web.AppRunner(build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")),
+                                        settings.lines_path,
+                                        settings.numberplan_path, outbox_lag=lambda: relay.lag_s), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()

@@ -1,0 +1,109 @@
+"""The live event feed (WebSocket) and Prometheus metrics, from one stream of engine events.
+
+`CallService.listeners` reports every call, seat, overflow and transfer change as it
+happens; the feed fans them out to WebSocket clients (each with its own bounded queue: a
+slow client is dropped, never waited for) and keeps the counters /metrics reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from callrouter.calls.service import CallService
+
+log = logging.getLogger("callrouter.api")
+
+WAIT_BUCKETS = (1.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+CLIENT_QUEUE = 1000
+
+
+class Feed:
+    def __init__(self, service: CallService) -> None:
+        self.service = service
+        self.clients: set[asyncio.Queue[str]] = set()
+        self.calls_total: Counter[tuple[str, str]] = Counter()  # (line, outcome)
+        self.wait_counts = [0] * (len(WAIT_BUCKETS) + 1)
+        self.wait_sum = 0.0
+        service.listeners.append(self.on_event)
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "call_ended":
+            self.calls_total[(str(data.get("line")), str(data.get("outcome")))] += 1
+        elif kind == "call_connected":
+            wait = float(data.get("wait_s") or 0.0)
+            self.wait_counts[bisect.bisect_left(WAIT_BUCKETS, wait)] += 1
+            self.wait_sum += wait
+        self.publish({"type": kind, "at": time.time(), "data": data})
+
+    def publish(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message, ensure_ascii=False, default=str)
+        for queue in list(self.clients):
+            try:
+                queue.put_nowait(text)
+            except asyncio.QueueFull:
+                self.clients.discard(queue)  # too slow: its socket is closed by its handler
+                log.warning("event=feed_client_dropped reason=queue_full")
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20.0)
+        await ws.prepare(request)
+        queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
+        self.clients.add(queue)
+        from callrouter.api.app import status_summary
+
+        await ws.send_str(json.dumps({"type": "status", "at": time.time(), "data": status_summary(
+            {"acd": self.service.acd.snapshot(self.service.now_ts())})}, default=str))
+
+        async def pump() -> None:
+            while queue in self.clients:
+                await ws.send_str(await queue.get())
+        sender = asyncio.create_task(pump(), name="feed-client")
+        try:
+            async for msg in ws:  # clients send nothing; this notices the close
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            self.clients.discard(queue)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        return ws
+
+    def metrics_text(self, outbox_lag_s: float | None) -> str:
+        snap = self.service.acd.snapshot(self.service.now_ts())
+        out: list[str] = ["# HELP callrouter_calls_total Calls ended, by line and outcome.",
+                          "# TYPE callrouter_calls_total counter"]
+        out += [f'callrouter_calls_total{{line="{line}",outcome="{outcome}"}} {n}'
+                for (line, outcome), n in sorted(self.calls_total.items())]
+        out += ["# HELP callrouter_waiting Callers waiting for a seat.", "# TYPE callrouter_waiting gauge"]
+        out += [f'callrouter_waiting{{line="{lid}"}} {line["waiting"]}' for lid, line in snap["lines"].items()]
+        out += ["# HELP callrouter_longest_wait_seconds Longest current wait.",
+                "# TYPE callrouter_longest_wait_seconds gauge"]
+        out += [f'callrouter_longest_wait_seconds{{line="{lid}"}} {line["longest_wait_s"]}'
+                for lid, line in snap["lines"].items()]
+        out += ["# HELP callrouter_seats Seats serving a line, by state.", "# TYPE callrouter_seats gauge"]
+        for lid, line in snap["lines"].items():
+            out += [f'callrouter_seats{{line="{lid}",state="{state}"}} {n}' for state, n in line["seats"].items()]
+        out += ["# HELP callrouter_overflow_active Overflow pool serving the line (1) or not (0).",
+                "# TYPE callrouter_overflow_active gauge"]
+        out += [f'callrouter_overflow_active{{line="{lid}"}} {int(bool(line["overflow_active"]))}'
+                for lid, line in snap["lines"].items()]
+        out += ["# HELP callrouter_wait_seconds Wait from arrival to a seat answering.",
+                "# TYPE callrouter_wait_seconds histogram"]
+        cumulative = 0
+        for bound, n in zip((*WAIT_BUCKETS, float("inf")), self.wait_counts, strict=True):
+            cumulative += n
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            out.append(f'callrouter_wait_seconds_bucket{{le="{le}"}} {cumulative}')
+        out += [f"callrouter_wait_seconds_sum {self.wait_sum:.3f}", f"callrouter_wait_seconds_count {cumulative}"]
+        if outbox_lag_s is not None:
+            out += ["# HELP callrouter_outbox_lag_seconds Age of the oldest ticket event not yet on the stream.",
+                    "# TYPE callrouter_outbox_lag_seconds gauge", f"callrouter_outbox_lag_seconds {outbox_lag_s:.3f}"]
+        return "\n".join(out) + "\n"

@@ -1,0 +1,89 @@
+"""API tokens with roles, stored hashed.
+
+`callrouter tokens create --role agent --seat s110-01` prints a new token once and keeps
+only its SHA-256 in ``<home>/tokens.json`` (mode 0600). Roles:
+
+    agent       its own seat (log in/out, pause, resume) and the calls on that seat
+    supervisor  reads everything, controls every seat and the lines' runtime seats
+    admin       all of that, and reloads the configuration (lines, number plan)
+
+The bootstrap token in secrets.json (``api_token``, used by the CLI) is an admin token.
+The engine re-reads the file when it changes, so a token works as soon as it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("agent", "supervisor", "admin")
+
+
+class TokenError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: str
+    seat: str | None = None
+    name: str = ""
+
+    def at_least(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    def __init__(self, path: Path, bootstrap_admin: str) -> None:
+        self.path = path
+        self._bootstrap = bootstrap_admin
+        self._mtime = -1.0
+        self._by_digest: dict[str, Principal] = {}
+
+    def _load(self) -> None:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            self._by_digest, self._mtime = {}, -1.0
+            return
+        if mtime == self._mtime:
+            return
+        data = json.loads(self.path.read_text())
+        self._by_digest = {d: Principal(v["role"], v.get("seat"), v.get("name", "")) for d, v in data.items()}
+        self._mtime = mtime
+
+    def lookup(self, token: str) -> Principal | None:
+        if not token:
+            return None
+        if hmac.compare_digest(token, self._bootstrap):
+            return Principal("admin", None, "bootstrap")
+        self._load()
+        return self._by_digest.get(_digest(token))
+
+    def create(self, role: str, seat: str | None = None, name: str = "") -> str:
+        if role not in ROLES:
+            raise TokenError(f"role {role!r}: use one of {', '.join(ROLES)}")
+        if role == "agent" and not seat:
+            raise TokenError("an agent token needs --seat: it acts only on its own seat")
+        token = secrets.token_urlsafe(32)
+        data: dict[str, dict[str, object]] = {}
+        if self.path.exists():
+            data = json.loads(self.path.read_text())
+        data[_digest(token)] = {"role": role, "seat": seat, "name": name, "created": time.time()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=1))
+        tmp.replace(self.path)
+        return token
