@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,18 @@ from aiohttp import web
 
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, load_lines
 from callrouter.api.feed import Feed
+from callrouter.api.openapi import OPENAPI
 from callrouter.api.tokens import Principal, TokenStore
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
-from callrouter.numberplan import PlanError, load_plan
+from callrouter.numberplan import PlanError, load_plan, normalise
+from callrouter.tickets import TicketStore
 
 log = logging.getLogger("callrouter.api")
 
 SERVICE_KEY: web.AppKey[CallService] = web.AppKey("service", CallService)
 TOKENS_KEY: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
+STORE_KEY: web.AppKey[TicketStore] = web.AppKey("store", TicketStore)
 PRINCIPAL = "callrouter.principal"
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
@@ -214,6 +218,50 @@ async def hangup_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call_id, "hung_up": True})
 
 
+async def list_tickets(request: web.Request) -> web.Response:
+    """Tickets, newest first; filters: line, category, number (legacy, normalised), caller,
+    since/until (ISO-8601), limit (1-1000). An agent sees its own seat's tickets only."""
+    q = request.query
+    try:
+        limit = int(q.get("limit", "50"))
+        since = datetime.fromisoformat(q["since"]) if "since" in q else None
+        until = datetime.fromisoformat(q["until"]) if "until" in q else None
+    except ValueError as exc:
+        return error(400, "bad_query", f"{exc}: limit is an integer, since/until ISO-8601 times")
+    if not 1 <= limit <= 1000:
+        return error(400, "bad_query", "limit must be 1 to 1000")
+    for value in (since, until):
+        if value is not None and value.tzinfo is None:
+            return error(400, "bad_query", "since/until need a time zone, e.g. 2026-11-29T08:00:00+08:00")
+    if q.get("line") not in (None, "110", "96345"):
+        return error(400, "bad_query", "line is 110 or 96345")
+    number = normalise(q["number"]) if "number" in q else None
+    rows = await asyncio.to_thread(request.app[STORE_KEY].list, limit, q.get("line"), category=q.get("category"),
+                                   number=number, caller=q.get("caller"), since=since, until=until)
+    principal: Principal = request[PRINCIPAL]
+    if principal.role == "agent":
+        rows = [r for r in rows if r.get("seat") == principal.seat]
+    return web.json_response(rows)
+
+
+async def get_ticket(request: web.Request) -> web.Response:
+    row = await asyncio.to_thread(request.app[STORE_KEY].get, request.match_info["ticket"])
+    if row is None:
+        return error(404, "unknown_ticket", f"no ticket {request.match_info['ticket']!r}")
+    principal: Principal = request[PRINCIPAL]
+    if principal.role == "agent" and row.get("seat") != principal.seat:
+        return error(403, "forbidden", f"an agent token reads only seat {principal.seat}'s tickets")
+    return web.json_response(row)
+
+
+async def get_plan(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICE_KEY].plan.to_json_list())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
 async def reload_lines(request: web.Request) -> web.Response:
     """Validate queues/lines.toml again and apply it; no waiting or talking call is dropped."""
     require(request, "admin")
@@ -254,7 +302,7 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def build_app(service: CallService, tokens: TokenStore, lines_path: Path, plan_path: Path,
+def build_app(service: CallService, tokens: TokenStore, store: TicketStore, lines_path: Path, plan_path: Path,
               outbox_lag: Callable[[], float] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     app[SERVICE_KEY] = service
@@ -264,7 +312,12 @@ def build_app(service: CallService, tokens: TokenStore, lines_path: Path, plan_p
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=feed.metrics_text(outbox_lag() if outbox_lag else None),
                             content_type="text/plain", charset="utf-8")
+    app[STORE_KEY] = store
     app.router.add_get("/api/events", feed.websocket)
+    app.router.add_get("/api/tickets", list_tickets)
+    app.router.add_get("/api/tickets/{ticket}", get_ticket)
+    app.router.add_get("/api/plan", get_plan)
+    app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     app[LINES_PATH_KEY] = lines_path
     app[PLAN_PATH_KEY] = plan_path

@@ -98,7 +98,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, acd)
-    runner = web.AppRunner(build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")),
+    runner = web.AppRunner(build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                                         settings.lines_path,
                                         settings.numberplan_path, outbox_lag=lambda: relay.lag_s), access_log=None)
     await runner.setup()

@@ -253,13 +253,26 @@ class TicketStore:
                 select(Ticket).where(Ticket.channel_id == channel_id)).one_or_none()
             return None if ticket is None else ticket.to_dict()
 
-    def list(self, limit: int = 50, line: str | None = None) -> TicketRows:
-        """Newest first (by arrival), at most ``limit``, optionally of one line."""
+    def list(self, limit: int = 50, line: str | None = None, *, category: str | None = None,
+             number: str | None = None, caller: str | None = None, since: datetime | None = None,
+             until: datetime | None = None) -> TicketRows:
+        """Newest first (by arrival), at most ``limit``, filtered by any of: line, category,
+        legacy number (normalised), caller, arrival time window [since, until)."""
         stmt = (select(Ticket)
                 .order_by(Ticket.arrived_at.desc(), Ticket.id.desc())
                 .limit(max(0, limit)))
         if line is not None:
             stmt = stmt.where(Ticket.line == line)
+        if category is not None:
+            stmt = stmt.where(Ticket.category == category)
+        if number is not None:
+            stmt = stmt.where(Ticket.number == number)
+        if caller is not None:
+            stmt = stmt.where(Ticket.caller == caller)
+        if since is not None:
+            stmt = stmt.where(Ticket.arrived_at >= since)
+        if until is not None:
+            stmt = stmt.where(Ticket.arrived_at < until)
         with self._sessions() as session:
             return [t.to_dict() for t in session.scalars(stmt)]
 

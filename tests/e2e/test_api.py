@@ -71,3 +71,36 @@ def test_reloads_validate_first(engines: EngineFactory) -> None:
     assert status == 200 and body["entries"] >= 100  # type: ignore[index,operator]
     status, body = engines.api("POST", "/api/lines/reload")
     assert status == 200 and body["lines"] == ["110", "96345"]  # type: ignore[index]
+
+
+def test_tickets_plan_and_openapi_endpoints(engines: EngineFactory) -> None:
+    from callrouter.sim.trunk import CallSpec, run_calls
+
+    engines.start()
+    report = run_calls(engines.settings, [CallSpec("119", "13940000001", 1.0), CallSpec("12345", "13940000002", 1.0)],
+                       rate=5)
+    assert all(c.ok for c in report.calls)
+    import time
+
+    deadline = time.monotonic() + 15
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        status, body = engines.api("GET", "/api/tickets?line=110")
+        assert status == 200
+        rows = body  # type: ignore[assignment]
+        if rows and rows[0]["ended_at"]:
+            break
+        time.sleep(0.2)
+    assert [r["caller"] for r in rows] == ["13940000001"]
+    status, body = engines.api("GET", "/api/tickets?number=%2B86%20119&caller=13940000001")
+    assert status == 200 and len(body) == 1  # type: ignore[arg-type]
+    status, one = engines.api("GET", f"/api/tickets/{rows[0]['id']}")
+    assert status == 200 and one["category"] == "fire"  # type: ignore[index]
+    assert engines.api("GET", "/api/tickets/T-nope")[0] == 404
+    status, body = engines.api("GET", "/api/tickets?since=yesterday")
+    assert status == 400 and body["error"] == "bad_query"  # type: ignore[index]
+    assert engines.api("GET", "/api/tickets?limit=0")[0] == 400
+    status, plan = engines.api("GET", "/api/plan")
+    assert status == 200 and any(e["number"] == "96345" for e in plan)  # type: ignore[union-attr]
+    status, doc = engines.api("GET", "/api/openapi.json")
+    assert status == 200 and "/api/calls/{call}/transfer" in doc["paths"]  # type: ignore[index]
