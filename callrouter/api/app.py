@@ -32,7 +32,9 @@ STORE_KEY: web.AppKey[TicketStore] = web.AppKey("store", TicketStore)
 PRINCIPAL = "callrouter.principal"
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
-SEAT_ACTIONS = ("login", "logout", "pause", "resume")
+SEAT_ACTIONS = ("login", "logout", "pause", "resume", "wrapup_done")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGES = {"/wallboard": "wallboard.html", "/agent": "agent.html"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -47,6 +49,8 @@ def call_error(exc: TransferError) -> web.Response:
 
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PAGES or request.path.startswith("/static/"):
+        return await handler(request)  # pages and their assets hold no data; their API calls need the token
     header = request.headers.get("Authorization", "")
     token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
     principal = request.app[TOKENS_KEY].lookup(token)
@@ -254,6 +258,15 @@ async def get_ticket(request: web.Request) -> web.Response:
     return web.json_response(row)
 
 
+async def get_me(request: web.Request) -> web.Response:
+    principal: Principal = request[PRINCIPAL]
+    return web.json_response({"role": principal.role, "seat": principal.seat, "name": principal.name})
+
+
+async def page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / PAGES[request.path])
+
+
 async def get_plan(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].plan.to_json_list())
 
@@ -317,6 +330,10 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_get("/api/tickets", list_tickets)
     app.router.add_get("/api/tickets/{ticket}", get_ticket)
     app.router.add_get("/api/plan", get_plan)
+    app.router.add_get("/api/me", get_me)
+    for path in PAGES:
+        app.router.add_get(path, page)
+    app.router.add_static("/static/", STATIC_DIR)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     app[LINES_PATH_KEY] = lines_path

@@ -40,7 +40,8 @@ OPENAPI: dict[str, Any] = {
         "/api/status": {"get": _op("Per line: waiting, longest wait, seats by state, overflow, service level",
                                    "any")},
         "/api/seats/{seat}/{action}": {"parameters": _path_params("seat", "action"), "post": _op(
-            "Log a seat in or out, pause (body reason) or resume it; action: login|logout|pause|resume",
+            "Log a seat in or out, pause (body reason), resume it, or end its wrap-up; action: "
+            "login|logout|pause|resume|wrapup_done",
             "agent (own seat), supervisor, admin", {"reason": S})},
         "/api/lines/{line}/seats": {"parameters": _path_params("line"), "post": _op(
             "Add a seat to a line at runtime (overflow)", "supervisor", {"seat": S, "endpoint": S})},
@@ -48,6 +49,7 @@ OPENAPI: dict[str, Any] = {
             "Remove a runtime seat from a line (it finishes its call first)", "supervisor")},
         "/api/lines/reload": {"post": _op("Validate queues/lines.toml and apply it; no call is dropped", "admin")},
         "/api/plan": {"get": _op("The number plan: number, line, category, department, priority", "any")},
+        "/api/me": {"get": _op("The token's role and seat", "any")},
         "/api/plan/reload": {"post": _op("Validate the number plan and use it for new calls", "admin")},
         "/api/calls": {"get": _op("Live calls (an agent sees the calls on its seat)", "any")},
         "/api/calls/{call}": {"parameters": _path_params("call"), "delete": _op(

@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from callrouter.acd import Event as AcdEvent
-from callrouter.acd import SeatLogin, SeatLogout, SeatPause, SeatResume
+from callrouter.acd import SeatLogin, SeatLogout, SeatPause, SeatResume, WrapUpDone
 from callrouter.ari import AriError, Channel
 from callrouter.calls.service import CallService
 
@@ -31,7 +31,9 @@ def seat_event(action: str, seat: str, reason: str = "feature_code") -> AcdEvent
         return SeatPause(seat, reason)
     if action == "resume":
         return SeatResume(seat)
-    raise ValueError(f"unknown seat action {action!r}: use login, logout, pause or resume")
+    if action == "wrapup_done":
+        return WrapUpDone(seat)
+    raise ValueError(f"unknown seat action {action!r}: use login, logout, pause, resume or wrapup_done")
 
 
 def handle_feature(service: CallService, channel: Channel, code: str) -> None:

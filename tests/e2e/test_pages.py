@@ -1,0 +1,136 @@
+"""The wallboard and the agent console in a real headless Chromium, against a live engine
+on the real Asterisk with SIPp callers and seats. Screenshots go to artifacts/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from callrouter.sim.seats import SeatSpec, start_seats
+from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+from tests.conftest import missing_part, wait_for
+from tests.e2e.conftest import EngineFactory
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[object]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        missing_part("Debian's chromium and chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1400,900"):
+        options.add_argument(arg)
+    web = webdriver.Chrome(service=Service(str(driver)), options=options)
+    try:
+        yield web
+    finally:
+        web.quit()
+
+
+def _token(engines: EngineFactory, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "callrouter.cli", "tokens", "create", *args],
+                         env={**os.environ, **engines.env}, capture_output=True, text=True, check=False, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return str(json.loads(out.stdout)["token"])
+
+
+def _call(engines: EngineFactory, spec: CallSpec) -> tuple[threading.Thread, list[TrunkReport]]:
+    out: list[TrunkReport] = []
+    thread = threading.Thread(target=lambda: out.append(run_calls(engines.settings, [spec], rate=1)))
+    thread.start()
+    return thread, out
+
+
+def _log_time(log: str, needle: str) -> float | None:
+    for line in log.splitlines():
+        if needle in line:
+            return datetime.fromisoformat(line.split()[0][3:].replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _text(web: object, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(web.find_element(By.CSS_SELECTOR, css).text)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not rendered yet
+        return ""
+
+
+def _attr(web: object, css: str, name: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(web.find_element(By.CSS_SELECTOR, css).get_attribute(name))  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not rendered yet
+        return ""
+
+
+def test_wallboard_shows_a_caller_within_a_second_and_seat_tiles_follow(engines: EngineFactory,
+                                                                        browser: object) -> None:
+    engines.use_lines(wrap_up_s=1)
+    engine = engines.start()
+    token = _token(engines, "--role", "supervisor")
+    browser.get(f"{engines.settings.api_url}/wallboard?token={token}")  # type: ignore[attr-defined]
+    wait_for(lambda: _text(browser, '[data-line="110"] [data-k="waiting"]') == "0", 10, "the wallboard to render")
+    thread, out = _call(engines, CallSpec("119", "13950000001", 6.0))
+    arrived = wait_for(lambda: _log_time(engine.log(), "event=call_arrived"), 10, "the caller to arrive")
+    wait_for(lambda: _text(browser, '[data-line="110"] [data-k="waiting"]') == "1", 5, "the caller on the wallboard")
+    shown = time.time()
+    assert shown - arrived < 1.0, f"the wallboard showed the caller {shown - arrived:.2f} s after arrival"
+    seats = start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.3, talk_s=0)])
+    try:
+        engines.login("s110-01")
+        wait_for(lambda: _attr(browser, '[data-seat="s110-01"]', "data-state") == "on_call", 10,
+                 "the seat tile to show the call")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "wallboard.png"))  # type: ignore[attr-defined]
+        thread.join(timeout=30)
+        assert out and out[0].calls[0].ok
+    finally:
+        seats.stop()
+
+
+def test_agent_console_pops_the_ticket_and_transfers_the_call(engines: EngineFactory, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    engines.use_lines(wrap_up_s=1)
+    engines.start()
+    token = _token(engines, "--role", "agent", "--seat", "s110-01")
+    seats = start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.3, talk_s=0)])
+    try:
+        browser.get(f"{engines.settings.api_url}/agent?token={token}")  # type: ignore[attr-defined]
+        wait_for(lambda: _text(browser, "#seat") == "s110-01", 10, "the console to know its seat")
+        browser.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+        wait_for(lambda: _attr(browser, "#state", "data-state") == "ready", 10, "the seat logged in from the page")
+        thread, out = _call(engines, CallSpec("119", "13950000002", 12.0))
+        wait_for(lambda: _text(browser, "#t-dialled") == "119", 10, "the ticket to pop")
+        assert _text(browser, "#t-category") == "fire" and _text(browser, "#t-caller") == "13950000002"
+        assert _text(browser, "#t-meaning") == "火警", "the dialled number's meaning from the plan"
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "agent.png"))  # type: ignore[attr-defined]
+        browser.find_element(By.ID, "transfer").click()  # type: ignore[attr-defined]
+        wait_for(lambda: engines.status()["lines"]["96345"]["waiting"] == 1, 10,
+                 "the caller moved to the 96345 queue by the page's transfer button")
+        thread.join(timeout=30)
+        assert out and out[0].calls[0].ok, "the caller stayed connected"
+    finally:
+        seats.stop()
