@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from callrouter.api.tokens import Principal, TokenStore
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
 from callrouter.numberplan import PlanError, load_plan, normalise
-from callrouter.tickets import TicketStore
+from callrouter.tickets import AddNote, TicketStore
 
 log = logging.getLogger("callrouter.api")
 
@@ -267,6 +267,25 @@ async def page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / PAGES[request.path])
 
 
+async def add_note(request: web.Request) -> web.Response:
+    """A seat writes a note on a ticket (an agent: on its own seat's tickets)."""
+    body = await _json(request)
+    text = body.get("text")
+    if not isinstance(text, str) or not text.strip() or len(text) > 2000:
+        return error(400, "bad_note", 'body must be {"text": "..."} with 1 to 2000 characters')
+    ticket_id = request.match_info["ticket"]
+    row = await asyncio.to_thread(request.app[STORE_KEY].get, ticket_id)
+    service = request.app[SERVICE_KEY]
+    live = next((c for c in service.calls.values() if c.ticket_id == ticket_id), None)
+    if row is None and live is None:
+        return error(404, "unknown_ticket", f"no ticket {ticket_id!r}")
+    seat = live.seat if live is not None else (row or {}).get("seat")
+    principal = require_seat(request, str(seat) if seat else None)
+    service.writer.submit(AddNote(id=ticket_id, text=text.strip(), seat=principal.seat or principal.name or
+                                  principal.role, at=datetime.now(UTC)))
+    return web.json_response({"ticket": ticket_id, "noted": True})
+
+
 async def get_plan(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].plan.to_json_list())
 
@@ -329,6 +348,7 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_get("/api/events", feed.websocket)
     app.router.add_get("/api/tickets", list_tickets)
     app.router.add_get("/api/tickets/{ticket}", get_ticket)
+    app.router.add_post("/api/tickets/{ticket}/notes", add_note)
     app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/me", get_me)
     for path in PAGES:

@@ -136,6 +136,9 @@ class Ticket(Base):
     # [{"from_line", "to_line", "seat", "reason", "at"}, ...] oldest first; ``line`` is the last
     transfers: Mapped[list[dict[str, Any]]] = mapped_column(
         _Json, default=list, server_default=text("'[]'"))
+    # [{"seat", "text", "at"}, ...] oldest first: what the seats wrote down
+    notes: Mapped[list[dict[str, Any]]] = mapped_column(
+        _Json, default=list, server_default=text("'[]'"))
     callback_requested: Mapped[bool] = mapped_column(Boolean, default=False,
                                                      server_default=false())
     callback_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -173,6 +176,7 @@ class Ticket(Base):
             "updated_at": _iso(self.updated_at),
             "reclassified_at": _iso(self.reclassified_at),
             "transfers": list(self.transfers or []),
+            "notes": list(self.notes or []),
             "callback_requested": bool(self.callback_requested),
             "callback_requested_at": _iso(self.callback_requested_at),
             "callback_at": _iso(self.callback_at),
@@ -394,10 +398,27 @@ class RecordCallback:
         _aware("at", self.at)
 
 
+@dataclass(frozen=True, slots=True)
+class AddNote:
+    """A seat writes a note on the ticket (kept in order; the text is the seat's own)."""
+
+    id: str
+    text: str
+    seat: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("id", "text", "seat"):
+            _text(name, getattr(self, name))
+        if not self.text.strip():
+            raise ValueError("a note needs some text")
+        _aware("at", self.at)
+
+
 TicketOp = (OpenTicket | AnswerTicket | CloseTicket | SetSeat | Reclassify | AddTransfer
-            | RequestCallback | RecordCallback)
+            | RequestCallback | RecordCallback | AddNote)
 TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat, Reclassify, AddTransfer,
-                     RequestCallback, RecordCallback)
+                     RequestCallback, RecordCallback, AddNote)
 
 
 def duration_between(start: datetime, end: datetime) -> float:

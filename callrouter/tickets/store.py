@@ -23,6 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateColumn
 
 from .models import (
+    AddNote,
     AddTransfer,
     AnswerTicket,
     Base,
@@ -432,6 +433,15 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
         ticket.line = op.to_line
         ticket.updated_at = now
         return [_change(ticket, "transferred", op.at, record)]
+
+    if isinstance(op, AddNote):
+        notes = list(ticket.notes or [])
+        record = {"seat": op.seat, "text": op.text, "at": _iso(op.at)}
+        if record in notes:
+            return []  # a retried batch
+        ticket.notes = [*notes, record]
+        ticket.updated_at = now
+        return [_change(ticket, "noted", op.at, record)]
 
     if isinstance(op, RequestCallback):
         if ticket.callback_requested:

@@ -104,3 +104,29 @@ def test_tickets_plan_and_openapi_endpoints(engines: EngineFactory) -> None:
     assert status == 200 and any(e["number"] == "96345" for e in plan)  # type: ignore[union-attr]
     status, doc = engines.api("GET", "/api/openapi.json")
     assert status == 200 and "/api/calls/{call}/transfer" in doc["paths"]  # type: ignore[index]
+
+
+def test_notes_on_a_ticket(engines: EngineFactory) -> None:
+    import time
+
+    from callrouter.sim.trunk import CallSpec, run_calls
+
+    engines.start()
+    assert all(c.ok for c in run_calls(engines.settings, [CallSpec("95598", "13940000003", 1.0)], rate=1).calls)
+    deadline = time.monotonic() + 15
+    rows: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not rows:
+        rows = engines.api("GET", "/api/tickets?caller=13940000003")[1]  # type: ignore[assignment]
+        time.sleep(0.2)
+    ticket = rows[0]["id"]
+    status, body = engines.api("POST", f"/api/tickets/{ticket}/notes", {"text": "停电，已派抢修"})
+    assert status == 200, body
+    status, body = engines.api("POST", f"/api/tickets/{ticket}/notes", {"text": "  "})
+    assert status == 400 and body["error"] == "bad_note"  # type: ignore[index]
+    assert engines.api("POST", "/api/tickets/T-nope/notes", {"text": "x"})[0] == 404
+    deadline = time.monotonic() + 10
+    notes: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not notes:
+        notes = engines.api("GET", f"/api/tickets/{ticket}")[1]["notes"]  # type: ignore[index]
+        time.sleep(0.2)
+    assert [n["text"] for n in notes] == ["停电，已派抢修"]

@@ -62,7 +62,7 @@ def _call(engines: EngineFactory, spec: CallSpec) -> tuple[threading.Thread, lis
 def _log_time(log: str, needle: str) -> float | None:
     for line in log.splitlines():
         if needle in line:
-            return datetime.fromisoformat(line.split()[0][3:].replace("Z", "+00:00")).timestamp()
+            return datetime.fromisoformat(line.split()[0][3:]).timestamp()
     return None
 
 

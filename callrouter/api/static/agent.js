@@ -55,6 +55,12 @@ async function start() {
                                            "已转接 " + OTHER[current.line]);
   $("consult").onclick = () => callAction("consult", {line: OTHER[current.line]}, "正在呼叫 " + OTHER[current.line]);
   $("reclassify").onclick = () => callAction("reclassify", {category: $("category").value}, "类别已更新");
+  $("note").onclick = async () => {
+    try {
+      await api("POST", `/api/tickets/${encodeURIComponent(current.ticket)}/notes`, {text: $("note-text").value});
+      $("result").textContent = "备注已添加"; $("note-text").value = "";
+    } catch (e) { $("result").textContent = "失败：" + e.message; }
+  };
   feed((msg) => {
     const d = msg.data || {};
     if (msg.type === "seat_state" && d.seat === me.seat) showState(d.state);
