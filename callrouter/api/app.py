@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from callrouter.api.tokens import Principal, TokenStore
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
 from callrouter.numberplan import PlanError, load_plan, normalise
-from callrouter.tickets import AddNote, TicketStore
+from callrouter.tickets import AddNote, Reclassify, TicketStore
 
 log = logging.getLogger("callrouter.api")
 
@@ -32,6 +33,7 @@ STORE_KEY: web.AppKey[TicketStore] = web.AppKey("store", TicketStore)
 PRINCIPAL = "callrouter.principal"
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
+CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{1,39}")
 SEAT_ACTIONS = ("login", "logout", "pause", "resume", "wrapup_done")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGES = {"/wallboard": "wallboard.html", "/agent": "agent.html"}
@@ -286,6 +288,22 @@ async def add_note(request: web.Request) -> web.Response:
     return web.json_response({"ticket": ticket_id, "noted": True})
 
 
+async def reclassify_ticket(request: web.Request) -> web.Response:
+    """Correct a ticket's category after the call (an agent: its own seat's tickets)."""
+    body = await _json(request)
+    category = body.get("category")
+    if not isinstance(category, str) or not CATEGORY_RE.fullmatch(category):
+        return error(400, "bad_category", 'body must be {"category": "<lowercase slug>"}, e.g. gas_repair')
+    ticket_id = request.match_info["ticket"]
+    row = await asyncio.to_thread(request.app[STORE_KEY].get, ticket_id)
+    if row is None:
+        return error(404, "unknown_ticket", f"no ticket {ticket_id!r}")
+    principal = require_seat(request, str(row["seat"]) if row.get("seat") else None)
+    request.app[SERVICE_KEY].writer.submit(Reclassify(id=ticket_id, category=category, at=datetime.now(UTC),
+                                                      seat=principal.seat or principal.name or principal.role))
+    return web.json_response({"ticket": ticket_id, "category": category})
+
+
 async def get_plan(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].plan.to_json_list())
 
@@ -349,6 +367,7 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_get("/api/tickets", list_tickets)
     app.router.add_get("/api/tickets/{ticket}", get_ticket)
     app.router.add_post("/api/tickets/{ticket}/notes", add_note)
+    app.router.add_post("/api/tickets/{ticket}/reclassify", reclassify_ticket)
     app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/me", get_me)
     for path in PAGES:

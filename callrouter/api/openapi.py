@@ -65,6 +65,9 @@ OPENAPI: dict[str, Any] = {
         "/api/tickets": {"get": _op("Tickets, newest first", "any (an agent: its seat's)",
                                     params=["line", "category", "number", "caller", "since", "until", "limit"])},
         "/api/tickets/{ticket}": {"parameters": _path_params("ticket"), "get": _op("One ticket", "any")},
+        "/api/tickets/{ticket}/reclassify": {"parameters": _path_params("ticket"), "post": _op(
+            "Correct a ticket's category after the call", "agent (own seat's ticket), supervisor",
+            {"category": S})},
         "/api/tickets/{ticket}/notes": {"parameters": _path_params("ticket"), "post": _op(
             "Write a note on the ticket", "agent (own seat's ticket), supervisor", {"text": S})},
         "/api/events": {"get": _op("WebSocket: live queue, seat, call and ticket changes (token in ?token=)",

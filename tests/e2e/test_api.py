@@ -130,3 +130,42 @@ def test_notes_on_a_ticket(engines: EngineFactory) -> None:
         notes = engines.api("GET", f"/api/tickets/{ticket}")[1]["notes"]  # type: ignore[index]
         time.sleep(0.2)
     assert [n["text"] for n in notes] == ["停电，已派抢修"]
+
+
+def test_me_hangup_and_ticket_reclassify(engines: EngineFactory) -> None:
+    import threading
+    import time
+
+    from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+
+    engines.start()
+    status, me = engines.api("GET", "/api/me")
+    assert status == 200 and me["role"] == "admin"  # type: ignore[index]
+    out: list[TrunkReport] = []
+    thread = threading.Thread(target=lambda: out.append(run_calls(
+        engines.settings, [CallSpec("12345", "13940000004", -1)], rate=1)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    calls: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not calls:
+        calls = engines.api("GET", "/api/calls")[1]  # type: ignore[assignment]
+        time.sleep(0.1)
+    assert calls, "the caller is a live call"
+    status, body = engines.api("DELETE", f"/api/calls/{calls[0]['call_id']}")
+    assert status == 200 and body["hung_up"] is True  # type: ignore[index]
+    thread.join(timeout=20)
+    assert out and out[0].calls[0].outcome == "completed_by_far_end", "the engine hung the caller up"
+    assert engines.api("DELETE", "/api/calls/nope")[0] == 404
+    ticket = str(calls[0]["ticket"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and engines.api("GET", f"/api/tickets/{ticket}")[0] != 200:
+        time.sleep(0.2)
+    assert engines.api("POST", f"/api/tickets/{ticket}/reclassify", {"category": "Bad Slug"})[0] == 400
+    status, body = engines.api("POST", f"/api/tickets/{ticket}/reclassify", {"category": "policy_enquiry"})
+    assert status == 200, body
+    deadline = time.monotonic() + 10
+    category = ""
+    while time.monotonic() < deadline and category != "policy_enquiry":
+        category = engines.api("GET", f"/api/tickets/{ticket}")[1]["category"]  # type: ignore[index]
+        time.sleep(0.2)
+    assert category == "policy_enquiry"

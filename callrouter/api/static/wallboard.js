@@ -3,6 +3,7 @@
 "use strict";
 let status = null;
 let statusAt = 0;
+let today = {};  // per line, from today's tickets: offered, answered within 15 s, abandoned
 const LINE_ZH = {"110": "110 应急", "96345": "96345 公共服务"};
 
 async function refreshStatus() {
@@ -17,9 +18,10 @@ function render() {
   const lines = document.getElementById("lines");
   lines.innerHTML = "";
   for (const [id, line] of Object.entries(status.lines)) {
-    const done = (line.answered || 0) + (line.abandoned || 0);
-    const abandon = done ? Math.round(100 * line.abandoned / done) + "%" : "–";
-    const sl = line.service_level == null ? "–" : Math.round(100 * line.service_level) + "%";
+    // today's figures come from the tickets (they survive engine restarts)
+    const t = today[id] || {done: 0, within: 0, abandoned: 0};
+    const abandon = t.done ? Math.round(100 * t.abandoned / t.done) + "%" : "–";
+    const sl = t.done ? Math.round(100 * t.within / t.done) + "%" : "–";
     const waited = line.waiting ? line.longest_wait_s + (Date.now() / 1000 - statusAt) : 0;
     const panel = document.createElement("div");
     panel.className = "panel";
@@ -58,10 +60,17 @@ async function refreshToday() {
   const midnight = new Date(); midnight.setHours(0, 0, 0, 0);
   const rows = await api("GET", "/api/tickets?limit=1000&since=" + encodeURIComponent(midnight.toISOString()));
   const byNumber = {}, byCategory = {};
+  today = {};
   for (const t of rows) {
+    const d = today[t.line] = today[t.line] || {done: 0, within: 0, abandoned: 0};
+    const seated = t.seat_answered_at ? (Date.parse(t.seat_answered_at) - Date.parse(t.arrived_at)) / 1000 : null;
+    if (seated !== null || t.ended_at) d.done += 1;
+    if (seated !== null && seated <= 15) d.within += 1;
+    if (t.outcome === "abandoned") d.abandoned += 1;
     byNumber[t.dialled || t.number] = (byNumber[t.dialled || t.number] || 0) + 1;
     byCategory[t.category] = (byCategory[t.category] || 0) + 1;
   }
+  render();
   bars(document.getElementById("by-number"), byNumber);
   bars(document.getElementById("by-category"), byCategory);
 }
@@ -71,7 +80,7 @@ feed((msg) => {
   if (msg.type === "status") { status = msg.data; statusAt = Date.now() / 1000; render(); return; }
   // any change: fetch the fresh status at once (coalesced), the day's chart a little later
   if (!pending) pending = setTimeout(() => { pending = null; refreshStatus(); }, 50);
-  if (msg.type === "call_arrived" || msg.type === "call_ended") setTimeout(refreshToday, 500);
+  if (["call_arrived", "call_connected", "call_ended"].includes(msg.type)) setTimeout(refreshToday, 500);
 });
 refreshStatus();
 refreshToday();
