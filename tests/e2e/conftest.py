@@ -41,6 +41,9 @@ def asterisk(settings: Settings) -> Settings:
         prov.up(settings)
     except prov.ProvisionError as exc:
         missing_part(f"a real Asterisk: {exc}")
+    # an Asterisk left running (a demo kept up, an interrupted run) may still hold callers:
+    # tests start from an empty PBX
+    prov.rx(prov.select_target(settings), "channel request hangup all")
     try:
         prov.ensure_host_packages(["sipp"])
     except prov.ProvisionError as exc:
