@@ -169,3 +169,23 @@ def test_me_hangup_and_ticket_reclassify(engines: EngineFactory) -> None:
         category = engines.api("GET", f"/api/tickets/{ticket}")[1]["category"]  # type: ignore[index]
         time.sleep(0.2)
     assert category == "policy_enquiry"
+
+
+def test_remaining_failure_cases(engines: EngineFactory) -> None:
+    lines = engines.use_lines(wrap_up_s=1)
+    engines.start()
+    good = lines.read_text()
+    lines.write_text(good.replace("ring_timeout_s = 1", "ring_timeout_s = -1", 1).replace(
+        "wrap_up_s = 1", "wrap_up_s = soon", 1))
+    status, body = engines.api("POST", "/api/lines/reload")
+    assert status == 400 and body["error"] == "invalid_lines" and f"{lines}:" in body["details"]  # type: ignore[index]
+    lines.write_text(good)
+    assert engines.api("POST", "/api/lines/reload")[0] == 200
+    status, body = engines.api("DELETE", "/api/lines/110/seats/s999-99")
+    assert status == 400 and body["error"] == "unknownseat"  # type: ignore[index]
+    status, body = engines.api("POST", "/api/calls/nope/consult", {"line": "96345"})
+    assert status == 404 and body["error"] == "unknown_call"  # type: ignore[index]
+    status, body = engines.api("POST", "/api/calls/nope/consult", {})
+    assert status == 400 and body["error"] == "missing_line"  # type: ignore[index]
+    status, body = engines.api("POST", "/api/calls/nope/reclassify", {"category": "x_y"})
+    assert status == 404  # type: ignore[index]
