@@ -60,7 +60,6 @@ class AriClient:
         self._ws_rest_ready = False
         self._pending: dict[str, asyncio.Future[tuple[int, str]]] = {}
         self._ids = itertools.count(1)
-        self._request_timeout = request_timeout
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
@@ -185,23 +184,8 @@ class AriClient:
     async def start_moh(self, channel_id: str, moh_class: str = "default") -> None:
         await self.request("POST", f"/channels/{quote(channel_id)}/moh", params={"mohClass": moh_class})
 
-    async def stop_moh(self, channel_id: str) -> None:
-        await self.request("DELETE", f"/channels/{quote(channel_id)}/moh")
-
-    async def get_channel(self, channel_id: str) -> Channel:
-        return Channel.from_json(await self.request("GET", f"/channels/{quote(channel_id)}"))
-
     async def list_channels(self) -> list[Channel]:
         return [Channel.from_json(c) for c in await self.request("GET", "/channels")]
-
-    async def get_variable(self, channel_id: str, name: str) -> str:
-        try:
-            result = await self.request("GET", f"/channels/{quote(channel_id)}/variable", params={"variable": name})
-        except AriError as exc:
-            if exc.status == 404:
-                return ""
-            raise
-        return str(result.get("value", "")) if isinstance(result, dict) else ""
 
     async def originate(self, endpoint: str, *, channel_id: str, app_args: str, timeout_s: int,
                         caller_id: str) -> Channel:

@@ -40,7 +40,6 @@ class StateStore:
         self.path = path
         self._redis: aioredis.Redis | None = None
         self._redis_ok = True
-        self.saves = 0
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -61,7 +60,6 @@ class StateStore:
                 log.warning("event=redis_unavailable url=%s error=%r (state kept in %s)", self.redis_url, exc,
                             self.path)
             self._redis_ok = False
-        self.saves += 1
 
     async def load(self) -> dict[str, Any] | None:
         """The newest saved state of Redis and the file, or None."""

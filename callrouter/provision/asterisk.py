@@ -60,15 +60,6 @@ class Target:
 
 
 # ---------------------------------------------------------------------------------------
-def _run(cmd: list[str], timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-    log.debug("run: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
-    if check and proc.returncode != 0:
-        output = proc.stderr.strip() or proc.stdout.strip()
-        raise ProvisionError(f"{' '.join(cmd)} failed ({proc.returncode}): {output}")
-    return proc
-
-
 def ensure_host_packages(names: list[str]) -> None:
     """Install the Debian packages providing these commands if they are missing."""
     missing = [HOST_PACKAGES[n] for n in names if shutil.which(n) is None]

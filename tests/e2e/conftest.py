@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from callrouter.config import Settings, load_settings
+from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
 from callrouter.tickets import TicketStore
 from tests.conftest import missing_part, wait_for
 
@@ -136,6 +138,22 @@ class EngineFactory:
 
     def store(self) -> TicketStore:
         return TicketStore(self.db_url)
+
+    def closed_tickets(self, n: int) -> list[dict[str, Any]]:
+        """Every ticket, once there are at least ``n`` and all are closed; else [] (for wait_for)."""
+        store = self.store()
+        try:
+            rows = store.list(limit=100_000)
+        finally:
+            store.close()
+        return rows if len(rows) >= n and all(r["ended_at"] for r in rows) else []
+
+    def calls_in_background(self, specs: list[CallSpec], rate: float) -> tuple[threading.Thread, list[TrunkReport]]:
+        """Place calls through the SIPp trunk in a thread; the report lands in the list."""
+        out: list[TrunkReport] = []
+        thread = threading.Thread(target=lambda: out.append(run_calls(self.settings, specs, rate=rate)), daemon=True)
+        thread.start()
+        return thread, out
 
 
 def _kill_child_sipp() -> None:

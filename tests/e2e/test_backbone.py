@@ -10,23 +10,13 @@ while the engine is killed keeps their ticket when the next engine adopts them.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 from callrouter.numberplan import load_plan
 from callrouter.provision import asterisk as prov
-from callrouter.sim.trunk import UNLISTED_SAMPLES, CallSpec, TrunkReport, run_calls
+from callrouter.sim.trunk import UNLISTED_SAMPLES, CallSpec, run_calls
 from tests.conftest import wait_for
 from tests.e2e.conftest import EngineFactory
-
-
-def _closed_tickets(engines: EngineFactory, n: int) -> list[dict[str, object]]:
-    store = engines.store()
-    try:
-        rows = store.list(limit=10_000)
-    finally:
-        store.close()
-    return rows if len(rows) >= n and all(r["ended_at"] for r in rows) else []
 
 
 def _channels_in(engines: EngineFactory, needle: str) -> int:
@@ -46,7 +36,7 @@ def test_every_number_reaches_the_engine_and_leaves_one_ticket(engines: EngineFa
     failed = [c for c in report.calls if not c.ok]
     assert not failed, f"{len(failed)} calls failed: {failed[:5]}; sipp errors: {report.errors[:5]}"
     assert len(report.rtt_ms) == len(specs), "every call's INVITE must get a 200 OK"
-    rows = wait_for(lambda: _closed_tickets(engines, len(specs)), 30, "every ticket to be closed")
+    rows = wait_for(lambda: engines.closed_tickets(len(specs)), 30, "every ticket to be closed")
     assert len(rows) == len(specs), "exactly one ticket per call"
     by_caller = {str(r["caller"]): r for r in rows}
     assert len(by_caller) == len(specs)
@@ -57,40 +47,33 @@ def test_every_number_reaches_the_engine_and_leaves_one_ticket(engines: EngineFa
         assert ticket["dialled"] == spec.number.replace(" ", "")
         assert ticket["answered_at"] is not None
         assert ticket["ended_at"] is not None and ticket["outcome"] == "abandoned"
-        assert float(ticket["duration_s"]) >= 1.0  # type: ignore[arg-type]
+        assert float(ticket["duration_s"]) >= 1.0
     unlisted = [by_caller[s.caller] for s in specs if s.number in UNLISTED_SAMPLES]
     assert unlisted and all(t["line"] == "96345" and t["category"] == "unlisted" for t in unlisted)
 
 
-def _call_in_background(engines: EngineFactory, spec: CallSpec) -> tuple[threading.Thread, list[TrunkReport]]:
-    out: list[TrunkReport] = []
-    thread = threading.Thread(target=lambda: out.append(run_calls(engines.settings, [spec], rate=1)))
-    thread.start()
-    return thread, out
-
-
 def test_a_call_while_the_engine_is_down_is_held_then_handled(engines: EngineFactory) -> None:
     spec = CallSpec("119", "13911112222", 8.0)
-    thread, out = _call_in_background(engines, spec)
+    thread, out = engines.calls_in_background([spec], 1)
     # held by the dialplan with music, not declined
     wait_for(lambda: _channels_in(engines, "MusicOnHold") == 1, 10, "the dialplan to hold the caller")
     time.sleep(1.5)
     engine = engines.start()
     thread.join(timeout=30)
     assert out and out[0].calls[0].ok, out and out[0].to_json()
-    rows = wait_for(lambda: _closed_tickets(engines, 1), 20, "the held caller's ticket")
+    rows = wait_for(lambda: engines.closed_tickets(1), 20, "the held caller's ticket")
     assert len(rows) == 1
     ticket = rows[0]
     assert ticket["caller"] == spec.caller and ticket["line"] == "110" and ticket["category"] == "fire"
     # the wait counts from when the caller reached Asterisk, not from when the engine saw them
-    assert float(ticket["duration_s"]) > 7.0  # type: ignore[arg-type]
+    assert float(ticket["duration_s"]) > 7.0
     assert "held_by_dialplan=" in engine.log() and "held_by_dialplan=0" not in engine.log()
 
 
 def test_a_killed_engine_is_replaced_and_keeps_the_ticket(engines: EngineFactory) -> None:
     first = engines.start()
     spec = CallSpec("12345", "13922223333", 10.0)
-    thread, out = _call_in_background(engines, spec)
+    thread, out = engines.calls_in_background([spec], 1)
     wait_for(lambda: "event=call_answered" in first.log(), 10, "the first engine to answer")
     first.stop(signal.SIGKILL)
     time.sleep(1.0)
@@ -101,6 +84,6 @@ def test_a_killed_engine_is_replaced_and_keeps_the_ticket(engines: EngineFactory
     assert f"event=call_adopted ticket={first_ticket}" in second.log(), "adopted under the ticket the first opened"
     thread.join(timeout=30)
     assert out and out[0].calls[0].ok, out and out[0].to_json()
-    rows = wait_for(lambda: _closed_tickets(engines, 1), 20, "the caller's ticket to close")
+    rows = wait_for(lambda: engines.closed_tickets(1), 20, "the caller's ticket to close")
     assert len(rows) == 1, "the adopted caller keeps the ticket the killed engine opened"
     assert rows[0]["caller"] == spec.caller and rows[0]["outcome"] == "abandoned"

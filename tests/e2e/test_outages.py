@@ -28,7 +28,7 @@ import pytest
 import redis
 
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
-from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+from callrouter.sim.trunk import CallSpec, TrunkReport
 from callrouter.tickets import TicketStore
 from callrouter.tickets.consumer import GroupConsumer, StreamEvent
 from tests.conftest import wait_for
@@ -133,14 +133,6 @@ def _traffic(prefix: str) -> list[CallSpec]:
     """Calls for the whole test, half on each line; callers wait for the seat's BYE."""
     n = int((BEFORE_S + OUTAGE_S + AFTER_S) * RATE)
     return [CallSpec("110" if i % 2 == 0 else "12345", f"{prefix}{i:04d}", -1) for i in range(n)]
-
-
-def _background(engines: EngineFactory, specs: list[CallSpec]) -> tuple[threading.Thread, list[TrunkReport]]:
-    out: list[TrunkReport] = []
-    thread = threading.Thread(target=lambda: out.append(run_calls(engines.settings, specs, rate=RATE)),
-                              daemon=True)
-    thread.start()
-    return thread, out
 
 
 def _restart_and_finish_calls(start: Any, port: int, calls: threading.Thread) -> None:
@@ -294,7 +286,7 @@ def test_redis_outage_calls_flow_and_the_outbox_drains_exactly_once(stoppable_re
     dispatch.start()
     dispatchers.append(dispatch)
     specs = _traffic("1392")
-    calls, out = _background(engines, specs)
+    calls, out = engines.calls_in_background(specs, RATE)
     store = engines.store()
     try:
         time.sleep(BEFORE_S)
@@ -378,7 +370,7 @@ def test_database_outage_calls_flow_and_tickets_arrive_in_order(stoppable_postgr
     dispatch.start()
     dispatchers.append(dispatch)
     specs = _traffic("1393")
-    calls, out = _background(engines, specs)
+    calls, out = engines.calls_in_background(specs, RATE)
 
     def connected() -> int:
         return engine.log().count("event=call_connected")

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from callrouter.sim.seats import SeatSpec, start_seats
-from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+from callrouter.sim.trunk import CallSpec
 from tests.conftest import missing_part, wait_for
 from tests.e2e.conftest import EngineFactory
 
@@ -52,13 +51,6 @@ def _token(engines: EngineFactory, *args: str) -> str:
     return str(json.loads(out.stdout)["token"])
 
 
-def _call(engines: EngineFactory, spec: CallSpec) -> tuple[threading.Thread, list[TrunkReport]]:
-    out: list[TrunkReport] = []
-    thread = threading.Thread(target=lambda: out.append(run_calls(engines.settings, [spec], rate=1)))
-    thread.start()
-    return thread, out
-
-
 def _log_time(log: str, needle: str) -> float | None:
     for line in log.splitlines():
         if needle in line:
@@ -91,7 +83,7 @@ def test_wallboard_shows_a_caller_within_a_second_and_seat_tiles_follow(engines:
     token = _token(engines, "--role", "supervisor")
     browser.get(f"{engines.settings.api_url}/wallboard?token={token}")  # type: ignore[attr-defined]
     wait_for(lambda: _text(browser, '[data-line="110"] [data-k="waiting"]') == "0", 10, "the wallboard to render")
-    thread, out = _call(engines, CallSpec("119", "13950000001", 6.0))
+    thread, out = engines.calls_in_background([CallSpec("119", "13950000001", 6.0)], 1)
     arrived = wait_for(lambda: _log_time(engine.log(), "event=call_arrived"), 10, "the caller to arrive")
     wait_for(lambda: _text(browser, '[data-line="110"] [data-k="waiting"]') == "1", 5, "the caller on the wallboard")
     shown = time.time()
@@ -121,7 +113,7 @@ def test_agent_console_pops_the_ticket_and_transfers_the_call(engines: EngineFac
         wait_for(lambda: _text(browser, "#seat") == "s110-01", 10, "the console to know its seat")
         browser.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
         wait_for(lambda: _attr(browser, "#state", "data-state") == "ready", 10, "the seat logged in from the page")
-        thread, out = _call(engines, CallSpec("119", "13950000002", 12.0))
+        thread, out = engines.calls_in_background([CallSpec("119", "13950000002", 12.0)], 1)
         wait_for(lambda: _text(browser, "#t-dialled") == "119", 10, "the ticket to pop")
         assert _text(browser, "#t-category") == "fire" and _text(browser, "#t-caller") == "13950000002"
         assert _text(browser, "#t-meaning") == "火警", "the dialled number's meaning from the plan"

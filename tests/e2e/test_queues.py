@@ -7,16 +7,14 @@ timeout 4 s) so each test finishes in seconds; everything else is the shipped co
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from callrouter.provision import asterisk as prov
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
-from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+from callrouter.sim.trunk import CallSpec, run_calls
 from tests.conftest import wait_for
 from tests.e2e.conftest import EngineFactory
 
@@ -33,27 +31,6 @@ def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
         group.stop()
 
 
-def _tickets(engines: EngineFactory) -> list[dict[str, Any]]:
-    store = engines.store()
-    try:
-        return store.list(limit=100_000)
-    finally:
-        store.close()
-
-
-def _closed(engines: EngineFactory, n: int) -> list[dict[str, Any]]:
-    rows = _tickets(engines)
-    return rows if len(rows) >= n and all(r["ended_at"] for r in rows) else []
-
-
-def _calls_in_background(engines: EngineFactory, specs: list[CallSpec], rate: float
-                         ) -> tuple[threading.Thread, list[TrunkReport]]:
-    out: list[TrunkReport] = []
-    thread = threading.Thread(target=lambda: out.append(run_calls(engines.settings, specs, rate=rate)))
-    thread.start()
-    return thread, out
-
-
 def test_surge_of_300_callers_all_reach_a_seat(engines: EngineFactory, seats: list[SeatSims]) -> None:
     engines.use_lines(wrap_up_s=1, calm_s=5, wait_threshold_s=5)
     engines.start()
@@ -63,7 +40,7 @@ def test_surge_of_300_callers_all_reach_a_seat(engines: EngineFactory, seats: li
     # 300 callers in 15 s over both lines; each waits until the engine ends the call
     numbers = ["110", "119", "120", "122", "12345", "12315", "95598", "96345", "12333", "12369"]
     specs = [CallSpec(numbers[i % len(numbers)], f"1370{i:07d}", -1) for i in range(300)]
-    thread, out = _calls_in_background(engines, specs, rate=20)
+    thread, out = engines.calls_in_background(specs, 20)
     overflow_seen = wait_for(lambda: any(line["overflow_active"] for line in engines.status()["lines"].values()),
                              60, "overflow to switch on during the surge")
     assert overflow_seen
@@ -73,7 +50,7 @@ def test_surge_of_300_callers_all_reach_a_seat(engines: EngineFactory, seats: li
     failed = [c for c in report.calls if not c.ok]
     assert not failed, f"{len(failed)} calls failed: {failed[:5]} {report.errors[:5]}"
     assert len(report.rtt_ms) == 300, "every caller gets 200 OK"
-    rows = wait_for(lambda: _closed(engines, 300), 60, "all 300 tickets closed")
+    rows = wait_for(lambda: engines.closed_tickets(300), 60, "all 300 tickets closed")
     assert len(rows) == 300
     unseated = [r for r in rows if not r["seat"] or not r["seat_answered_at"]]
     assert not unseated, f"{len(unseated)} callers never reached a seat, e.g. {unseated[:2]}"
@@ -91,14 +68,14 @@ def test_fire_caller_arriving_last_is_answered_first(engines: EngineFactory, sea
     engines.login("s110-01")
     # the seat takes the first caller; three ordinary callers queue; a fire call comes last
     ordinary = [CallSpec("96110", f"1381000000{i}", -1) for i in range(4)]
-    t1, out1 = _calls_in_background(engines, ordinary, rate=4)
+    t1, out1 = engines.calls_in_background(ordinary, 4)
     wait_for(lambda: engines.status()["lines"]["110"]["waiting"] == 3, 15, "three ordinary callers waiting")
     fire = CallSpec("119", "13819999999", -1)
-    t2, out2 = _calls_in_background(engines, [fire], rate=1)
+    t2, out2 = engines.calls_in_background([fire], 1)
     t1.join(timeout=60)
     t2.join(timeout=60)
     assert out1 and all(c.ok for c in out1[0].calls) and out2 and out2[0].calls[0].ok
-    rows = wait_for(lambda: _closed(engines, 5), 30, "five tickets closed")
+    rows = wait_for(lambda: engines.closed_tickets(5), 30, "five tickets closed")
     by_seat_time = sorted(rows, key=lambda r: str(r["seat_answered_at"]))
     order = [r["caller"] for r in by_seat_time]
     assert order[1] == fire.caller, f"the fire caller must be answered right after the first caller: {order}"
@@ -117,7 +94,7 @@ def test_a_seat_that_never_answers_is_paused_and_its_call_moves_on(engines: Engi
     specs = [CallSpec("110", "13820000001", -1)]
     report = run_calls(engines.settings, specs, rate=1)
     assert report.calls[0].ok, report.to_json()
-    row = wait_for(lambda: _closed(engines, 1), 20, "the first ticket")[0]
+    row = wait_for(lambda: engines.closed_tickets(1), 20, "the first ticket")[0]
     assert row["seat"] == "s110-02"
     # offered at arrival + answer delay; the bad seat rang 4 s: within ring timeout + 1 s
     waited = (_ts(row["seat_answered_at"]) - _ts(row["arrived_at"]))
@@ -148,9 +125,9 @@ def test_kill_9_keeps_waiting_callers_in_order_and_talking_calls_up(engines: Eng
     engines.login("s110-01", "s110-02")
     talkers = [CallSpec("110", f"1383000000{i}", 8.0) for i in range(2)]
     waiters = [CallSpec("110", f"1383000001{i}", 20.0) for i in range(2)]
-    t1, out1 = _calls_in_background(engines, talkers, rate=10)
+    t1, out1 = engines.calls_in_background(talkers, 10)
     wait_for(lambda: first.log().count("event=call_connected") == 2, 15, "two calls talking")
-    t2, out2 = _calls_in_background(engines, waiters, rate=2)
+    t2, out2 = engines.calls_in_background(waiters, 2)
     wait_for(lambda: engines.status()["lines"]["110"]["waiting"] == 2, 15, "two callers waiting")
     time.sleep(0.8)  # let the state saver write the snapshot
     first.stop(signal.SIGKILL)
@@ -158,7 +135,7 @@ def test_kill_9_keeps_waiting_callers_in_order_and_talking_calls_up(engines: Eng
     bridges_before = prov.rx(target, "bridge show all").stdout
     assert bridges_before.count("callrouter-call-") == 2, bridges_before
     # a new caller while the engine is down is held by the dialplan, not declined
-    t3, out3 = _calls_in_background(engines, [CallSpec("110", "13830000099", 25.0)], rate=1)
+    t3, out3 = engines.calls_in_background([CallSpec("110", "13830000099", 25.0)], 1)
     time.sleep(1.5)
     second = engines.start()
     wait_for(lambda: "event=reconciled" in second.log(), 10, "the new engine to reconcile")
@@ -166,7 +143,7 @@ def test_kill_9_keeps_waiting_callers_in_order_and_talking_calls_up(engines: Eng
         t.join(timeout=90)
     assert out1 and all(c.outcome == "completed" for c in out1[0].calls), "talking calls were not disturbed"
     assert out2 and all(c.ok for c in out2[0].calls) and out3 and out3[0].calls[0].ok
-    rows = wait_for(lambda: _closed(engines, 5), 30, "all five tickets closed")
+    rows = wait_for(lambda: engines.closed_tickets(5), 30, "all five tickets closed")
     assert len(rows) == 5, "one ticket per call, the restart made none twice"
     assert all(r["seat"] and r["outcome"] == "completed" for r in rows), rows
     waiting_order = sorted((r for r in rows if r["caller"] in {w.caller for w in waiters}),

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
-from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+from callrouter.sim.trunk import CallSpec, run_calls
 from tests.conftest import wait_for
 from tests.e2e.conftest import EngineFactory
 
@@ -22,22 +21,6 @@ def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
     yield started
     for group in started:
         group.stop()
-
-
-def _background(engines: EngineFactory, specs: list[CallSpec]) -> tuple[threading.Thread, list[TrunkReport]]:
-    out: list[TrunkReport] = []
-    thread = threading.Thread(target=lambda: out.append(run_calls(engines.settings, specs, rate=5)))
-    thread.start()
-    return thread, out
-
-
-def _closed(engines: EngineFactory, n: int) -> list[dict[str, Any]]:
-    store = engines.store()
-    try:
-        rows = store.list(limit=1000)
-    finally:
-        store.close()
-    return rows if len(rows) >= n and all(r["ended_at"] for r in rows) else []
 
 
 def _call_of(engines: EngineFactory, caller: str) -> dict[str, Any]:
@@ -59,10 +42,10 @@ def test_110_seat_hands_a_caller_to_96345_ahead_of_later_callers(engines: Engine
                                                          talk_dist="fixed")]))
     engines.login("s110-01")
     a = CallSpec("110", "13850000001", -1)
-    ta, out_a = _background(engines, [a])
+    ta, out_a = engines.calls_in_background([a], 5)
     wait_for(lambda: "event=call_connected" in engine.log(), 15, "the 110 seat to answer")
     later = [CallSpec("12345", f"1385000001{i}", -1) for i in range(2)]
-    tb, out_b = _background(engines, later)
+    tb, out_b = engines.calls_in_background(later, 5)
     wait_for(lambda: engines.status()["lines"]["96345"]["waiting"] == 2, 15, "two later 96345 callers waiting")
 
     call = _call_of(engines, a.caller)
@@ -78,7 +61,7 @@ def test_110_seat_hands_a_caller_to_96345_ahead_of_later_callers(engines: Engine
     tb.join(timeout=60)
     assert out_a and out_a[0].calls[0].outcome == "completed_by_far_end", "the caller stayed connected throughout"
     assert out_b and all(c.ok for c in out_b[0].calls)
-    rows = wait_for(lambda: _closed(engines, 3), 30, "three closed tickets")
+    rows = wait_for(lambda: engines.closed_tickets(3), 30, "three closed tickets")
     assert len(rows) == 3, "the transfer made no second ticket"
     by_caller = {r["caller"]: r for r in rows}
     ticket = by_caller[a.caller]
@@ -97,10 +80,10 @@ def test_escalation_to_110_goes_to_the_front_of_its_class(engines: EngineFactory
                                                          talk_dist="fixed")]))
     engines.login("s96345-01")
     ordinary = [CallSpec("110", f"1386000001{i}", -1) for i in range(2)]  # priority 1, waiting
-    tb, out_b = _background(engines, ordinary)
+    tb, out_b = engines.calls_in_background(ordinary, 5)
     wait_for(lambda: engines.status()["lines"]["110"]["waiting"] == 2, 15, "two 110 callers waiting")
     a = CallSpec("12345", "13860000001", -1)  # arrives last, on 96345
-    ta, out_a = _background(engines, [a])
+    ta, out_a = engines.calls_in_background([a], 5)
     wait_for(lambda: "event=call_connected" in engine.log(), 15, "the 96345 seat to answer")
     call = _call_of(engines, a.caller)
     status, body = engines.api("POST", f"/api/calls/{call['call_id']}/transfer",
@@ -110,7 +93,7 @@ def test_escalation_to_110_goes_to_the_front_of_its_class(engines: EngineFactory
     ta.join(timeout=60)
     tb.join(timeout=60)
     assert out_a and out_a[0].calls[0].ok and out_b and all(c.ok for c in out_b[0].calls)
-    rows = wait_for(lambda: _closed(engines, 3), 30, "three closed tickets")
+    rows = wait_for(lambda: engines.closed_tickets(3), 30, "three closed tickets")
     first = min(rows, key=_answered)
     assert first["caller"] == a.caller, "the escalated caller was answered before earlier 110 callers"
     assert first["line"] == "110" and first["transfers"][0]["to_line"] == "110"
@@ -136,7 +119,7 @@ def test_seat_keys_star_9_on_its_phone_to_hand_the_caller_to_96345(engines: Engi
     engines.login("s110-01", "s96345-01")
     report = run_calls(engines.settings, [CallSpec("119", "13870000001", -1)], rate=1)
     assert report.calls[0].outcome == "completed_by_far_end", report.to_json()
-    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    ticket = wait_for(lambda: engines.closed_tickets(1), 20, "the ticket")[0]
     assert ticket["line"] == "96345" and ticket["seat"] == "s96345-01"
     assert [(t["from_line"], t["to_line"], t["seat"]) for t in ticket["transfers"]] == [("110", "96345", "s110-01")]
 
@@ -150,7 +133,7 @@ def test_seat_phone_blind_transfer_refer_to_96345(engines: EngineFactory, seats:
     engines.login("s110-01", "s96345-01")
     report = run_calls(engines.settings, [CallSpec("110", "13880000001", -1)], rate=1)
     assert report.calls[0].outcome == "completed_by_far_end", (report.to_json(), engine.log()[-3000:])
-    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    ticket = wait_for(lambda: engines.closed_tickets(1), 20, "the ticket")[0]
     assert ticket["line"] == "96345" and ticket["seat"] == "s96345-01"
     assert [(t["from_line"], t["to_line"], t["seat"]) for t in ticket["transfers"]] == [("110", "96345", "s110-01")]
 
@@ -170,14 +153,14 @@ def test_three_way_consult_hands_the_caller_to_the_consulted_seat(engines: Engin
         SeatSpec("s96345-01", answer_delay_s=0.2, talk_s=0)]))
     engines.login("s110-01", "s96345-01")
     a = CallSpec("110", "13890000001", 8.0)
-    ta, out = _background(engines, [a])
+    ta, out = engines.calls_in_background([a], 5)
     wait_for(lambda: "event=call_connected" in engine.log(), 10, "the 110 seat to answer")
     _consult(engines, a.caller, "96345")
     wait_for(lambda: "event=consult_joined" in engine.log(), 10, "the 96345 seat to join: three in one bridge")
     wait_for(lambda: "event=consult_handover" in engine.log(), 10, "the first seat to leave")
     ta.join(timeout=30)
     assert out and out[0].calls[0].outcome == "completed", "the caller stayed connected until they hung up"
-    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    ticket = wait_for(lambda: engines.closed_tickets(1), 20, "the ticket")[0]
     assert ticket["seat"] == "s96345-01" and ticket["line"] == "96345" and ticket["outcome"] == "completed"
     assert [(t["from_line"], t["to_line"], t["seat"], t["reason"]) for t in ticket["transfers"]] == [
         ("110", "96345", "s110-01", "three-way consult")]
@@ -190,12 +173,12 @@ def test_consult_without_a_free_seat_leaves_the_caller_with_the_first_seat(engin
     seats.append(start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.2, talk_s=0)]))
     engines.login("s110-01")  # nobody on 96345
     a = CallSpec("110", "13890000002", 7.0)
-    ta, out = _background(engines, [a])
+    ta, out = engines.calls_in_background([a], 5)
     wait_for(lambda: "event=call_connected" in engine.log(), 10, "the 110 seat to answer")
     _consult(engines, a.caller, "96345")
     wait_for(lambda: "event=consult_no_seat" in engine.log(), 10, "the consult to give up after the ring timeout")
     assert engines.status()["lines"]["96345"]["waiting"] == 0, "the dropped consult left no one queued"
     ta.join(timeout=30)
     assert out and out[0].calls[0].outcome == "completed"
-    ticket = wait_for(lambda: _closed(engines, 1), 20, "the ticket")[0]
+    ticket = wait_for(lambda: engines.closed_tickets(1), 20, "the ticket")[0]
     assert ticket["seat"] == "s110-01" and ticket["line"] == "110" and ticket["transfers"] == []
