@@ -94,6 +94,13 @@ def load_scripts(src: Path) -> dict[str, str]:
     return scripts
 
 
+def _write_wav(seg: AudioSegment, out: Path) -> None:
+    # pydub's export(path) opens the file and never closes it (a ResourceWarning per
+    # prompt, an error under the tests' filterwarnings): hand it a file we close
+    with out.open("wb") as fh:
+        seg.export(fh, format="wav")
+
+
 def build_sounds(src: Path, sounds_dir: Path, moh_dir: Path) -> list[Path]:
     """Render every prompt and the hold music; returns the files (re)written."""
     sounds_dir.mkdir(parents=True, exist_ok=True)
@@ -111,22 +118,26 @@ def build_sounds(src: Path, sounds_dir: Path, moh_dir: Path) -> list[Path]:
         out = sounds_dir / f"{name}.wav"
         if stamps.get(name) == digest and out.exists():
             continue
-        seg = AudioSegment.from_file(recording) if recording.exists() else synthesize(text)
+        if recording.exists():
+            with recording.open("rb") as fh:
+                seg = AudioSegment.from_file(fh)
+        else:
+            seg = synthesize(text)
         # a short lead-in so the first syllable is not clipped while media settles
         seg = AudioSegment.silent(duration=250, frame_rate=RATE) + _telephone(seg)
-        _telephone(seg).export(out, format="wav")
+        _write_wav(_telephone(seg), out)
         stamps[name] = digest
         written.append(out)
     # feature-code confirmations: one short beep for done, three low ones for refused
     for name, (freq, ms, gap, times) in {"beep": (1000, 200, 0, 1), "beeperr": (400, 150, 100, 3)}.items():
         out = sounds_dir / f"{name}.wav"
         if not out.exists():
-            tone(freq, ms, gap, times).export(out, format="wav")
+            _write_wav(tone(freq, ms, gap, times), out)
             written.append(out)
     moh = moh_dir / "callrouter-hold.wav"
     digest = hashlib.sha256((PIPELINE_VERSION + repr(HOLD_TUNE)).encode()).hexdigest()
     if stamps.get("__moh__") != digest or not moh.exists():
-        hold_music().export(moh, format="wav")
+        _write_wav(hold_music(), moh)
         stamps["__moh__"] = digest
         written.append(moh)
     stamp_file.write_text(json.dumps(stamps, indent=1, sort_keys=True))
