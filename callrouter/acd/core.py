@@ -57,7 +57,7 @@ from callrouter.acd.events import (
     Tick,
     WrapUpDone,
 )
-from callrouter.acd.lines import MAX_PRIORITY, MIN_PRIORITY, LinesConfig
+from callrouter.acd.lines import MAX_PRIORITY, MIN_PRIORITY, LinesConfig, seat_name_problem
 from callrouter.acd.model import STAFFED, Call, CallState, Seat, SeatState
 from callrouter.acd.overflow import LineLoad, decide
 from callrouter.acd.snapshot import dump, load
@@ -420,6 +420,9 @@ class Acd:
         line = self._line(ev.line)
         seat = self._s.seats.get(ev.seat)
         if seat is None:
+            problem = seat_name_problem(ev.seat) or seat_name_problem(ev.endpoint or ev.seat, "endpoint")
+            if problem:
+                raise AcdError(problem)
             seat = Seat(
                 id=ev.seat,
                 endpoint=ev.endpoint or ev.seat,

@@ -20,7 +20,11 @@ MAX_PRIORITY = 9
 OverflowPolicyName = Literal["wait_threshold", "predictive"]
 POLICIES: tuple[OverflowPolicyName, ...] = ("wait_threshold", "predictive")
 
+# The naming rule for seat ids and their PJSIP endpoints, from lines.toml and at runtime
+# alike: never '/', ':' or '@' (an endpoint "trunk/sip:x@host" would dial anywhere through
+# the carrier) and never an endpoint that is not a seat.
 SEAT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NOT_SEAT_ENDPOINTS = frozenset({"trunk", "bench-trunk"})
 LINE_ID = re.compile(r"[0-9]{2,15}")
 
 
@@ -99,6 +103,16 @@ class LinesConfig:
         )
 
 
+def seat_name_problem(value: object, what: str = "seat id") -> str | None:
+    """Why ``value`` may not be a seat id or endpoint (None: it may)."""
+    if not isinstance(value, str) or not SEAT_ID.fullmatch(value):
+        return (f"{what} {str(value)[:80]!r} must be 1 to 64 letters, digits, '-', '_' or '.', "
+                "starting with a letter or digit")
+    if value in NOT_SEAT_ENDPOINTS:
+        return f"{what} {value!r} is reserved: it names a PJSIP endpoint that is not a seat"
+    return None
+
+
 def load_lines(path: str | Path) -> LinesConfig:
     """Load and validate ``path``; raise ConfigFileError listing every problem."""
     return parse_lines_source(TomlSource.read(path))
@@ -171,6 +185,10 @@ def _claim_seat(
             value=seat_id,
         )
         return False
+    if seat_id in NOT_SEAT_ENDPOINTS:
+        reader.problems.add(reader.path + (key,), f"{dotted(reader.path + (key,))}: "
+                            f"{seat_name_problem(seat_id)}", value=seat_id)
+        return False
     if seat_id in owner:
         reader.problems.add(
             reader.path + (key,),
@@ -196,7 +214,10 @@ def _parse_line(
     if endpoints_t is not None:
         for seat_id in endpoints_t.data:
             ep = endpoints_t.string(seat_id, pattern=SEAT_ID)
-            if ep is not None:
+            if ep in NOT_SEAT_ENDPOINTS:
+                t.problems.add(t.path + ("endpoints", seat_id), f"{dotted(t.path)}.endpoints: "
+                               f"{seat_name_problem(ep, 'endpoint')}")
+            elif ep is not None:
                 endpoints[seat_id] = ep
     if seat_ids is not None:
         if not seat_ids:
@@ -299,6 +320,10 @@ def _parse_pool_seat(
 ) -> PoolSeatConfig | None:
     seat_id = t.string("id")
     endpoint = t.string("endpoint", default=seat_id or "", pattern=SEAT_ID)
+    if endpoint in NOT_SEAT_ENDPOINTS:
+        t.problems.add(t.path + ("endpoint",), f"{dotted(t.path)}.endpoint: "
+                       f"{seat_name_problem(endpoint, 'endpoint')}")
+        endpoint = None
     serves = t.strings("lines")
     t.reject_unknown()
     ok = seat_id is not None and _claim_seat(

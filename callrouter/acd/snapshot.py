@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from callrouter.acd.errors import SnapshotError
-from callrouter.acd.lines import LinesConfig
+from callrouter.acd.lines import LinesConfig, seat_name_problem
 from callrouter.acd.model import Call, CallState, Seat, SeatState
 from callrouter.acd.overflow import OverflowState
 from callrouter.acd.state import AcdState, LineRuntime, seats_from_config
@@ -182,7 +182,12 @@ def _load_seat(state: AcdState, sid: str, d: Mapping[str, Any]) -> None:
     if seat is None:
         if not d.get("runtime"):
             return  # removed from the configuration while the engine was away
-        seat = Seat(sid, _str(d, "endpoint", where), None, frozenset(), runtime=True)
+        endpoint = _str(d, "endpoint", where)
+        # the saved state is data like any other: a seat it adds must follow the naming rule
+        problem = seat_name_problem(sid) or seat_name_problem(endpoint, "endpoint")
+        if problem:
+            raise SnapshotError(f"{where}: {problem}")
+        seat = Seat(sid, endpoint, None, frozenset(), runtime=True)
         state.seats[sid] = seat
     try:
         seat.state = SeatState(_str(d, "state", where))

@@ -424,6 +424,17 @@ def test_announcements_only_on_lines_with_an_interval() -> None:
 # --- supervisor changes -------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("seat", "endpoint"), [
+    ("temp-1", "trunk/sip:+8613900000000@carrier"), ("temp-1", "trunk"), ("temp-1", "a@b"),
+    ("temp/1", None), ("temp:1", None), ("", None), ("x" * 65, None), ("temp-1", "bench-trunk"),
+])
+def test_runtime_seat_follows_the_naming_rule(seat: str, endpoint: str | None) -> None:
+    d = Desk()
+    with pytest.raises(AcdError, match="seat id|endpoint"):
+        d.do(AddSeat(seat, "110", endpoint=endpoint))
+    assert seat not in d.acd.snapshot(0)["seats"]
+
+
 def test_add_and_remove_seat_at_runtime() -> None:
     d = Desk()
     d.call("c1", "96345")

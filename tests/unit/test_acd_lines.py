@@ -166,3 +166,13 @@ def test_all_problems_are_reported_at_once_in_file_order(tmp_path: Path) -> None
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match=r"nope.toml:1: cannot read"):
         load_lines(tmp_path / "nope.toml")
+
+
+def test_an_endpoint_that_is_not_a_seat_is_refused(tmp_path: Path) -> None:
+    # the carrier trunk's PJSIP endpoint: offering a caller to it would dial out
+    path, text = broken(tmp_path, '# "s110-01" = "desk-110-01"', '"s110-02" = "trunk"')
+    at = line_of(text, '"s110-02" = "trunk"')
+    assert problems(path) == [
+        (f"{path}:{at}: line.110.endpoints: endpoint 'trunk' is reserved: "
+         "it names a PJSIP endpoint that is not a seat")
+    ]

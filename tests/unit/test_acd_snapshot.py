@@ -128,6 +128,13 @@ def test_restored_engine_serves_in_the_same_order_as_the_original() -> None:
         (lambda s: s["calls"][0].update(arrived_at="yesterday"), "arrived_at"),
         (lambda s: s["calls"][0].update(line="12345"), "no longer has"),
         (lambda s: s["lines"]["110"]["service"].update(answered=None), "service.answered"),
+        # a runtime seat read back from Redis follows the naming rule like one from the API
+        (lambda s: s["seats"].update(rt=dict(s["seats"]["a1"], runtime=True, endpoint="trunk/sip:1@x")),
+         "seats.rt: endpoint 'trunk/sip:1@x'"),
+        (lambda s: s["seats"].update(rt=dict(s["seats"]["a1"], runtime=True, endpoint="trunk")),
+         "reserved"),
+        (lambda s: s["seats"].update({"r/t": dict(s["seats"]["a1"], runtime=True, endpoint="ok")}),
+         "seat id 'r/t'"),
     ],
 )
 def test_malformed_snapshot_is_refused_with_the_field(mutate: Any, message: str) -> None:
