@@ -35,6 +35,14 @@ is ``0578`` and its local numbers have 7 digits, so a county number is stored as
    never start with ``0`` (trunk prefix), ``1`` (short codes, mobiles) or ``9``
    (service numbers such as 95598, 96345), so short codes like 110, 119, 12345,
    95598 and 96345 are never prefixed, and nor is any number of another length.
+5. An area code before a short code is dropped: mobile callers dial ``0578110`` or
+   ``0578-12345``, and ``+86 578 119`` is the same call. Chinese area codes are
+   prefix-free (``10`` and ``2x`` have two digits, ``3xx``-``9xx`` three), and an
+   area code followed by ``1`` + 2-5 digits or ``9`` + 4-5 digits (6 to 10 digits in
+   all) is never a fixed-line number (those have 7 or 8 digits after the area code and
+   never start with ``1`` or ``9``), so the rule cannot swallow a real number. It
+   applies to any area code, not only 0578: a ``110`` the carrier delivers here with
+   another city's code is still an emergency and must never land on 96345.
 
 Input with no digits normalises to ``""``.
 """
@@ -112,11 +120,19 @@ def _from_international(digits: str) -> str:
     return "00" + digits
 
 
+_AREA_BEFORE_SHORT_CODE = re.compile(r"0(?:10|2[0-9]|[3-9][0-9]{2})(?P<short>1[0-9]{2,5}|9[0-9]{4,5})")
+
+
+def _drop_area_before_short_code(national: str) -> str:
+    match = _AREA_BEFORE_SHORT_CODE.fullmatch(national)
+    return match.group("short") if match else national
+
+
 def normalise(raw: str) -> str:
     """The national form of a dialled number (see the module docstring for the rules).
 
-    >>> normalise("+86 578 6123456"), normalise("6123456"), normalise("sip:119@pbx")
-    ('05786123456', '05786123456', '119')
+    >>> normalise("+86 578 6123456"), normalise("6123456"), normalise("sip:119@pbx"), normalise("0578-110")
+    ('05786123456', '05786123456', '119', '110')
     """
     text = unicodedata.normalize("NFKC", raw).strip()
     if "<" in text:  # '"Name" <sip:110@host>'
@@ -136,14 +152,16 @@ def normalise(raw: str) -> str:
     if not digits:
         return ""
     if plus:
-        return _from_international(digits)
-    if digits.startswith("00"):
-        return _from_international(digits[2:]) if len(digits) > 2 else digits
-    if digits.startswith("86") and len(digits) >= 12:
-        return _from_country(digits[2:])
-    if len(digits) == LOCAL_NUMBER_LENGTH and digits[0] in "2345678":
-        return AREA_CODE + digits
-    return digits
+        national = _from_international(digits)
+    elif digits.startswith("00"):
+        national = _from_international(digits[2:]) if len(digits) > 2 else digits
+    elif digits.startswith("86") and len(digits) >= 12:
+        national = _from_country(digits[2:])
+    elif len(digits) == LOCAL_NUMBER_LENGTH and digits[0] in "2345678":
+        national = AREA_CODE + digits
+    else:
+        national = digits
+    return _drop_area_before_short_code(national)
 
 
 # --------------------------------------------------------------------------- records
