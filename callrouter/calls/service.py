@@ -20,6 +20,7 @@ from typing import Any
 
 from callrouter.acd import (
     Acd,
+    AcdError,
     Action,
     Announce,
     CallAbandoned,
@@ -57,6 +58,7 @@ from callrouter.tickets import (
     TicketWriter,
     ticket_id_for_channel,
 )
+from callrouter.tickets.models import CALLER_MAX, CALLER_NAME_MAX, DIALLED_MAX, untrusted_text
 
 log = logging.getLogger("callrouter.calls")
 
@@ -138,10 +140,19 @@ class CallService:
     def now_ts(self) -> float:
         return self.clock().timestamp()
 
-    def feed(self, event: AcdEvent) -> None:
-        """Give the ACD an event and carry out what it answers."""
+    def feed(self, event: AcdEvent, *, raise_refusal: bool = False) -> None:
+        """Give the ACD an event and carry out what it answers.
+
+        A refusal (AcdError: nothing changed) is logged; with ``raise_refusal`` (a request
+        from the API) it is raised so that the requester hears the reason.
+        """
         try:
             actions = self.acd.handle(event, self.now_ts())
+        except AcdError:
+            if raise_refusal:
+                raise
+            log.exception("event=acd_rejected acd_event=%s", q(event))
+            return
         except Exception:
             log.exception("event=acd_rejected acd_event=%s", q(event))
             return
@@ -178,21 +189,22 @@ class CallService:
         # while the engine was away has been waiting since then, not since we saw them.
         now = self.clock()
         arrived = min(now, parse_ari_time(channel.creationtime) or now)
+        # from the phone network: data, never markup; bounded, no control characters
+        dialled, caller = untrusted_text(dialled, DIALLED_MAX), untrusted_text(channel.caller_number, CALLER_MAX)
         route = self.plan.route(dialled)
         held = int(channel.channelvars.get("CR_HELD") or 0)
         call = LiveCall(id=channel.id, ticket_id=ticket_id_for_channel(arrived, channel.id), route=route,
-                        dialled=dialled, caller=channel.caller_number, arrived_at=arrived, held=held,
-                        line=route.line)
+                        dialled=dialled, caller=caller, arrived_at=arrived, held=held, line=route.line)
         self.calls[channel.id] = call
         # idempotent: an engine adopting the caller after a restart opens the same ticket id
         self.writer.submit(OpenTicket(
-            id=call.ticket_id, dialled=dialled, number=route.number, caller=channel.caller_number,
-            caller_name=channel.caller_name, line=route.line, category=route.category,
+            id=call.ticket_id, dialled=dialled, number=route.number, caller=caller,
+            caller_name=untrusted_text(channel.caller_name, CALLER_NAME_MAX), line=route.line, category=route.category,
             department=route.department, priority=route.priority, listed=route.listed,
             channel_id=channel.id, arrived_at=arrived))
         log.info("event=call_arrived ticket=%s channel=%s dialled=%s number=%s caller=%s line=%s "
                  "category=%s priority=%d listed=%s held_by_dialplan=%d", call.ticket_id, channel.id,
-                 q(dialled), q(route.number), q(channel.caller_number), route.line, route.category,
+                 q(dialled), q(route.number), q(caller), route.line, route.category,
                  route.priority, route.listed, held)
         self._emit("call_arrived", call.summary())
         return call

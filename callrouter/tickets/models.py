@@ -11,6 +11,7 @@ dispatch stream.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -250,6 +251,20 @@ def _iso(value: datetime | None) -> str | None:
 # --- operations ------------------------------------------------------------------------
 # Validated when built, on the call path, because an op the database rejects would be
 # retried by the writer forever and hold up every ticket queued behind it.
+
+
+# What the phone network sends (caller number and name, dialled digits) is untrusted: it
+# is kept as text of bounded length, without control or format characters (no newlines in
+# logs, no bidi overrides on the pages). The engine cleans it at intake; the store again.
+CALLER_MAX: Final = 64
+CALLER_NAME_MAX: Final = 80
+DIALLED_MAX: Final = 64
+
+
+def untrusted_text(value: object, limit: int) -> str:
+    """``value`` as at most ``limit`` characters, control/format characters removed."""
+    text = value if isinstance(value, str) else ""
+    return "".join(c for c in text if unicodedata.category(c)[0] != "C")[:limit]
 
 
 def _aware(name: str, value: datetime) -> None:

@@ -16,13 +16,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, create_engine, event, func, inspect, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateColumn
 
 from .models import (
+    CALLER_MAX,
+    CALLER_NAME_MAX,
+    DIALLED_MAX,
     AddNote,
     AddTransfer,
     AnswerTicket,
@@ -38,6 +41,7 @@ from .models import (
     TicketEvent,
     TicketOp,
     duration_between,
+    untrusted_text,
     utc,
 )
 
@@ -256,12 +260,15 @@ class TicketStore:
 
     def list(self, limit: int = 50, line: str | None = None, *, category: str | None = None,
              number: str | None = None, caller: str | None = None, since: datetime | None = None,
-             until: datetime | None = None) -> TicketRows:
+             until: datetime | None = None, seat: str | None = None) -> TicketRows:
         """Newest first (by arrival), at most ``limit``, filtered by any of: line, category,
-        legacy number (normalised), caller, arrival time window [since, until)."""
+        legacy number (normalised), caller, arrival time window [since, until), seat
+        (answered or called back by it), all in the query, before the limit."""
         stmt = (select(Ticket)
                 .order_by(Ticket.arrived_at.desc(), Ticket.id.desc())
                 .limit(max(0, limit)))
+        if seat is not None:
+            stmt = stmt.where(or_(Ticket.seat == seat, Ticket.callback_seat == seat))
         if line is not None:
             stmt = stmt.where(Ticket.line == line)
         if category is not None:
@@ -276,6 +283,51 @@ class TicketStore:
             stmt = stmt.where(Ticket.arrived_at < until)
         with self._sessions() as session:
             return [t.to_dict() for t in session.scalars(stmt)]
+
+    def figures(self, since: datetime, until: datetime | None = None, *,
+                target_s: dict[str, float] | None = None, top: int = 50) -> dict[str, Any]:
+        """The day's figures from every ticket arrived in [since, until), counted in SQL.
+
+        Per line: ``offered``; ``done`` (answered by a seat or ended); ``answered`` by a
+        seat; ``within_target`` (a seat answered within the line's target, 15 s unless
+        ``target_s`` says otherwise); ``abandoned``; ``service_level`` = within/done and
+        ``abandon_rate`` = abandoned/done (None before the first call is done). Then the
+        ``top`` legacy numbers and categories by calls.
+        """
+        targets = target_s or {}
+        waited = self._seconds_between(Ticket.arrived_at, Ticket.seat_answered_at)
+        seated = Ticket.seat_answered_at.is_not(None)
+        in_target = or_(*(and_(Ticket.line == line, waited <= t) for line, t in targets.items()),
+                        and_(Ticket.line.not_in(list(targets)), waited <= 15.0))
+        window = [Ticket.arrived_at >= since] + ([Ticket.arrived_at < until] if until is not None else [])
+
+        def count_if(cond: Any) -> Any:
+            return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+        per_line = (select(Ticket.line, func.count(), count_if(or_(seated, Ticket.ended_at.is_not(None))),
+                           count_if(seated), count_if(and_(seated, in_target)),
+                           count_if(Ticket.outcome == "abandoned"))
+                    .where(*window).group_by(Ticket.line))
+        lines: dict[str, Any] = {}
+        with self._sessions() as session:
+            for line, offered, done, answered, within, abandoned in session.execute(per_line):
+                lines[line] = {"offered": offered, "done": done, "answered": answered, "within_target": within,
+                               "abandoned": abandoned, "target_s": targets.get(line, 15.0),
+                               "service_level": round(within / done, 4) if done else None,
+                               "abandon_rate": round(abandoned / done, 4) if done else None}
+            by: dict[str, dict[str, int]] = {}
+            for key, column in (("by_number", Ticket.number), ("by_category", Ticket.category)):
+                n = func.count().label("n")
+                rows = session.execute(select(column, n).where(*window).group_by(column)
+                                       .order_by(n.desc(), column).limit(max(0, top)))
+                by[key] = {str(k): int(v) for k, v in rows}
+        return {"since": _iso(since), "until": _iso(until) if until else None,
+                "offered": sum(v["offered"] for v in lines.values()), "lines": lines, **by}
+
+    def _seconds_between(self, start: Any, end: Any) -> Any:
+        if self.engine.dialect.name == "sqlite":  # stored as UTC wall time text
+            return (func.julianday(end) - func.julianday(start)) * 86400.0
+        return func.extract("epoch", end - start)
 
     def events(self, ticket_id: str | None = None, limit: int | None = None) -> TicketRows:
         """Ticket events in the order they were written (all tickets, or one)."""
@@ -359,8 +411,9 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
                         op.channel_id, owner, op.id)
             return []
         opened = Ticket(
-            id=op.id, dialled=op.dialled, number=op.number, caller=op.caller,
-            caller_name=op.caller_name, line=op.line, category=op.category,
+            id=op.id, dialled=untrusted_text(op.dialled, DIALLED_MAX), number=op.number[:DIALLED_MAX],
+            caller=untrusted_text(op.caller, CALLER_MAX),
+            caller_name=untrusted_text(op.caller_name, CALLER_NAME_MAX), line=op.line, category=op.category,
             department=op.department, priority=op.priority, listed=op.listed,
             channel_id=op.channel_id, arrived_at=op.arrived_at, answered_at=None, seat=None,
             seat_answered_at=None, ended_at=None, outcome=None, duration_s=None,

@@ -323,3 +323,67 @@ async def test_writer_survives_database_outage(backend: str, make_store: MakeSto
     messages = [r.getMessage() for r in caplog.records]
     assert any("ticket write failed" in m for m in messages)
     assert any("recovered" in m for m in messages)
+
+
+def test_figures_of_the_day_are_counted_in_sql_past_1000_calls(backend: str, make_store: MakeStore) -> None:
+    store, _ = make_store(backend)
+    day = T0.replace(hour=0, minute=0, second=0, microsecond=0)
+    ops: list[TicketOp] = []
+    # 1,200 calls today on 110 (119 and 110 alternately): every third abandoned, the rest
+    # answered by a seat after (i % 30) s; 30 calls on 96345 (12315) answered after 20 s;
+    # 5 calls yesterday that must not count
+    for i in range(1200):
+        tid, at = f"T-a{i}", day + timedelta(seconds=10 * i)
+        ops.append(open_op(tid, at=at, dialled="119" if i % 2 else "110"))
+        if i % 3 == 0:
+            ops.append(CloseTicket(tid, at + timedelta(seconds=5), "abandoned"))
+        else:
+            ops.append(SetSeat(tid, "s110-01", at + timedelta(seconds=i % 30)))
+    for i in range(30):
+        tid, at = f"T-b{i}", day + timedelta(minutes=i, seconds=1)
+        ops += [open_op(tid, at=at, line="96345", dialled="12315"), SetSeat(tid, "s96345-01", at + timedelta(seconds=20))]
+    ops += [open_op(f"T-y{i}", at=day - timedelta(hours=1, minutes=i)) for i in range(5)]
+    store.apply(ops)
+
+    fig = store.figures(day, target_s={"110": 15.0, "96345": 15.0})
+    seated = [i for i in range(1200) if i % 3]
+    within = [i for i in seated if i % 30 <= 15]
+    l110 = fig["lines"]["110"]
+    assert (l110["offered"], l110["done"], l110["answered"], l110["abandoned"]) == (1200, 1200, len(seated), 400)
+    assert l110["within_target"] == len(within)
+    assert l110["service_level"] == round(len(within) / 1200, 4)
+    assert l110["abandon_rate"] == round(400 / 1200, 4)
+    l96345 = fig["lines"]["96345"]
+    assert (l96345["offered"], l96345["within_target"], l96345["service_level"]) == (30, 0, 0.0)
+    assert fig["offered"] == 1230
+    assert fig["by_number"] == {"110": 600, "119": 600, "12315": 30}
+    assert fig["by_category"] == {"fire": 1200, "consumer": 30}
+    # the same with a longer 96345 target; nothing before the day counts, an empty day is empty
+    assert store.figures(day, target_s={"96345": 25.0})["lines"]["96345"]["within_target"] == 30
+    assert store.figures(day + timedelta(days=1)) == {"since": (day + timedelta(days=1)).isoformat(), "until": None,
+                                                      "offered": 0, "lines": {}, "by_number": {}, "by_category": {}}
+
+
+def test_seat_filter_applies_before_the_limit(backend: str, make_store: MakeStore) -> None:
+    store, _ = make_store(backend)
+    ops: list[TicketOp] = []
+    for i in range(30):  # the caller's last 30 calls: only the oldest two were s110-02's
+        tid = f"T-c{i:02d}"
+        ops += [open_op(tid, at=T0 + timedelta(minutes=i)), SetSeat(tid, "s110-02" if i < 2 else "s110-01",
+                                                                    T0 + timedelta(minutes=i, seconds=3))]
+    store.apply(ops)
+    assert [t["id"] for t in store.list(limit=20, caller="13800138000", seat="s110-02")] == ["T-c01", "T-c00"]
+    assert len(store.list(limit=20, caller="13800138000")) == 20
+
+
+def test_untrusted_caller_fields_are_capped_and_cleaned_by_the_store(backend: str, make_store: MakeStore) -> None:
+    store, _ = make_store(backend)
+    hostile = OpenTicket(id="T-h", dialled="1\r\n" + "9" * 500, number="1", caller="1<img src=x>\x00\u202e" + "8" * 500,
+                         caller_name="\x1b[31mname" + "n" * 500, line="96345", category="unlisted",
+                         department="d", priority=5, listed=False, channel_id="1764394381.77", arrived_at=T0)
+    store.apply([hostile])
+    row = store.get("T-h")
+    assert row is not None
+    assert row["caller"] == ("1<img src=x>" + "8" * 500)[:64]
+    assert row["caller_name"] == ("[31mname" + "n" * 500)[:80]
+    assert row["dialled"] == ("1" + "9" * 500)[:64]
