@@ -149,7 +149,13 @@ def _tickets_consume(args: argparse.Namespace, settings: Settings) -> int:
                                      args.consumer or f"{socket.gethostname()}-{os.getpid()}",
                                      count=args.count, block_ms=args.block_ms, idle_claim_ms=args.idle_claim_ms,
                                      max_deliveries=args.max_deliveries)
-            return await consumer.run(show, max_events=args.max_events)
+            try:
+                return await consumer.run(show, max_events=args.max_events)
+            finally:
+                if consumer.behind:
+                    # the log line said it when it happened; repeat it where a script looks
+                    sys.stderr.write(f"warning: group {args.group} fell behind the stream's trim point "
+                                     f"{len(consumer.behind)} time(s) and missed {consumer.missed} event(s)\n")
         finally:
             await redis.aclose()
 

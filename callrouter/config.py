@@ -77,6 +77,14 @@ class Settings:
     redis_prefix: str = "callrouter"
     state_file: Path | None = None  # default home/state.json: recovery when Redis is away
     spool_file: Path | None = None  # default home/tickets-spool.jsonl: ticket changes while the DB is away
+    # the dispatch stream keeps events at least this long (then trimmed, MINID ~), and at
+    # most about stream_maxlen of them (MAXLEN ~ on every XADD; 0: no length cap)
+    stream_retention_s: int = 86400
+    stream_maxlen: int = 1_000_000
+    # outbox rows already on the stream are deleted this long after they were sent
+    outbox_retention_s: int = 86400
+    # the relay trims, reports groups behind the trim point and purges this often
+    housekeeping_s: int = 30
 
     api_bind: str = "127.0.0.1"
     api_port: int = 8080

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, load_lines
-from callrouter.api.feed import Feed
+from callrouter.api.feed import Feed, relay_metrics_text
 from callrouter.api.openapi import OPENAPI
 from callrouter.api.tokens import Principal, TokenStore
 from callrouter.calls.features import seat_event
@@ -353,15 +353,18 @@ async def _json(request: web.Request) -> dict[str, Any]:
 
 
 def build_app(service: CallService, tokens: TokenStore, store: TicketStore, lines_path: Path, plan_path: Path,
-              outbox_lag: Callable[[], float] | None = None) -> web.Application:
+              outbox_lag: Callable[[], float] | None = None,
+              relay_status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
     feed = Feed(service)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=feed.metrics_text(outbox_lag() if outbox_lag else None),
-                            content_type="text/plain", charset="utf-8")
+        text = feed.metrics_text(outbox_lag() if outbox_lag else None)
+        if relay_status is not None:
+            text += relay_metrics_text(relay_status())
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
     app[STORE_KEY] = store
     app.router.add_get("/api/events", feed.websocket)
     app.router.add_get("/api/tickets", list_tickets)

@@ -107,3 +107,22 @@ class Feed:
             out += ["# HELP callrouter_outbox_lag_seconds Age of the oldest ticket event not yet on the stream.",
                     "# TYPE callrouter_outbox_lag_seconds gauge", f"callrouter_outbox_lag_seconds {outbox_lag_s:.3f}"]
         return "\n".join(out) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def relay_metrics_text(status: dict[str, Any]) -> str:
+    """The outbox relay's bounded-growth figures (``OutboxRelay.metrics()``) for /metrics."""
+    behind = status.get("groups_behind") or []
+    out = ["# HELP callrouter_stream_groups_behind Consumer groups behind the stream's trim point.",
+           "# TYPE callrouter_stream_groups_behind gauge", f"callrouter_stream_groups_behind {len(behind)}",
+           "# HELP callrouter_stream_events_missed Events trimmed before the group read them (-1: unknown).",
+           "# TYPE callrouter_stream_events_missed gauge"]
+    out += [f'callrouter_stream_events_missed{{group="{_label(str(g["group"]))}"}} '
+            f'{-1 if g.get("missed") is None else int(g["missed"])}' for g in behind]
+    out += ["# HELP callrouter_outbox_purged_total Sent outbox rows deleted after their retention.",
+            "# TYPE callrouter_outbox_purged_total counter",
+            f"callrouter_outbox_purged_total {int(status.get('purged', 0))}"]
+    return "\n".join(out) + "\n"

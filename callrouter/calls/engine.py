@@ -83,9 +83,13 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     store = TicketStore(settings.database_url)
     await asyncio.to_thread(store.create_schema)
     # a database outage spools ticket changes to a durable local file, written back in order
-    writer = TicketWriter(store, linger_s=0.2, retry_max_s=2.0, spool_path=settings.spool_path)
-    # every ticket change reaches dispatch through the outbox, beside the call flow
-    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=0.1)
+    # every ticket change reaches dispatch through the outbox, beside the call flow; the
+    # writer wakes the relay after each commit, the slow poll finds other engines' rows
+    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=1.0,
+                        maxlen=settings.stream_maxlen, retention_s=settings.stream_retention_s,
+                        outbox_retention_s=settings.outbox_retention_s, housekeeping_s=settings.housekeeping_s)
+    writer = TicketWriter(store, linger_s=0.2, retry_max_s=2.0, spool_path=settings.spool_path,
+                          on_written=relay.wake)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
     acd = restore_acd(lines, await state.load())
     loop = asyncio.get_running_loop()
@@ -100,7 +104,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     service = CallService(ari, plan, writer, acd)
     runner = web.AppRunner(build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                                         settings.lines_path,
-                                        settings.numberplan_path, outbox_lag=lambda: relay.lag_s), access_log=None)
+                                        settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
+                                        relay_status=relay.metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()

@@ -8,6 +8,12 @@ raises leaves it pending, to be claimed again after ``idle_claim_ms``. A message
 more than ``max_deliveries`` times, or one that is not a valid event, is copied to the
 dead-letter stream ``<stream>:dead`` and acknowledged, so one poison event never stalls
 the group.
+
+The engine trims the stream to a retention (docs/DISPATCH.md). A group that falls behind
+the trim point would silently skip what was trimmed (XREADGROUP just carries on after
+the gap), so before reading new messages the consumer compares its group's position with
+the stream's first entry (:func:`groups_behind`) and reports, as a warning and in
+``missed``, how many events it never saw.
 """
 
 from __future__ import annotations
@@ -64,6 +70,67 @@ def parse_event(stream_id: str, fields: dict[str, str], deliveries: int = 1) -> 
 Handler = Callable[[StreamEvent], Awaitable[None] | None]
 
 
+@dataclass(frozen=True, slots=True)
+class GroupBehind:
+    """A consumer group whose unread events were trimmed away."""
+
+    group: str
+    last_delivered_id: str
+    first_entry_id: str
+    missed: int | None  # trimmed events it never read; None when Redis cannot tell
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "last_delivered_id": self.last_delivered_id,
+                "first_entry_id": self.first_entry_id, "missed": self.missed}
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def groups_behind(redis: Redis, stream: str,
+                        group: str | None = None) -> list[GroupBehind]:
+    """The groups of ``stream`` (or just ``group``) that fell behind its trim point.
+
+    A group is behind when entries it never read were trimmed: its last-delivered id is
+    older than the stream's first entry, and (Redis >= 7, ``entries-read``) fewer events
+    were read than were trimmed (``entries-added - length``). Two commands, O(groups).
+    """
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xinfo_stream(stream)
+            pipe.xinfo_groups(stream)
+            info, groups = await pipe.execute()
+    except ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return []
+        raise
+    first = info.get("first-entry")
+    if not first:
+        return []  # empty stream: nothing kept, nothing to compare with
+    first_id = str(first[0])
+    trimmed = int(info.get("entries-added", 0)) - int(info.get("length", 0))
+    if trimmed <= 0:
+        return []  # nothing was ever trimmed (or deleted)
+    out: list[GroupBehind] = []
+    for g in groups:
+        name = str(g["name"])
+        if group is not None and name != group:
+            continue
+        last = str(g.get("last-delivered-id") or "0-0")
+        if _id_key(last) >= _id_key(first_id):
+            continue
+        read = g.get("entries-read")
+        if read is None and last == "0-0":
+            read = 0  # a group that never read anything
+        missed = None if read is None else trimmed - int(read)
+        if missed is not None and missed <= 0:
+            continue  # it read everything up to the trim point
+        out.append(GroupBehind(name, last, first_id, missed))
+    return out
+
+
 class GroupConsumer:
     """Consumer ``consumer`` of group ``group`` on ``stream``.
 
@@ -90,6 +157,8 @@ class GroupConsumer:
         self._claim_cursor = "0-0"
         self.handled = 0
         self.dead = 0
+        self.missed = 0  # events trimmed from the stream before this group read them
+        self.behind: list[GroupBehind] = []  # every time the group was found behind
 
     async def ensure_group(self) -> None:
         """Create the group at the start of the stream (and the stream) if missing."""
@@ -122,6 +191,7 @@ class GroupConsumer:
             budget -= len(claimed)
             done += await self._process(claimed, handle, check_deliveries=True)
         if budget > 0:
+            await self._check_behind()
             reply = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                                 count=budget,
                                                 block=self._block_ms if done == 0 else None)
@@ -155,6 +225,18 @@ class GroupConsumer:
                     pass
                 delay = min(delay * 2, retry_max_s)
         return self.handled
+
+    async def _check_behind(self) -> None:
+        # before XREADGROUP '>' carries the group past the gap, where it can no longer be seen
+        for behind in await groups_behind(self.redis, self.stream, self.group):
+            self.behind.append(behind)
+            self.missed += behind.missed or 0
+            log.warning("event=consumer_behind_trim stream=%s group=%s missed=%s "
+                        "last_delivered_id=%s first_entry_id=%s: these events were trimmed "
+                        "(stream retention) before this group read them; recover them from "
+                        "the ticket API", self.stream, self.group,
+                        "unknown" if behind.missed is None else behind.missed,
+                        behind.last_delivered_id, behind.first_entry_id)
 
     async def _process(self, entries: list[tuple[str, dict[str, str]]], handle: Handler, *,
                        check_deliveries: bool) -> int:

@@ -10,6 +10,16 @@ Delivery is at least once: a relay that dies between XADD and marking the rows s
 a pipeline that fails half-way, sends some events again. Consumers dedupe by
 ``event_id`` (docs/DISPATCH.md). Database work runs in threads (``asyncio.to_thread``);
 Redis calls are async with timeouts, so the event loop is never blocked.
+
+Bounded growth: with ``maxlen`` every XADD trims the stream to about that many entries
+(``MAXLEN ~``); with ``retention_s`` the relay trims entries older than that
+(``MINID ~``, on XADD when no ``maxlen`` is set, and every ``housekeeping_s`` so an idle
+stream is trimmed too). The same housekeeping round finds consumer groups that fell
+behind the trim point (:func:`~callrouter.tickets.consumer.groups_behind`, logged and in
+``metrics()``) and deletes outbox rows sent more than ``outbox_retention_s`` ago, in
+small batches (one short transaction each). ``wake()`` (the ticket writer after a
+commit) starts a round at once; ``poll_s`` is then only the fallback for rows written by
+other engines on the same database.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from redis.asyncio import Redis
@@ -29,6 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .consumer import GroupBehind, groups_behind
 from .store import OutboxRow, TicketStore
 
 log = logging.getLogger("callrouter.tickets.relay")
@@ -63,6 +74,8 @@ class OutboxRelay:
                  *, batch_max: int = 200, poll_s: float = 0.05, lease_s: float = 30.0,
                  retry_initial_s: float = 0.1, retry_max_s: float = 2.0,
                  redis_timeout_s: float = 5.0, maxlen: int | None = None,
+                 retention_s: float | None = None, outbox_retention_s: float | None = None,
+                 housekeeping_s: float = 30.0, purge_batch: int = 500,
                  owner: str | None = None) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
@@ -79,7 +92,16 @@ class OutboxRelay:
         self._lease_s = lease_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._maxlen = maxlen
+        self._maxlen = maxlen or None  # 0: no length cap
+        self._retention_ms = int(retention_s * 1000) if retention_s else None
+        self._outbox_retention_s = outbox_retention_s or None
+        self._housekeeping_s = housekeeping_s
+        self._purge_batch = purge_batch
+        self._next_housekeeping = 0.0  # monotonic; the first round runs at start
+        self._clock_offset_ms = 0  # Redis TIME - our clock: MINID is in Redis's time
+        self._wake = asyncio.Event()
+        self.groups_behind: list[GroupBehind] = []  # at the last housekeeping round
+        self.purged = 0  # sent outbox rows deleted since start
         # our own backoff decides when to try again: no hidden retries inside redis-py
         self._redis: Redis = Redis.from_url(
             redis_url, decode_responses=True, socket_timeout=redis_timeout_s,
@@ -113,7 +135,13 @@ class OutboxRelay:
     def metrics(self) -> dict[str, Any]:
         return {"sent": self._sent, "lag_s": round(self._lag_s, 3),
                 "failures": self._failures, "failing": self.failing,
-                "last_error": self._last_error, "stream": self.stream, "owner": self.owner}
+                "last_error": self._last_error, "stream": self.stream, "owner": self.owner,
+                "purged": self.purged,
+                "groups_behind": [g.to_json() for g in self.groups_behind]}
+
+    def wake(self) -> None:
+        """New rows were committed: publish now rather than at the next poll."""
+        self._wake.set()
 
     # --- the loop -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -145,11 +173,14 @@ class OutboxRelay:
                 self._failing_since = None
                 self._last_error = None
             delay = self._retry_initial_s
-            if not busy and await self._stopped_within(self._poll_s):
+            if time.monotonic() >= self._next_housekeeping:
+                await self._housekeep()
+            if not busy and await self._stopped_within(self._poll_s, wakeable=True):
                 break
 
     async def _step(self) -> bool:
         """One claim-publish-mark round; True if there may be more to send at once."""
+        self._wake.clear()  # rows committed from now on wake the next round
         if self._unmarked:
             await self._mark(self._unmarked)
         rows = await asyncio.to_thread(self._store.claim_outbox, self.owner,
@@ -159,13 +190,17 @@ class OutboxRelay:
             return False
         oldest = datetime.fromisoformat(rows[0]["created_at"])
         self._lag_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        minid = self._minid() if self._maxlen is None else None
         async with self._redis.pipeline(transaction=False) as pipe:
             for row in rows:
-                if self._maxlen is None:
-                    pipe.xadd(self.stream, stream_fields(row))  # type: ignore[arg-type]
-                else:
+                if self._maxlen is not None:
                     pipe.xadd(self.stream, stream_fields(row),  # type: ignore[arg-type]
                               maxlen=self._maxlen, approximate=True)
+                elif minid is not None:
+                    pipe.xadd(self.stream, stream_fields(row),  # type: ignore[arg-type]
+                              minid=minid, approximate=True)
+                else:
+                    pipe.xadd(self.stream, stream_fields(row))  # type: ignore[arg-type]
             await pipe.execute()
         # Published. If marking fails now, remember the ids and mark them before claiming
         # again, rather than re-claiming and sending them twice.
@@ -196,12 +231,66 @@ class OutboxRelay:
                 "error=%r", self.stream, self._streak, delay, len(self._unmarked),
                 self._last_error, exc_info=first and not isinstance(exc, RedisError | OSError))
 
-    async def _stopped_within(self, seconds: float) -> bool:
+    async def _stopped_within(self, seconds: float, *, wakeable: bool = False) -> bool:
+        if not wakeable:
+            try:
+                await asyncio.wait_for(self._stop.wait(), seconds)
+            except TimeoutError:
+                return False
+            return True
+        waits = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._wake.wait())}
         try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return self._stop.is_set()
+
+    # --- bounded growth -----------------------------------------------------------------
+    def _minid(self) -> str | None:
+        """Entries older than this id are past the retention (Redis's clock)."""
+        if self._retention_ms is None:
+            return None
+        now_ms = int(time.time() * 1000) + self._clock_offset_ms
+        return str(max(0, now_ms - self._retention_ms))
+
+    async def _housekeep(self) -> None:
+        """Trim the stream by age, report groups behind the trim point, purge the outbox.
+
+        Failures are logged and retried next round; publishing goes on meanwhile.
+        """
+        self._next_housekeeping = time.monotonic() + self._housekeeping_s
+        try:
+            if self._retention_ms is not None:
+                secs, micros = await self._redis.time()
+                self._clock_offset_ms = int(secs) * 1000 + int(micros) // 1000 - int(time.time() * 1000)
+                await self._redis.xtrim(self.stream, minid=self._minid(), approximate=True)
+            if self._retention_ms is not None or self._maxlen is not None:
+                behind = await groups_behind(self._redis, self.stream)
+                known = {(g.group, g.last_delivered_id) for g in self.groups_behind}
+                for g in behind:
+                    if (g.group, g.last_delivered_id) not in known:
+                        log.warning("event=stream_group_behind_trim stream=%s group=%s missed=%s "
+                                    "last_delivered_id=%s first_entry_id=%s", self.stream, g.group,
+                                    "unknown" if g.missed is None else g.missed,
+                                    g.last_delivered_id, g.first_entry_id)
+                self.groups_behind = behind
+        except (RedisError, OSError) as exc:
+            log.warning("event=relay_housekeeping_failed part=stream error=%r", exc)
+        if self._outbox_retention_s is None:
+            return
+        cutoff = datetime.now(UTC) - timedelta(seconds=self._outbox_retention_s)
+        try:
+            # a bounded amount per round; the next round goes on where this one stopped
+            for _ in range(20):
+                n = await asyncio.to_thread(self._store.purge_sent, cutoff, self._purge_batch)
+                self.purged += n
+                if n < self._purge_batch or self._stop.is_set():
+                    break
+                await asyncio.sleep(0.01)  # let the writer's transaction in between
+        except Exception as exc:  # noqa: BLE001 - the database is away: next round
+            log.warning("event=relay_housekeeping_failed part=outbox error=%r", exc)
 
     # --- shutdown -----------------------------------------------------------------------
     async def drain(self, timeout: float) -> bool:
@@ -221,7 +310,7 @@ class OutboxRelay:
                 return True
             if time.monotonic() >= deadline or not self._running:
                 return False
-            await asyncio.sleep(self._poll_s)
+            await asyncio.sleep(min(self._poll_s, 0.05))
 
     async def close(self) -> None:
         """Stop ``run()`` (at its next wait), wait for it, give back our claims and close

@@ -16,7 +16,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, TypeAlias
 
-from sqlalchemy import Connection, Engine, and_, case, create_engine, event, func, inspect, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
@@ -245,6 +258,34 @@ class TicketStore:
         if isinstance(oldest, str):  # SQLite aggregates lose the column type
             oldest = datetime.fromisoformat(oldest)
         return int(count or 0), None if oldest is None else utc(oldest)
+
+    def purge_sent(self, sent_before: datetime, limit: int = 500) -> int:
+        """Delete at most ``limit`` events marked sent before ``sent_before``; how many.
+
+        One short transaction per call (the relay calls it in a loop, yielding between
+        batches), so a purge never holds a lock in front of the ticket writer. Unsent rows
+        (``sent_at IS NULL``) never match. Uses the ``(sent_at, seq)`` index.
+        """
+        chosen = (select(OutboxEvent.seq)
+                  .where(OutboxEvent.sent_at.is_not(None), OutboxEvent.sent_at < sent_before)
+                  .order_by(OutboxEvent.sent_at, OutboxEvent.seq)
+                  .limit(max(0, limit)))
+        with self._sessions() as session, session.begin():
+            if self.backend == "sqlite":
+                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            seqs = list(session.scalars(chosen))
+            if not seqs:
+                return 0
+            result = session.execute(delete(OutboxEvent).where(OutboxEvent.seq.in_(seqs),
+                                                               OutboxEvent.sent_at.is_not(None)))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def outbox_counts(self) -> tuple[int, int]:
+        """(sent events still kept, unsent events) in the outbox."""
+        with self._sessions() as session:
+            sent, total = session.execute(
+                select(func.count(OutboxEvent.sent_at), func.count())).one()
+        return int(sent or 0), int(total or 0) - int(sent or 0)
 
     # --- reads --------------------------------------------------------------------------
     def get(self, ticket_id: str) -> TicketDict | None:

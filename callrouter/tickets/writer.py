@@ -18,7 +18,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from .models import TICKET_OPS, TicketOp
@@ -39,13 +39,15 @@ class TicketWriter:
     def __init__(self, store: TicketStore, *, batch_max: int = 200,
                  retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
                  linger_s: float = 0.0,
-                 spool_path: str | os.PathLike[str] | None = None) -> None:
+                 spool_path: str | os.PathLike[str] | None = None,
+                 on_written: Callable[[], None] | None = None) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         if not 0 < retry_initial_s <= retry_max_s:
             raise ValueError("need 0 < retry_initial_s <= retry_max_s")
         self._store = store
         self._batch_max = batch_max
+        self._on_written = on_written  # after each commit (the outbox relay's wake-up)
         # Wait this long after the first op for more to come: in a storm, fewer and larger
         # transactions cost the engine's process far less CPU (and GIL) per ticket.
         self._linger_s = linger_s
@@ -207,6 +209,8 @@ class TicketWriter:
 
     async def _count_written(self, count: int) -> None:
         self._written += count
+        if self._on_written is not None:
+            self._on_written()
         async with self._progress:
             self._progress.notify_all()
 
