@@ -43,7 +43,7 @@ from callrouter.acd import (
 )
 from callrouter.acd import Event as AcdEvent
 from callrouter.ari import AriClient, AriError, Channel
-from callrouter.calls.holding import HoldingBridges
+from callrouter.calls.holding import CallerGone, HoldingBridges
 from callrouter.calls.model import CallPhase, LiveCall, SeatLeg
 from callrouter.logs import q
 from callrouter.numberplan import NumberPlan
@@ -243,6 +243,8 @@ class CallService:
             return
         try:
             await self.holding.join(call.line, call.id)
+        except CallerGone:
+            return  # hung up while joining; StasisEnd closes the ticket
         except AriError as exc:
             if call.id not in self.calls:
                 return  # hung up meanwhile
@@ -377,14 +379,24 @@ class CallService:
             bridge_id = mixing_bridge_id(call.id, call.connects)
             try:
                 await self.ari.create_bridge(bridge_id, "mixing")
+            except AriError as exc:
+                log.warning("event=bridge_failed ticket=%s error=%s", call.ticket_id, q(exc))
+                return
+            try:
                 self.holding.left(call.id)
                 await self.ari.add_to_bridge(bridge_id, call.id, leg.id)
                 call.bridge = bridge_id
                 if call.id not in self.calls:  # the call ended while we bridged
                     await self.ari.destroy_bridge(bridge_id)
             except AriError as exc:
-                # one side left while we bridged; its StasisEnd ends the call
+                # one side left while we bridged; its StasisEnd ends the call. The bridge
+                # serves nobody then: remove it, or every such call leaves one behind
                 log.warning("event=bridge_failed ticket=%s error=%s", call.ticket_id, q(exc))
+                if call.bridge != bridge_id:
+                    try:
+                        await self.ari.destroy_bridge(bridge_id)
+                    except AriError:
+                        pass
         self._lane(call, bridge(), "connect")
 
     def _announce(self, action: Announce) -> None:
@@ -542,6 +554,8 @@ class CallService:
                 await self.holding.join(to_line, call.id)
                 log.info("event=transfer_queued ticket=%s channel=%s to=%s", call.ticket_id, call.id, to_line)
                 await self.ari.play(call.id, f"sound:callrouter/transfer-{to_line}")
+            except CallerGone:
+                pass  # hung up meanwhile: the seat's leg and the bridge still go below
             except AriError as exc:
                 log.warning("event=transfer_move_failed ticket=%s error=%s", call.ticket_id, q(exc))
             if leg_id is not None:
@@ -697,3 +711,6 @@ class CallService:
 
     def tick(self) -> None:
         self.feed(Tick())
+        surplus = self.holding.surplus()
+        if surplus:
+            self.tasks.spawn(self.holding.remove(surplus), name="hold-surplus")
