@@ -1,7 +1,13 @@
 """The control API: status, seats, overflow. Loopback by default; a bearer token always.
 
 Errors are JSON ``{"status": 400, "error": "unknown_seat", "details": "..."}`` with a
-stable error id; bad input is a 400 with the reason, never a 500.
+stable error id; bad input is a 4xx with the reason, a failing Asterisk or database a 503
+with the reason, never a 500.
+
+The pages (wallboard, agent console) are opened once with ``?token=``: the engine answers
+with a redirect to the bare page and the token in an HttpOnly, SameSite=Strict cookie, so
+the token leaves the address bar and no script on the page (nor one injected into it) can
+read it. Every response carries a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
@@ -9,17 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
-from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, load_lines
+from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, UnknownLine, UnknownSeat, load_lines
+from callrouter.acd.lines import seat_name_problem
 from callrouter.api.feed import Feed, relay_metrics_text
 from callrouter.api.openapi import OPENAPI
 from callrouter.api.tokens import Principal, TokenStore
+from callrouter.ari import AriError
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
 from callrouter.numberplan import PlanError, load_plan, normalise
@@ -38,6 +48,13 @@ SEAT_ACTIONS = ("login", "logout", "pause", "resume", "wrapup_done")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGES = {"/wallboard": "wallboard.html", "/agent": "agent.html"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SESSION_COOKIE = "callrouter_session"
+SESSION_MAX_AGE_S = 12 * 3600  # a shift; then the page is opened with ?token= again
+# No inline script or style at all: the pages load their own files only, talk to this
+# origin only (the event feed's ws:// included) and cannot be framed.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; connect-src 'self'")
+HOST_RE = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 
 def error(status: int, error_id: str, details: str) -> web.Response:
@@ -49,22 +66,69 @@ def call_error(exc: TransferError) -> web.Response:
     return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
 
 
+def _origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response (pages, files, JSON, errors, the WebSocket handshake)."""
+    host = request.host if HOST_RE.fullmatch(request.host or "") else ""
+    ws = f" ws://{host} wss://{host}" if host else ""  # older browsers do not count ws: as 'self'
+    response.headers["Content-Security-Policy"] = CSP + ws
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    if request.path.startswith("/api/") or request.path in PAGES:
+        response.headers["Cache-Control"] = "no-store"  # caller data stays out of caches
+
+
+def _presented_token(request: web.Request) -> tuple[str, bool]:
+    """The token of the request and whether it came in the page session cookie."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        return (header[7:] if header.startswith("Bearer ") else ""), False
+    if request.path == "/api/events" and "token" in request.query:
+        return request.query["token"], False  # WebSocket clients that are not our pages
+    return request.cookies.get(SESSION_COOKIE, ""), True
+
+
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PAGES or request.path.startswith("/static/"):
         return await handler(request)  # pages and their assets hold no data; their API calls need the token
-    header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-    principal = request.app[TOKENS_KEY].lookup(token)
+    token, from_cookie = _presented_token(request)
+    try:
+        principal = request.app[TOKENS_KEY].lookup(token)
+    except (OSError, ValueError, KeyError) as exc:  # tokens.json unreadable or damaged
+        log.warning("event=api_unavailable part=tokens error=%r", exc)
+        return error(503, "tokens_unavailable", "the token file cannot be read; see the engine's log")
     if principal is None:
-        return error(401, "unauthorized", "send Authorization: Bearer <token> (callrouter tokens create)")
+        return error(401, "unauthorized", "send Authorization: Bearer <token> (callrouter tokens create), "
+                     "or open the page with ?token=<token>")
+    origin = request.headers.get("Origin")
+    if from_cookie and origin is not None and origin != _origin(request):
+        # the cookie is the pages' own: another origin's page does not get to use it
+        return error(403, "cross_origin", f"requests from {origin[:100]!r} do not carry this engine's session")
     request[PRINCIPAL] = principal
     try:
         return await handler(request)
     except web.HTTPException as exc:
         return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
-    except AcdError as exc:
+    except (UnknownSeat, UnknownLine) as exc:
         return error(400, type(exc).__name__.lower(), str(exc))
+    except AcdError as exc:  # the queue engine refused; nothing changed
+        return error(409, "refused", str(exc))
+    except AriError as exc:
+        if exc.status == 404:
+            return error(404, "gone", f"Asterisk no longer has it: {exc}")
+        log.warning("event=api_unavailable part=asterisk path=%s error=%r", request.path, str(exc))
+        return error(503, "asterisk_unavailable", f"Asterisk did not do it: {exc}; try again")
+    except SQLAlchemyError as exc:
+        log.warning("event=api_unavailable part=database path=%s error=%r", request.path, str(exc)[:300])
+        return error(503, "database_unavailable", "the ticket database did not answer; try again")
+    except (OSError, TimeoutError) as exc:
+        log.warning("event=api_unavailable part=io path=%s error=%r", request.path, exc)
+        return error(503, "unavailable", f"a part the engine needs did not answer ({type(exc).__name__}); try again")
 
 
 def require(request: web.Request, role: str) -> Principal:
@@ -81,6 +145,24 @@ def require_seat(request: web.Request, seat: str | None) -> Principal:
     if principal.role == "agent" and (seat is None or seat != principal.seat):
         raise web.HTTPForbidden(text=f"an agent token acts only on seat {principal.seat}")
     return principal
+
+
+def clean_text(value: object, limit: int) -> str:
+    """A free-text field from a request: at most ``limit`` characters, no control characters
+    but newline and tab (PostgreSQL refuses NUL; logs and pages need no escapes)."""
+    text = value if isinstance(value, str) else ""
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")[:limit]
+
+
+def printable(value: str, limit: int = 200) -> bool:
+    return len(value) <= limit and all(unicodedata.category(c)[0] != "C" for c in value)
+
+
+def for_principal(summary: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    """An agent sees the lines' occupancy and its own seat, not the other seats."""
+    if principal.role != "agent":
+        return summary
+    return {**summary, "seats": {k: v for k, v in summary.get("seats", {}).items() if k == principal.seat}}
 
 
 def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -113,8 +195,8 @@ def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[s
 
 async def get_status(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]  # every role reads the lines' occupancy
-    return web.json_response(status_summary({"acd": service.acd.snapshot(service.now_ts()),
-                                             "engine": dict(service.counters)}))
+    return web.json_response(for_principal(status_summary({"acd": service.acd.snapshot(service.now_ts()),
+                                                           "engine": dict(service.counters)}), request[PRINCIPAL]))
 
 
 async def seat_action(request: web.Request) -> web.Response:
@@ -124,9 +206,9 @@ async def seat_action(request: web.Request) -> web.Response:
     if action not in SEAT_ACTIONS:
         return error(400, "unknown_action", f"{action!r}: use one of {', '.join(SEAT_ACTIONS)}")
     body = await _json(request)
-    reason = str(body.get("reason") or "supervisor")
+    reason = clean_text(body.get("reason"), 120) or "supervisor"
     service.acd.seat_state(seat)  # raises UnknownSeat -> 400 before anything changes
-    service.feed(seat_event(action, seat, reason))
+    service.feed(seat_event(action, seat, reason), raise_refusal=True)
     return web.json_response({"seat": seat, "state": service.acd.seat_state(seat).value,
                               "reason": service.acd.seat_reason(seat)})
 
@@ -140,8 +222,13 @@ async def add_seat(request: web.Request) -> web.Response:
     if not isinstance(seat, str) or not seat:
         return error(400, "missing_seat", 'body must be {"seat": "<seat id>", "endpoint": "<optional>"}')
     endpoint = body.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        return error(400, "bad_endpoint", "endpoint is the seat's PJSIP endpoint name, a string")
+    problem = seat_name_problem(seat) or seat_name_problem(endpoint or seat, "endpoint")
+    if problem:
+        return error(400, "bad_seat", problem)
     service.acd.overflow_active(line)  # UnknownLine -> 400
-    service.feed(AddSeat(seat, line, endpoint if isinstance(endpoint, str) else None))
+    service.feed(AddSeat(seat, line, endpoint or None), raise_refusal=True)
     return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
 
 
@@ -151,7 +238,7 @@ async def remove_seat(request: web.Request) -> web.Response:
     line, seat = request.match_info["line"], request.match_info["seat"]
     service.acd.overflow_active(line)
     service.acd.seat_state(seat)
-    service.feed(RemoveSeat(seat, line))
+    service.feed(RemoveSeat(seat, line), raise_refusal=True)  # a line's own seat: 409 with the reason
     return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
 
 
@@ -180,7 +267,7 @@ async def transfer_call(request: web.Request) -> web.Response:
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 9):
         return error(400, "bad_priority", "priority must be an integer 1 (most urgent) to 9")
     try:
-        call = service.transfer(live_call_for(request), to_line, str(body.get("reason") or ""),
+        call = service.transfer(live_call_for(request), to_line, clean_text(body.get("reason"), 200),
                                 priority=priority)
     except TransferError as exc:
         return call_error(exc)
@@ -224,10 +311,27 @@ async def hangup_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call_id, "hung_up": True})
 
 
+def _when(value: str | None, name: str) -> datetime | None:
+    """An ISO-8601 time with a zone from the query; HTTPBadRequest with the reason."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{name}: {exc}; use ISO-8601, e.g. 2026-11-29T08:00:00+08:00") from exc
+    if when.tzinfo is None:
+        raise web.HTTPBadRequest(text=f"{name} needs a time zone, e.g. 2026-11-29T08:00:00+08:00")
+    return when
+
+
 async def list_tickets(request: web.Request) -> web.Response:
     """Tickets, newest first; filters: line, category, number (legacy, normalised), caller,
-    since/until (ISO-8601), limit (1-1000). An agent sees its own seat's tickets only."""
+    since/until (ISO-8601), limit (1-1000). An agent sees its own seat's tickets, and every
+    earlier ticket of the caller it is talking to (``caller=<that caller>``)."""
     q = request.query
+    for key, text in q.items():
+        if not printable(text):
+            return error(400, "bad_query", f"{key[:40]!r}: up to 200 printable characters")
     try:
         limit = int(q.get("limit", "50"))
         since = datetime.fromisoformat(q["since"]) if "since" in q else None
@@ -242,15 +346,32 @@ async def list_tickets(request: web.Request) -> web.Response:
     if q.get("line") not in (None, "110", "96345"):
         return error(400, "bad_query", "line is 110 or 96345")
     number = normalise(q["number"]) if "number" in q else None
-    rows = await asyncio.to_thread(request.app[STORE_KEY].list, limit, q.get("line"), category=q.get("category"),
-                                   number=number, caller=q.get("caller"), since=since, until=until)
     principal: Principal = request[PRINCIPAL]
+    seat = None
     if principal.role == "agent":
-        rows = [r for r in rows if r.get("seat") == principal.seat]
+        # the caller on the line is the agent's business, with all their history; the
+        # rest of the records only as far as this seat handled them
+        talking_to = {c.caller for c in request.app[SERVICE_KEY].calls.values() if c.seat == principal.seat and c.caller}
+        seat = None if q.get("caller") in talking_to else principal.seat
+    rows = await asyncio.to_thread(request.app[STORE_KEY].list, limit, q.get("line"), category=q.get("category"),
+                                   number=number, caller=q.get("caller"), since=since, until=until, seat=seat)
     return web.json_response(rows)
 
 
+async def get_today(request: web.Request) -> web.Response:
+    """The day's figures per line (service level, abandon rate) and calls per legacy number
+    and category, counted by the database over every ticket since ``since`` (default: the
+    engine's local midnight)."""
+    since = _when(request.query.get("since"), "since") or datetime.now().astimezone().replace(
+        hour=0, minute=0, second=0, microsecond=0)
+    targets = {line.id: line.target_s for line in request.app[SERVICE_KEY].acd.config.lines}
+    figures = await asyncio.to_thread(request.app[STORE_KEY].figures, since, target_s=targets)
+    return web.json_response(figures)
+
+
 async def get_ticket(request: web.Request) -> web.Response:
+    if not printable(request.match_info["ticket"], 64):
+        return error(404, "unknown_ticket", "ticket ids are up to 64 printable characters")
     row = await asyncio.to_thread(request.app[STORE_KEY].get, request.match_info["ticket"])
     if row is None:
         return error(404, "unknown_ticket", f"no ticket {request.match_info['ticket']!r}")
@@ -265,17 +386,30 @@ async def get_me(request: web.Request) -> web.Response:
     return web.json_response({"role": principal.role, "seat": principal.seat, "name": principal.name})
 
 
-async def page(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(STATIC_DIR / PAGES[request.path])
+async def page(request: web.Request) -> web.StreamResponse:
+    """A page; opened with ?token=, it trades the token for the session cookie and
+    reloads without it (the token never stays in the address bar or the history)."""
+    if "token" not in request.query:
+        return web.FileResponse(STATIC_DIR / PAGES[request.path])
+    response = web.HTTPSeeOther(request.path)
+    if request.app[TOKENS_KEY].lookup(request.query["token"]) is not None:
+        response.set_cookie(SESSION_COOKIE, request.query["token"], max_age=SESSION_MAX_AGE_S, path="/",
+                            httponly=True, samesite="Strict", secure=request.secure)
+    else:
+        response.del_cookie(SESSION_COOKIE, path="/")
+    return response
 
 
 async def add_note(request: web.Request) -> web.Response:
     """A seat writes a note on a ticket (an agent: on its own seat's tickets)."""
     body = await _json(request)
     text = body.get("text")
-    if not isinstance(text, str) or not text.strip() or len(text) > 2000:
+    if not isinstance(text, str) or not clean_text(text, 2000).strip() or len(text) > 2000:
         return error(400, "bad_note", 'body must be {"text": "..."} with 1 to 2000 characters')
+    text = clean_text(text, 2000)
     ticket_id = request.match_info["ticket"]
+    if not printable(ticket_id, 64):
+        return error(404, "unknown_ticket", "ticket ids are up to 64 printable characters")
     row = await asyncio.to_thread(request.app[STORE_KEY].get, ticket_id)
     service = request.app[SERVICE_KEY]
     live = next((c for c in service.calls.values() if c.ticket_id == ticket_id), None)
@@ -295,6 +429,8 @@ async def reclassify_ticket(request: web.Request) -> web.Response:
     if not isinstance(category, str) or not CATEGORY_RE.fullmatch(category):
         return error(400, "bad_category", 'body must be {"category": "<lowercase slug>"}, e.g. gas_repair')
     ticket_id = request.match_info["ticket"]
+    if not printable(ticket_id, 64):
+        return error(404, "unknown_ticket", "ticket ids are up to 64 printable characters")
     row = await asyncio.to_thread(request.app[STORE_KEY].get, ticket_id)
     if row is None:
         return error(404, "unknown_ticket", f"no ticket {ticket_id!r}")
@@ -356,6 +492,7 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
               outbox_lag: Callable[[], float] | None = None,
               relay_status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
+    app.on_response_prepare.append(security_headers)
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
     feed = Feed(service)
@@ -368,6 +505,7 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app[STORE_KEY] = store
     app.router.add_get("/api/events", feed.websocket)
     app.router.add_get("/api/tickets", list_tickets)
+    app.router.add_get("/api/today", get_today)
     app.router.add_get("/api/tickets/{ticket}", get_ticket)
     app.router.add_post("/api/tickets/{ticket}/notes", add_note)
     app.router.add_post("/api/tickets/{ticket}/reclassify", reclassify_ticket)

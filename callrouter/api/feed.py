@@ -2,7 +2,11 @@
 
 `CallService.listeners` reports every call, seat, overflow and transfer change as it
 happens; the feed fans them out to WebSocket clients (each with its own bounded queue: a
-slow client is dropped, never waited for) and keeps the counters /metrics reports.
+slow client is dropped, never waited for: its socket is closed with 1013 "try again
+later" so its page knows to reconnect) and keeps the counters /metrics reports.
+
+An agent's feed carries its own seat and the calls on it; line-wide changes (overflow)
+too; never another seat's callers.
 """
 
 from __future__ import annotations
@@ -15,20 +19,41 @@ import time
 from collections import Counter
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
+from callrouter.api.tokens import Principal
 from callrouter.calls.service import CallService
 
 log = logging.getLogger("callrouter.api")
 
 WAIT_BUCKETS = (1.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 CLIENT_QUEUE = 1000
+SEAT_KEYS = ("seat", "by_seat", "consult_seat")
+
+
+def visible_to(seat: str | None, message: dict[str, Any]) -> bool:
+    """Whether a client limited to ``seat`` (an agent; None: everything) gets ``message``:
+    changes of its seat and of calls on it, and changes that name no seat and no call."""
+    if seat is None:
+        return True
+    data = message.get("data") or {}
+    if any(data.get(k) == seat for k in SEAT_KEYS):
+        return True
+    return not any(data.get(k) for k in SEAT_KEYS) and "call_id" not in data and "caller" not in data
+
+
+class FeedClient:
+    def __init__(self, seat: str | None) -> None:
+        self.seat = seat  # an agent's seat: what it may see; None: everything
+        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
+        self.dropped = False
 
 
 class Feed:
     def __init__(self, service: CallService) -> None:
         self.service = service
-        self.clients: set[asyncio.Queue[str]] = set()
+        self.clients: set[FeedClient] = set()
+        self.dropped_total = 0
         self.calls_total: Counter[tuple[str, str]] = Counter()  # (line, outcome)
         self.wait_counts = [0] * (len(WAIT_BUCKETS) + 1)
         self.wait_sum = 0.0
@@ -45,35 +70,49 @@ class Feed:
 
     def publish(self, message: dict[str, Any]) -> None:
         text = json.dumps(message, ensure_ascii=False, default=str)
-        for queue in list(self.clients):
+        for client in list(self.clients):
+            if not visible_to(client.seat, message):
+                continue
             try:
-                queue.put_nowait(text)
+                client.queue.put_nowait(text)
             except asyncio.QueueFull:
-                self.clients.discard(queue)  # too slow: its socket is closed by its handler
-                log.warning("event=feed_client_dropped reason=queue_full")
+                # too slow: its pump closes the socket (1013) once it next wakes, and the
+                # page reconnects and starts from a fresh status
+                client.dropped = True
+                self.clients.discard(client)
+                self.dropped_total += 1
+                log.warning("event=feed_client_dropped reason=queue_full seat=%s", client.seat)
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        from callrouter.api.app import PRINCIPAL, for_principal, status_summary
+
+        principal: Principal = request[PRINCIPAL]
         ws = web.WebSocketResponse(heartbeat=20.0)
         await ws.prepare(request)
-        queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
-        self.clients.add(queue)
-        from callrouter.api.app import status_summary
-
-        await ws.send_str(json.dumps({"type": "status", "at": time.time(), "data": status_summary(
-            {"acd": self.service.acd.snapshot(self.service.now_ts())})}, default=str))
+        client = FeedClient(principal.seat if principal.role == "agent" else None)
+        self.clients.add(client)
+        await ws.send_str(json.dumps({"type": "status", "at": time.time(), "data": for_principal(status_summary(
+            {"acd": self.service.acd.snapshot(self.service.now_ts())}), principal)}, default=str))
 
         async def pump() -> None:
-            while queue in self.clients:
-                await ws.send_str(await queue.get())
+            while True:
+                text = await client.queue.get()
+                if client.dropped:
+                    break
+                await ws.send_str(text)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow for the feed: reconnect")
         sender = asyncio.create_task(pump(), name="feed-client")
         try:
             async for msg in ws:  # clients send nothing; this notices the close
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
         finally:
-            self.clients.discard(queue)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            self.clients.discard(client)
+            if not sender.done():
+                sender.cancel()
+            for result in await asyncio.gather(sender, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, ConnectionError):
+                    log.warning("event=feed_client_error error=%r", result)
         return ws
 
     def metrics_text(self, outbox_lag_s: float | None) -> str:

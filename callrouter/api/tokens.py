@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("agent", "supervisor", "admin")
+MAX_TOKEN = 256  # ours are 43 characters (token_urlsafe(32)); the bootstrap one similar
 
 
 class TokenError(ValueError):
@@ -63,7 +64,9 @@ class TokenStore:
         self._mtime = mtime
 
     def lookup(self, token: str) -> Principal | None:
-        if not token:
+        """The principal of ``token``; None for anything that is not one of our tokens
+        (empty, too long, not printable ASCII: never an exception, so never a 500)."""
+        if not token or len(token) > MAX_TOKEN or not (token.isascii() and token.isprintable()):
             return None
         if hmac.compare_digest(token, self._bootstrap):
             return Principal("admin", None, "bootstrap")
