@@ -113,7 +113,10 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        return error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        response = error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        if "Allow" in exc.headers:  # 405: which methods the path has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except (UnknownSeat, UnknownLine) as exc:
         return error(400, type(exc).__name__.lower(), str(exc))
     except AcdError as exc:  # the queue engine refused; nothing changed

@@ -1,77 +1,176 @@
-"""The API's OpenAPI 3.1 document, served at /api/openapi.json."""
+"""The API's OpenAPI 3.1 document, served at /api/openapi.json.
+
+Complete enough for a fuzzer (schemathesis, in tests/e2e/test_api_fuzz.py) to reach every
+operation with well-formed and malformed input: every parameter, every request body with
+its required fields, every status an operation answers. Keep it in step with app.py.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-_ERR = {"description": "error: {status, error (stable id), details}",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+from callrouter.acd.lines import SEAT_ID
+
+_ERR_REF = {"$ref": "#/components/schemas/Error"}
+_WHY = {
+    "400": "bad input (the reason in details)",
+    "401": "no token, or not one of ours (malformed and non-ASCII tokens included)",
+    "403": "the token's role may not do this (an agent: only its own seat and calls)",
+    "404": "no such seat, call or ticket",
+    "409": "the queue engine refused (e.g. removing a line's own seat); nothing changed",
+    "503": "Asterisk, the ticket database or another part did not answer; try again",
+}
+S: dict[str, Any] = {"type": "string"}
+JSON_OBJ: dict[str, Any] = {"type": "object"}
 
 
-def _op(summary: str, role: str, body: dict[str, Any] | None = None, params: list[str] | None = None,
-        ok: str = "ok") -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "description": f"Role: {role}.",
-                          "responses": {"200": {"description": ok}, "400": _ERR, "401": _ERR, "403": _ERR,
-                                        "404": _ERR}}
+def _err(code: str) -> dict[str, Any]:
+    return {"description": _WHY[code], "content": {"application/json": {"schema": _ERR_REF}}}
+
+
+def _op(summary: str, role: str, *, body: dict[str, Any] | None = None, required: list[str] | None = None,
+        query: list[dict[str, Any]] | None = None, ok: dict[str, Any] | None = None,
+        errors: tuple[str, ...] = ("400", "401", "403", "503"), op_id: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": op_id, "summary": summary, "description": f"Role: {role}.",
+        "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": ok or JSON_OBJ}}},
+                      **{code: _err(code) for code in errors}},
+    }
     if body is not None:
-        op["requestBody"] = {"content": {"application/json": {"schema": {"type": "object", "properties": body}}}}
-    if params:
-        op["parameters"] = [{"name": p, "in": "query", "schema": {"type": "string"}} for p in params]
+        op["requestBody"] = {"required": bool(required), "content": {"application/json": {"schema": {
+            "type": "object", "properties": body, **({"required": required} if required else {})}}}}
+    if query:
+        op["parameters"] = query
     return op
 
 
-def _path_params(*names: str) -> list[dict[str, Any]]:
-    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+def _path(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", **schema}}
 
 
-S = {"type": "string"}
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+SEAT = _path("seat", "a seat id, e.g. s110-01", pattern=f"^{SEAT_ID.pattern}$", examples=["s110-01"])
+LINE = _path("line", "a line: 110 or 96345", examples=["110", "96345"])
+CALL = _path("call", "a live call's id (Asterisk channel id), from GET /api/calls", examples=["1764394381.42"])
+TICKET = _path("ticket", "a ticket id, e.g. T20261129-053301-1764394381.42", examples=["T20261129-053301-1.1"])
+TIME = {"type": "string", "format": "date-time", "examples": ["2026-11-29T08:00:00+08:00"]}
+LINE_ID = {"type": "string", "enum": ["110", "96345"]}
+CALLER_TEXT = {"type": "string", "maxLength": 200}
+
+def _links(param: str, pointer: str, *op_ids: str) -> dict[str, Any]:
+    """OpenAPI links: the ids a list answers feed the operations on one item."""
+    return {op_id: {"operationId": op_id, "parameters": {param: f"$response.body#{pointer}"}} for op_id in op_ids}
+
+
+def _with_links(op: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
+    op["responses"]["200"]["links"] = links
+    return op
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "callrouter engine API", "version": "0.1.0",
+    "info": {"title": "callrouter engine API", "version": "0.2.0",
              "description": "Lines 110 and 96345 of the county hotline: queues, seats, live calls, tickets. "
-                            "Bearer tokens: `callrouter tokens create --role agent|supervisor|admin`."},
+                            "Bearer tokens: `callrouter tokens create --role agent|supervisor|admin`. The pages "
+                            "(/wallboard, /agent) are opened once with ?token= and then use an HttpOnly cookie."},
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                            "session": {"type": "apiKey", "in": "cookie", "name": "callrouter_session"}},
         "schemas": {"Error": {"type": "object", "required": ["status", "error", "details"], "properties": {
             "status": {"type": "integer"}, "error": S, "details": S}}},
     },
-    "security": [{"bearer": []}],
+    "security": [{"bearer": []}, {"session": []}],
     "paths": {
-        "/api/status": {"get": _op("Per line: waiting, longest wait, seats by state, overflow, service level",
-                                   "any")},
-        "/api/seats/{seat}/{action}": {"parameters": _path_params("seat", "action"), "post": _op(
-            "Log a seat in or out, pause (body reason), resume it, or end its wrap-up; action: "
-            "login|logout|pause|resume|wrapup_done",
-            "agent (own seat), supervisor, admin", {"reason": S})},
-        "/api/lines/{line}/seats": {"parameters": _path_params("line"), "post": _op(
-            "Add a seat to a line at runtime (overflow)", "supervisor", {"seat": S, "endpoint": S})},
-        "/api/lines/{line}/seats/{seat}": {"parameters": _path_params("line", "seat"), "delete": _op(
-            "Remove a runtime seat from a line (it finishes its call first)", "supervisor")},
-        "/api/lines/reload": {"post": _op("Validate queues/lines.toml and apply it; no call is dropped", "admin")},
-        "/api/plan": {"get": _op("The number plan: number, line, category, department, priority", "any")},
-        "/api/me": {"get": _op("The token's role and seat", "any")},
-        "/api/plan/reload": {"post": _op("Validate the number plan and use it for new calls", "admin")},
-        "/api/calls": {"get": _op("Live calls (an agent sees the calls on its seat)", "any")},
-        "/api/calls/{call}": {"parameters": _path_params("call"), "delete": _op(
-            "Hang a live call up", "agent (own call), supervisor")},
-        "/api/calls/{call}/transfer": {"parameters": _path_params("call"), "post": _op(
+        "/api/status": {"get": _op(
+            "Per line: waiting, longest wait, seats by state, overflow, service level (an agent: its own seat "
+            "only)", "any", op_id="getStatus", errors=("401", "503"))},
+        "/api/seats/{seat}/{action}": {"parameters": [SEAT, _path(
+            "action", "what to do", enum=["login", "logout", "pause", "resume", "wrapup_done"])], "post": _op(
+            "Log a seat in or out, pause it (body reason), resume it, or end its wrap-up",
+            "agent (own seat), supervisor, admin", body={"reason": {"type": "string", "maxLength": 120}},
+            op_id="seatAction", errors=("400", "401", "403", "409", "503"))},
+        "/api/lines/{line}/seats": {"parameters": [LINE], "post": _op(
+            "Add a seat to a line at runtime (overflow); a new seat's id and endpoint follow the naming rule "
+            "(letters, digits, '-', '_', '.'; never the trunk)", "supervisor",
+            body={"seat": {"type": "string", "pattern": f"^{SEAT_ID.pattern}$", "examples": ["ovf-01"]},
+                  "endpoint": {"type": "string", "pattern": f"^{SEAT_ID.pattern}$"}},
+            required=["seat"], op_id="addSeat", errors=("400", "401", "403", "409", "503"))},
+        "/api/lines/{line}/seats/{seat}": {"parameters": [LINE, SEAT], "delete": _op(
+            "Remove a runtime seat from a line (it finishes its call first); a line's own seat: 409",
+            "supervisor", op_id="removeSeat", errors=("400", "401", "403", "409", "503"))},
+        "/api/lines/reload": {"post": _op("Validate queues/lines.toml and apply it; no call is dropped", "admin",
+                                          op_id="reloadLines", errors=("400", "401", "403", "409", "503"))},
+        "/api/plan": {"get": _op("The number plan: number, line, category, department, priority", "any",
+                                 ok={"type": "array", "items": JSON_OBJ}, op_id="getPlan", errors=("401",))},
+        "/api/me": {"get": _op("The token's role and seat", "any", op_id="getMe", errors=("401",), ok={
+            "type": "object", "properties": {"role": {"type": "string", "enum": ["agent", "supervisor", "admin"]},
+                                             "seat": {"type": ["string", "null"]}, "name": S}})},
+        "/api/plan/reload": {"post": _op("Validate the number plan and use it for new calls", "admin",
+                                         op_id="reloadPlan")},
+        "/api/calls": {"get": _with_links(_op(
+            "Live calls (an agent sees the calls on its seat)", "any", ok={"type": "array", "items": JSON_OBJ},
+            op_id="listCalls", errors=("401",)), _links(
+            "call", "/0/call_id", "transferCall", "consultCall", "reclassifyCall", "hangupCall"))},
+        "/api/calls/{call}": {"parameters": [CALL], "delete": _op(
+            "Hang a live call up", "agent (own call), supervisor", op_id="hangupCall",
+            errors=("401", "403", "404", "503"))},
+        "/api/calls/{call}/transfer": {"parameters": [CALL], "post": _op(
             "Hand a talking caller to the other line, keeping their place", "agent (own call), supervisor",
-            {"to": S, "reason": S, "priority": {"type": "integer", "minimum": 1, "maximum": 9}})},
-        "/api/calls/{call}/consult": {"parameters": _path_params("call"), "post": _op(
+            body={"to": LINE_ID, "reason": {"type": "string", "maxLength": 200},
+                  "priority": {"type": "integer", "minimum": 1, "maximum": 9}},
+            required=["to"], op_id="transferCall", errors=("400", "401", "403", "404", "503"))},
+        "/api/calls/{call}/consult": {"parameters": [CALL], "post": _op(
             "Three-way consult with the other line's next free seat", "agent (own call), supervisor",
-            {"line": S})},
-        "/api/calls/{call}/reclassify": {"parameters": _path_params("call"), "post": _op(
-            "Correct the call's category", "agent (own call), supervisor", {"category": S})},
-        "/api/tickets": {"get": _op("Tickets, newest first", "any (an agent: its seat's)",
-                                    params=["line", "category", "number", "caller", "since", "until", "limit"])},
-        "/api/tickets/{ticket}": {"parameters": _path_params("ticket"), "get": _op("One ticket", "any")},
-        "/api/tickets/{ticket}/reclassify": {"parameters": _path_params("ticket"), "post": _op(
+            body={"line": LINE_ID}, required=["line"], op_id="consultCall",
+            errors=("400", "401", "403", "404", "503"))},
+        "/api/calls/{call}/reclassify": {"parameters": [CALL], "post": _op(
+            "Correct the call's category", "agent (own call), supervisor",
+            body={"category": {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,39}$"}}, required=["category"],
+            op_id="reclassifyCall", errors=("400", "401", "403", "404", "503"))},
+        "/api/tickets": {"get": _with_links(_op(
+            "Tickets, newest first (an agent: its seat's, and every earlier ticket of the caller it is "
+            "talking to)", "any", ok={"type": "array", "items": JSON_OBJ}, op_id="listTickets", query=[
+                _query("line", "110 or 96345", LINE_ID), _query("category", "category slug", CALLER_TEXT),
+                _query("number", "legacy number (normalised)", CALLER_TEXT),
+                _query("caller", "caller number", CALLER_TEXT), _query("since", "arrived at or after", TIME),
+                _query("until", "arrived before", TIME),
+                _query("limit", "at most this many", {"type": "integer", "minimum": 1, "maximum": 1000})],
+            errors=("400", "401", "503")), _links("ticket", "/0/id", "getTicket", "reclassifyTicket", "addNote"))},
+        "/api/today": {"get": _op(
+            "Figures of the day from every ticket: per line offered, done, answered, within target, "
+            "abandoned, service level, abandon rate; calls per legacy number and per category",
+            "any", op_id="getToday", query=[_query("since", "start of the day (default: local midnight)", TIME)],
+            errors=("400", "401", "503"), ok={"type": "object", "required": ["lines", "by_number", "by_category"],
+                                               "properties": {"lines": JSON_OBJ, "by_number": JSON_OBJ,
+                                                              "by_category": JSON_OBJ}})},
+        "/api/tickets/{ticket}": {"parameters": [TICKET], "get": _op(
+            "One ticket", "any (an agent: its seat's)", op_id="getTicket", errors=("401", "403", "404", "503"))},
+        "/api/tickets/{ticket}/reclassify": {"parameters": [TICKET], "post": _op(
             "Correct a ticket's category after the call", "agent (own seat's ticket), supervisor",
-            {"category": S})},
-        "/api/tickets/{ticket}/notes": {"parameters": _path_params("ticket"), "post": _op(
-            "Write a note on the ticket", "agent (own seat's ticket), supervisor", {"text": S})},
-        "/api/events": {"get": _op("WebSocket: live queue, seat, call and ticket changes (token in ?token=)",
-                                   "any", ok="switching protocols")},
-        "/metrics": {"get": _op("Prometheus metrics", "any")},
+            body={"category": {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,39}$"}}, required=["category"],
+            op_id="reclassifyTicket", errors=("400", "401", "403", "404", "503"))},
+        "/api/tickets/{ticket}/notes": {"parameters": [TICKET], "post": _op(
+            "Write a note on the ticket", "agent (own seat's ticket), supervisor",
+            body={"text": {"type": "string", "minLength": 1, "maxLength": 2000}}, required=["text"],
+            op_id="addNote", errors=("400", "401", "403", "404", "503"))},
+        "/api/events": {"get": {
+            "operationId": "events", "summary": "WebSocket: live queue, seat, call and ticket changes (an agent: "
+            "its seat and its calls). Pages use the session cookie; other clients ?token= or the header",
+            "description": "Role: any. A client that reads too slowly is closed with 1013 and should reconnect.",
+            "parameters": [_query("token", "a token, for WebSocket clients that cannot send headers", S)],
+            "responses": {"101": {"description": "switching protocols"}, "400": _err("400"), "401": _err("401"),
+                          "403": _err("403")}}},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics", "description": "Role: any.",
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": S}}}, "401": _err("401")}}},
+        "/api/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "description": "Role: any.",
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {
+                "schema": JSON_OBJ}}}, "401": _err("401")}}},
     },
 }

@@ -36,6 +36,7 @@ class CallSpec:
     number: str
     caller: str
     hold_s: float  # seconds after answer before the caller hangs up; < 0: wait for BYE
+    caller_name: str = ""  # the From display name (default: the caller number); no '"' or ';'
 
 
 @dataclass
@@ -136,7 +137,8 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
             for spec in specs:
                 hold_ms = -1 if spec.hold_s < 0 else int(spec.hold_s * 1000)
                 # SIPp fields cannot hold ';' and the URI user part no spaces
-                w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms])
+                name = (spec.caller_name or spec.caller).replace(";", "").replace('"', "")
+                w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms, name])
         logs, errs = tmp / "results.log", tmp / "errors.log"
         cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
                # -r calls per -rp ms: calls per 1000 s, so fractional rates work

@@ -9,14 +9,17 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from callrouter.sim.seats import SeatSpec, start_seats
-from callrouter.sim.trunk import CallSpec
+from callrouter.sim.trunk import CallSpec, run_calls
 from tests.conftest import missing_part, wait_for
 from tests.e2e.conftest import EngineFactory
 
@@ -126,3 +129,77 @@ def test_agent_console_pops_the_ticket_and_transfers_the_call(engines: EngineFac
         assert out and out[0].calls[0].ok, "the caller stayed connected"
     finally:
         seats.stop()
+
+
+# A caller id from the phone network that would run script if a page inserted it as HTML
+HOSTILE = "1<img src=x onerror=document.title='pwned'>"
+HOSTILE_NAME = "<img src=x onerror=document.title='pwned2'>"
+
+
+def _ticket_of(engines: EngineFactory, caller: str, n: int) -> list[dict[str, object]]:
+    status, rows = engines.api("GET", "/api/tickets?limit=10&caller=" + urllib.parse.quote(caller, safe=""))
+    assert status == 200 and isinstance(rows, list)
+    return rows if len(rows) >= n else []
+
+
+def test_hostile_caller_id_shows_as_text_and_runs_no_script(engines: EngineFactory, browser: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    web: Any = browser
+    engines.use_lines(wrap_up_s=1)
+    engines.start()
+    supervisor = _token(engines, "--role", "supervisor")
+    agent = _token(engines, "--role", "agent", "--seat", "s110-01")
+    seats = start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.3, talk_s=0),
+                                           SeatSpec("s110-02", answer_delay_s=0.3, talk_s=0)])
+    hostile_uri = urllib.parse.quote(HOSTILE, safe="")  # percent-encoded in the From URI, as a carrier may send
+    try:
+        # 1. the wallboard while the hostile caller's first call is answered by s110-02
+        engines.login("s110-02")
+        web.get(f"{engines.settings.api_url}/wallboard?token={supervisor}")
+        wait_for(lambda: _text(web, '[data-line="110"] [data-k="waiting"]') == "0", 10, "the wallboard to render")
+        assert "token" not in web.current_url, "the token left the address bar"
+        title = web.title
+        first = run_calls(engines.settings, [CallSpec("119", hostile_uri, 1.0, caller_name=HOSTILE_NAME)], rate=1)
+        assert first.calls[0].ok, first
+        rows = wait_for(lambda: _ticket_of(engines, HOSTILE, 1), 10, "the first ticket")
+        # the payload really reached the engine as markup: else this test would prove nothing
+        assert rows[0]["caller"] == HOSTILE and rows[0]["caller_name"] == HOSTILE_NAME and rows[0]["seat"] == "s110-02"
+        wait_for(lambda: _text(web, '#by-number [data-key="119"]').endswith("1"), 10, "today's count of 119")
+        assert web.title == title and not web.find_elements(By.CSS_SELECTOR, "main img")
+
+        # 2. the same caller again, now answered at the agent console's seat
+        engines.api("POST", "/api/seats/s110-02/logout")
+        web.get(f"{engines.settings.api_url}/agent?token={agent}")
+        wait_for(lambda: _text(web, "#seat") == "s110-01", 10, "the console to know its seat")
+        assert "token" not in web.current_url
+        assert agent not in str(web.execute_script("return document.cookie + JSON.stringify(sessionStorage)")), \
+            "the token is out of the page scripts' reach (HttpOnly cookie)"
+        title = web.title
+        web.find_element(By.ID, "login").click()
+        wait_for(lambda: _attr(web, "#state", "data-state") == "ready", 10, "the seat logged in from the page")
+        thread, out = engines.calls_in_background([CallSpec("119", hostile_uri, 6.0, caller_name=HOSTILE_NAME)], 1)
+        wait_for(lambda: _text(web, "#t-caller") == HOSTILE, 10, "the hostile number shown as text")
+        wait_for(lambda: _text(web, "#t-caller-name") == HOSTILE_NAME, 10, "the hostile name shown as text")
+        # the caller's earlier ticket (answered by another seat) is in the history
+        wait_for(lambda: web.find_elements(By.CSS_SELECTOR, f'#history [data-ticket="{rows[0]["id"]}"]'), 10,
+                 "the caller's earlier ticket in the console's history")
+        assert not web.find_elements(By.CSS_SELECTOR, "main img"), "no element was made from caller data"
+        # even markup that did get in could not run: the CSP forbids inline handlers
+        web.execute_script("document.getElementById('result').innerHTML = "
+                           "'<img src=x onerror=\"document.title=\\'csp-failed\\'\">'")
+        time.sleep(0.5)  # give an (unwanted) onerror handler its chance to run
+        assert web.title == title, f"a script ran: title is {web.title!r}"
+        ARTIFACTS.mkdir(exist_ok=True)
+        web.save_screenshot(str(ARTIFACTS / "agent-hostile-caller.png"))
+        thread.join(timeout=30)
+        assert out and out[0].calls[0].ok
+    finally:
+        seats.stop()
+    status, headers = _csp_of(engines, "/agent")
+    assert status == 200 and "script-src 'self'" in headers and "unsafe-inline" not in headers
+
+
+def _csp_of(engines: EngineFactory, path: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"{engines.settings.api_url}{path}", timeout=5) as resp:
+        return resp.status, str(resp.headers.get("Content-Security-Policy", ""))
