@@ -77,6 +77,11 @@ class Settings:
     redis_prefix: str = "callrouter"
     state_file: Path | None = None  # default home/state.json: recovery when Redis is away
     spool_file: Path | None = None  # default home/tickets-spool.jsonl: ticket changes while the DB is away
+    # Asterisk's record of every trunk call (CEL) is read into tickets for calls the engine
+    # never saw at every (re)connect and this often (seconds); what is read is kept in
+    # cel_state_file (default home/cel-import.json) until the call ends
+    cel_import_s: int = 30
+    cel_state_file: Path | None = None
     # the dispatch stream keeps events at least this long (then trimmed, MINID ~), and at
     # most about stream_maxlen of them (MAXLEN ~ on every XADD; 0: no length cap)
     stream_retention_s: int = 86400
@@ -111,6 +116,10 @@ class Settings:
     @property
     def spool_path(self) -> Path:
         return self.spool_file or (self.home / "tickets-spool.jsonl")
+
+    @property
+    def cel_state_path(self) -> Path:
+        return self.cel_state_file or (self.home / "cel-import.json")
 
     @property
     def api_url(self) -> str:

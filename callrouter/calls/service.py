@@ -201,7 +201,7 @@ class CallService:
             id=call.ticket_id, dialled=dialled, number=route.number, caller=caller,
             caller_name=untrusted_text(channel.caller_name, CALLER_NAME_MAX), line=route.line, category=route.category,
             department=route.department, priority=route.priority, listed=route.listed,
-            channel_id=channel.id, arrived_at=arrived))
+            channel_id=channel.id, arrived_at=arrived, held_by_dialplan=held > 0))
         log.info("event=call_arrived ticket=%s channel=%s dialled=%s number=%s caller=%s line=%s "
                  "category=%s priority=%d listed=%s held_by_dialplan=%d", call.ticket_id, channel.id,
                  q(dialled), q(route.number), q(caller), route.line, route.category,

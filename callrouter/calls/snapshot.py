@@ -28,8 +28,12 @@ def state_key(prefix: str) -> str:
 
 
 def _write_file(path: Path, text: str) -> None:
+    # callers' numbers and waits: readable by the engine's user only, from the first byte
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)  # a tmp file left by an older version keeps its mode otherwise
     os.replace(tmp, path)
 
 

@@ -188,6 +188,107 @@ def _prepare_chroot(root: Path) -> None:
         hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
 
 
+# The chroot's Debian package makes its asterisk user with the next free system id (101),
+# which on the host may well be another service's (postgres here): files Asterisk writes
+# would then belong to that service on the host. The chroot's asterisk runs instead under
+# an id reserved on the host for it alone, by a host system account of this name.
+HOST_ACCOUNT = "callrouter-asterisk"
+_ID_RANGE = range(500, 1000)  # middle of Debian's system range: adduser and sysusers allocate from its ends
+
+
+def parse_ids(text: str) -> dict[str, int]:
+    """name -> id (third field) of an /etc/passwd or /etc/group text."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split(":")
+        if len(parts) >= 3 and parts[2].isdigit():
+            out[parts[0]] = int(parts[2])
+    return out
+
+
+def choose_free_id(taken: set[int], candidates: range = _ID_RANGE) -> int:
+    for candidate in candidates:
+        if candidate not in taken:
+            return candidate
+    raise ProvisionError(f"no free id in {candidates.start}-{candidates.stop - 1} for {HOST_ACCOUNT}")
+
+
+def host_account_ids(chroot: Path) -> tuple[int, int]:
+    """uid/gid of the host account reserved for the chroot's Asterisk (created if missing).
+
+    The id is free as a uid and a gid on the host and in the chroot (other than the
+    chroot's own asterisk user).
+    """
+    passwd, group = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
+    users, groups = parse_ids(passwd), parse_ids(group)
+    if HOST_ACCOUNT in users:
+        uid = users[HOST_ACCOUNT]
+        for line in passwd.splitlines():
+            if line.split(":")[0] == HOST_ACCOUNT:
+                return uid, int(line.split(":")[3])
+    inner_users = parse_ids((chroot / "etc/passwd").read_text())
+    inner_groups = parse_ids((chroot / "etc/group").read_text())
+    inner_users.pop("asterisk", None)
+    inner_groups.pop("asterisk", None)
+    taken = {*users.values(), *groups.values(), *inner_users.values(), *inner_groups.values()}
+    new_id = choose_free_id(taken)
+    log.info("reserving uid/gid %d on the host for Asterisk (account %s)", new_id, HOST_ACCOUNT)
+    for cmd in (["groupadd", "--system", "-g", str(new_id), HOST_ACCOUNT],
+                ["useradd", "--system", "-u", str(new_id), "-g", str(new_id), "-M", "-d", "/nonexistent",
+                 "-s", "/usr/sbin/nologin", "-c", "callrouter Asterisk (chroot)", HOST_ACCOUNT]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
+        if proc.returncode != 0:
+            raise ProvisionError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    return new_id, new_id
+
+
+def set_account_id(text: str, name: str, new_id: int, gid_field: int | None = None) -> str:
+    """``text`` (passwd or group) with ``name``'s id (and, for passwd, primary gid) changed."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        parts = line.rstrip("\n").split(":")
+        if parts[0] == name and len(parts) >= 3:
+            parts[2] = str(new_id)
+            if gid_field is not None and len(parts) >= 4:
+                parts[3] = str(gid_field)
+            line = ":".join(parts) + ("\n" if line.endswith("\n") else "")
+        out.append(line)
+    return "".join(out)
+
+
+def migrate_chroot_ids(root: Path, uid: int, gid: int) -> bool:
+    """Give the chroot's asterisk user and group ``uid``/``gid``; chown what they owned.
+
+    Returns whether anything changed. Asterisk must not be running.
+    """
+    passwd_path, group_path = root / "etc/passwd", root / "etc/group"
+    passwd = passwd_path.read_text()
+    old_uid = parse_ids(passwd).get("asterisk")
+    old_gid = parse_ids(group_path.read_text()).get("asterisk")
+    if old_uid is None or old_gid is None:
+        raise ProvisionError(f"{passwd_path}: no asterisk user or group")
+    if (old_uid, old_gid) == (uid, gid):
+        return False
+    log.warning("chroot %s: asterisk uid/gid %d/%d -> %d/%d (the old ids belong to other host accounts)",
+                root, old_uid, old_gid, uid, gid)
+    for path, text in ((passwd_path, set_account_id(passwd, "asterisk", uid, gid)),
+                       (group_path, set_account_id(group_path.read_text(), "asterisk", gid))):
+        tmp = path.with_name(path.name + ".callrouter-tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        tmp.replace(path)
+    skip = {root / "proc", root / "sys", root / "dev"}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if here / d not in skip]
+        for name in [*dirnames, *filenames]:
+            path = here / name
+            st = path.lstat()
+            if st.st_uid == old_uid or st.st_gid == old_gid:
+                os.lchown(path, uid if st.st_uid == old_uid else -1, gid if st.st_gid == old_gid else -1)
+    return True
+
+
 def _asterisk_ids(target: Target) -> tuple[int, int]:
     """The asterisk user's uid/gid (from the chroot's /etc/passwd, or the host's)."""
     passwd = target.host_path("/etc/passwd").read_text() if target.mode == "chroot" else Path("/etc/passwd").read_text()
@@ -218,6 +319,17 @@ def render(settings: Settings, target: Target) -> None:
         d = target.host_path(inner)
         d.mkdir(parents=True, exist_ok=True)
         os.chown(d, uid, gid)
+    # Asterisk's logs hold caller numbers: owner and group only (the engine reads the
+    # CEL file and the security log as root or as a member of the asterisk group)
+    logs = target.host_path(paths.log_dir)
+    logs.chmod(0o750)
+    cel = logs / "cel-custom"
+    cel.mkdir(exist_ok=True)
+    os.chown(cel, uid, gid)
+    cel.chmod(0o750)
+    for path in [*logs.iterdir(), *cel.iterdir()]:
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode & 0o640)
 
 
 def rx(target: Target, command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
@@ -253,7 +365,9 @@ def _host_has_asterisk_user() -> bool:
 def start(target: Target, timeout: float = 60) -> None:
     # never as root: the Debian package's asterisk user, in the chroot or on the host
     uid_args = ["-U", "asterisk", "-G", "asterisk"] if target.mode == "chroot" or _host_has_asterisk_user() else []
-    proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, check=False, timeout=30)
+    # files Asterisk creates (logs, the CEL file, its database) are not world-readable
+    proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, check=False, timeout=30,
+                          umask=0o027)
     if proc.returncode != 0:
         raise ProvisionError(f"asterisk failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     deadline = time.monotonic() + timeout
@@ -296,6 +410,32 @@ def stop(target: Target, timeout: float = 5.0) -> bool:
     return True
 
 
+def modules_to_load(modules_conf: str) -> list[str]:
+    """The ``load = X.so`` modules of a modules.conf text, in order."""
+    return re.findall(r"(?m)^\s*load\s*=>?\s*(\S+\.so)\s*$", modules_conf)
+
+
+def _load_new_modules(target: Target) -> None:
+    """A reload does not load modules added to modules.conf since the start: load them."""
+    conf = target.host_path(f"{target.paths.etc_dir}/modules.conf").read_text()
+    loaded = set(re.findall(r"(?m)^(\S+\.so)\s", rx(target, "module show").stdout))
+    for module in modules_to_load(conf):
+        if module not in loaded:
+            result = rx(target, f"module load {module}")
+            log.info("loaded module %s: %s", module, result.stdout.strip())
+
+
+def _ids_differ(root: Path, uid: int, gid: int) -> bool:
+    users, groups = parse_ids((root / "etc/passwd").read_text()), parse_ids((root / "etc/group").read_text())
+    return (users.get("asterisk"), groups.get("asterisk")) != (uid, gid)
+
+
+def log_dir_on_host(settings: Settings) -> Path:
+    """Asterisk's log directory (CEL file, security log) as the engine sees it."""
+    target = select_target(settings)
+    return target.host_path(target.paths.log_dir)
+
+
 @dataclass
 class UpReport:
     mode: str
@@ -319,11 +459,18 @@ def up(settings: Settings) -> UpReport:
             if not chroot_healthy(target.root):
                 raise ProvisionError(f"{target.root}: chroot built but Asterisk does not run in it")
         _prepare_chroot(target.root)
+        uid, gid = host_account_ids(target.root)
+        if _ids_differ(target.root, uid, gid):
+            if running(target):
+                log.warning("stopping Asterisk to move it to uid %d (calls in progress end)", uid)
+                stop(target)
+            migrate_chroot_ids(target.root, uid, gid)
     render(settings, target)
     was_running = running(target)
     if was_running:
         # Same configuration files, live reload: calls in progress are untouched.
         rx(target, "core reload", timeout=30)
+        _load_new_modules(target)
     else:
         stop(target)  # a stale pid file or half-dead process
         start(target)

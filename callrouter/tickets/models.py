@@ -147,6 +147,10 @@ class Ticket(Base):
     callback_seat: Mapped[str | None] = mapped_column(String)
     callback_outcome: Mapped[str | None] = mapped_column(String)  # reached | no_answer
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # the dialplan answered and held the caller (music, Stasis retried) while the engine
+    # was away; set from the CR_HELD rounds or, for a call the engine never saw, from
+    # Asterisk's own record of the call (CEL)
+    held_by_dialplan: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_tickets_arrived_at", "arrived_at"),
@@ -184,6 +188,7 @@ class Ticket(Base):
             "callback_seat": self.callback_seat,
             "callback_outcome": self.callback_outcome,
             "callback_attempts": self.callback_attempts or 0,
+            "held_by_dialplan": bool(self.held_by_dialplan),
         }
 
 
@@ -291,6 +296,7 @@ class OpenTicket:
     listed: bool
     channel_id: str
     arrived_at: datetime
+    held_by_dialplan: bool = False  # the dialplan held the caller while the engine was away
 
     def __post_init__(self) -> None:
         for name in ("id", "dialled", "number", "caller", "caller_name", "line",
@@ -430,10 +436,61 @@ class AddNote:
         _aware("at", self.at)
 
 
+@dataclass(frozen=True, slots=True)
+class RecordUnseenCall:
+    """A trunk call that ended without the engine closing its ticket, from Asterisk's own
+    record of the call (CEL): the caller the dialplan held while the engine was away and
+    who hung up before it returned, or a call whose ops a killed engine never wrote.
+
+    Matched by ``channel_id``: a ticket the engine opened for this channel is closed (if
+    still open) at ``ended_at``; without one a ticket is opened under ``id`` and closed
+    at once as ``abandoned``. Applying it twice changes nothing.
+    """
+
+    id: str
+    dialled: str
+    number: str
+    caller: str
+    caller_name: str
+    line: str
+    category: str
+    department: str
+    priority: int
+    listed: bool
+    channel_id: str
+    arrived_at: datetime
+    ended_at: datetime
+    answered_at: datetime | None = None
+    held_by_dialplan: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("id", "dialled", "number", "caller", "caller_name", "line",
+                     "category", "department", "channel_id"):
+            _text(name, getattr(self, name))
+        if not self.id or not self.channel_id:
+            raise ValueError("RecordUnseenCall needs an id and a channel_id")
+        _line("line", self.line)
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise TypeError(f"priority must be int, got {self.priority!r}")
+        if not isinstance(self.listed, bool) or not isinstance(self.held_by_dialplan, bool):
+            raise TypeError("listed and held_by_dialplan must be bool")
+        _aware("arrived_at", self.arrived_at)
+        _aware("ended_at", self.ended_at)
+        if self.answered_at is not None:
+            _aware("answered_at", self.answered_at)
+
+    def opening(self) -> OpenTicket:
+        return OpenTicket(id=self.id, dialled=self.dialled, number=self.number, caller=self.caller,
+                          caller_name=self.caller_name, line=self.line, category=self.category,
+                          department=self.department, priority=self.priority, listed=self.listed,
+                          channel_id=self.channel_id, arrived_at=self.arrived_at,
+                          held_by_dialplan=self.held_by_dialplan)
+
+
 TicketOp = (OpenTicket | AnswerTicket | CloseTicket | SetSeat | Reclassify | AddTransfer
-            | RequestCallback | RecordCallback | AddNote)
+            | RequestCallback | RecordCallback | AddNote | RecordUnseenCall)
 TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat, Reclassify, AddTransfer,
-                     RequestCallback, RecordCallback, AddNote)
+                     RequestCallback, RecordCallback, AddNote, RecordUnseenCall)
 
 
 def duration_between(start: datetime, end: datetime) -> float:

@@ -25,7 +25,7 @@ from .models import TICKET_OPS, TicketOp
 log = logging.getLogger("callrouter.tickets")
 
 _OPS: Final = {cls.__name__: cls for cls in TICKET_OPS}
-_TIME_FIELDS: Final = frozenset(("at", "arrived_at"))
+_TIME_FIELDS: Final = frozenset(("at", "arrived_at", "ended_at", "answered_at"))
 
 
 def op_to_json(op: TicketOp) -> dict[str, Any]:
@@ -44,7 +44,8 @@ def op_from_json(data: dict[str, Any]) -> TicketOp:
     if cls is None:
         raise ValueError(f"not a ticket op: {data!r}")
     for name in _TIME_FIELDS & values.keys():
-        values[name] = datetime.fromisoformat(values[name])
+        if values[name] is not None:
+            values[name] = datetime.fromisoformat(values[name])
     op: TicketOp = cls(**values)  # the op's __post_init__ validates the rest
     return op
 
@@ -84,7 +85,11 @@ class Spool:
         data = "".join(json.dumps(op_to_json(op), ensure_ascii=False) + "\n" for op in ops)
         created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab") as f:
+        # caller numbers inside: the engine's user only, from the first byte
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if not created:
+            os.fchmod(fd, 0o600)  # a spool made by an older version
+        with os.fdopen(fd, "ab") as f:
             f.write(data.encode())
             f.flush()
             os.fsync(f.fileno())

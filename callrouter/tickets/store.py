@@ -8,6 +8,7 @@ Blocking by design: the engine never calls it on the event loop. Writes go throu
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from .models import (
     OutboxEvent,
     Reclassify,
     RecordCallback,
+    RecordUnseenCall,
     RequestCallback,
     SetSeat,
     Ticket,
@@ -89,7 +91,7 @@ class TicketStore:
                 kwargs["connect_args"] = {"check_same_thread": False}
             else:
                 if not database.startswith("file:"):
-                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                    _private_sqlite_file(Path(database).expanduser())
                 kwargs["connect_args"] = {"timeout": sqlite_busy_timeout_s}
         else:
             # after a database restart the pool holds dead connections: test before use
@@ -165,16 +167,25 @@ class TicketStore:
                 session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
             tickets = self._load(session, {op.id for op in ops})
             channel_owner = self._channel_owners(
-                session, {op.channel_id for op in ops if isinstance(op, OpenTicket)})
+                session, {op.channel_id for op in ops if isinstance(op, (OpenTicket, RecordUnseenCall))})
+            unseen = {op.channel_id for op in ops if isinstance(op, RecordUnseenCall)}
+            if unseen:
+                # a call Asterisk recorded may have a ticket under another id (opened by the
+                # engine): it is found by its channel
+                tickets.update(self._load(session, {channel_owner[c] for c in unseen if c in channel_owner}
+                                          - tickets.keys()))
             new: list[Ticket] = []
             events: list[TicketEvent] = []
             outbox: list[OutboxEvent] = []
             for op in ops:
                 for change in _apply_one(op, tickets, channel_owner, new, now):
-                    events.append(TicketEvent(ticket_id=op.id, at=change.at, kind=change.kind,
+                    # the changed ticket's id: a RecordUnseenCall may close a ticket the
+                    # engine opened under another id
+                    ticket_id = str(change.ticket["id"])
+                    events.append(TicketEvent(ticket_id=ticket_id, at=change.at, kind=change.kind,
                                               data=change.data))
                     outbox.append(OutboxEvent(
-                        event_id=uuid.uuid4().hex, ticket_id=op.id, kind=change.outbox_kind,
+                        event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
                         at=change.at, created_at=now, payload=change.ticket))
             session.add_all(new)
             # tickets first, so the events' foreign keys find them
@@ -437,6 +448,9 @@ def _iso(value: datetime) -> str:
 def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str, str],
                new: list[Ticket], now: datetime) -> list[_Change]:
     """Change the loaded ``tickets`` for one op; the changes to record (none for a no-op)."""
+    if isinstance(op, RecordUnseenCall):
+        return _record_unseen(op, tickets, channel_owner, new, now)
+
     if isinstance(op, OpenTicket):
         existing = tickets.get(op.id)
         if existing is not None:
@@ -460,7 +474,7 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
             seat_answered_at=None, ended_at=None, outcome=None, duration_s=None,
             updated_at=now, reclassified_at=None, transfers=[], callback_requested=False,
             callback_requested_at=None, callback_at=None, callback_seat=None,
-            callback_outcome=None, callback_attempts=0)
+            callback_outcome=None, callback_attempts=0, held_by_dialplan=op.held_by_dialplan)
         tickets[op.id] = opened
         channel_owner[op.channel_id] = op.id
         new.append(opened)
@@ -557,6 +571,26 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
     raise TypeError(f"not a ticket op: {op!r}")
 
 
+def _record_unseen(op: RecordUnseenCall, tickets: dict[str, Ticket], channel_owner: dict[str, str],
+                   new: list[Ticket], now: datetime) -> list[_Change]:
+    """Open (if the channel has no ticket) and close a call Asterisk recorded."""
+    changes: list[_Change] = []
+    owner = channel_owner.get(op.channel_id)
+    if owner is None:
+        changes += _apply_one(op.opening(), tickets, channel_owner, new, now)
+        owner = op.id
+    ticket = tickets.get(owner)
+    if ticket is None or ticket.ended_at is not None:
+        return changes  # already closed: by the engine, or by an earlier import
+    if op.answered_at is not None and ticket.answered_at is None:
+        changes += _apply_one(AnswerTicket(id=owner, at=op.answered_at), tickets, channel_owner, new, now)
+    # a seat answered: the engine saw the call talking; else the caller left waiting
+    outcome = "completed" if ticket.seat_answered_at is not None else "abandoned"
+    changes += _apply_one(CloseTicket(id=owner, at=max(utc(op.ended_at), utc(ticket.arrived_at)), outcome=outcome),
+                          tickets, channel_owner, new, now)
+    return changes
+
+
 def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[_Change]:
     ticket.callback_requested = True
     ticket.callback_requested_at = at
@@ -568,12 +602,27 @@ def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[_Chan
 _OPENED_FIELDS: Final = frozenset((
     "id", "dialled", "number", "caller", "caller_name", "line", "category", "department",
     "priority", "listed", "channel_id", "arrived_at", "answered_at", "seat",
-    "seat_answered_at", "ended_at", "outcome", "duration_s"))
+    "seat_answered_at", "ended_at", "outcome", "duration_s", "held_by_dialplan"))
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield items[start:start + _IN_CHUNK]
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file 0600 (callers' numbers inside) or make an existing one so.
+
+    SQLite gives its -wal and -shm files the database file's mode.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:

@@ -1,0 +1,346 @@
+"""Trunk calls the engine never saw: tickets from Asterisk's own record of every channel.
+
+A caller held by the dialplan while the engine is away (answer, music, retry Stasis) who
+hangs up before it returns never reaches the engine; a ``kill -9`` can lose the ticket
+ops of a short call still lingering in the writer. Asterisk writes a channel event log
+(CEL, ``asterisk-conf/cel.conf``, ``cel_custom.conf``): one JSON object a line per
+channel start, answer, hold round (``MusicOnHold``) and end, to a local file under its
+log directory. A local file, not the ticket database, because it keeps recording while
+the database is down and needs no credentials in Asterisk.
+
+The importer runs at every (re)connect (from ``reconcile``) and every ``interval_s``:
+
+- it renames the file to ``<name>.importing`` (Asterisk opens the file for every record,
+  so its next record starts a new file) and reads that, so the file never holds more than
+  one interval of events and nothing is read twice; an ``.importing`` file left by a
+  crash is read first;
+- only trunk channels count: a channel whose start was in context ``from-trunk``
+  (never seat legs, feature codes, announcers);
+- channels started and not yet ended are kept in a small state file
+  (``<home>/cel-import.json``, 0600) until their end comes; a kept channel that Asterisk
+  no longer holds at two imports in a row (Asterisk restarted) is recorded as ended then;
+- each ended trunk call not live in the engine becomes a ``RecordUnseenCall``: the
+  ticket id derives from arrival and channel like the engine's own, and the store
+  matches by channel, so importing twice, or a call the engine saw, never makes a second
+  ticket; a ticket the engine opened but never closed is closed;
+- a call that ended less than ``grace_s`` ago waits for the next import: the engine may
+  still be handling its hang-up;
+- the file is deleted only once the writer has written the ops (or spooled them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from callrouter.ari import AriError
+from callrouter.calls.service import CallService
+from callrouter.numberplan import NumberPlan
+from callrouter.tickets import RecordUnseenCall, TicketWriter, ticket_id_for_channel
+
+log = logging.getLogger("callrouter.calls")
+
+# where asterisk-conf/cel_custom.conf has Asterisk write, under its log directory
+CEL_FILE = "cel-custom/callrouter.json"
+TRUNK_CONTEXT = "from-trunk"
+HOLD_APP = "musiconhold"
+_FIELD_MAX = 256  # caller-controlled fields are capped before anything else sees them
+
+
+@dataclass(frozen=True)
+class CelEvent:
+    kind: str  # CHAN_START | ANSWER | APP_START | CHAN_END
+    at: float  # epoch seconds
+    uniqueid: str
+    context: str
+    exten: str
+    app: str
+    caller: str
+    caller_name: str
+
+
+@dataclass
+class TrunkCall:
+    """What the record says of one trunk channel so far (epoch seconds)."""
+
+    uniqueid: str
+    started: float
+    dialled: str
+    caller: str
+    caller_name: str
+    answered: float | None = None
+    held_rounds: int = 0
+    ended: float | None = None
+    missing: int = 0  # imports at which Asterisk no longer held it and no end was read
+
+
+def parse_line(line: str) -> CelEvent | None:
+    """One record of the JSON CEL file; None if it is not one (logged by the caller)."""
+    try:
+        data = json.loads(line, strict=False)  # control characters a caller put in their name
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        at = float(data.get("eventtime") or "")
+    except (TypeError, ValueError):
+        return None
+
+    def text(name: str) -> str:
+        value = data.get(name)
+        return value[:_FIELD_MAX] if isinstance(value, str) else ""
+
+    kind, uniqueid = text("eventtype"), text("uniqueid")
+    if not kind or not uniqueid:
+        return None
+    return CelEvent(kind=kind, at=at, uniqueid=uniqueid, context=text("context"), exten=text("exten"),
+                    app=text("appname"), caller=text("num"), caller_name=text("name"))
+
+
+def parse_records(text: str) -> tuple[list[CelEvent], int]:
+    """Every record in ``text`` and how many lines were unreadable.
+
+    A caller's name may carry a line break into the file; such a record is read across
+    the break (up to three lines) before being given up.
+    """
+    events: list[CelEvent] = []
+    bad = 0
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        for span in (1, 2, 3):
+            event = parse_line("\n".join(lines[i:i + span]))
+            if event is not None:
+                events.append(event)
+                i += span
+                break
+        else:
+            bad += 1
+            i += 1
+    return events, bad
+
+
+def fold(events: Iterable[CelEvent], calls: dict[str, TrunkCall]) -> None:
+    """Apply ``events`` (in file order) to the trunk calls being followed, in place.
+
+    A channel is followed from its CHAN_START in the trunk's context; events of other
+    channels are ignored.
+    """
+    for ev in events:
+        if ev.kind == "CHAN_START":
+            if ev.context == TRUNK_CONTEXT and ev.uniqueid not in calls:
+                calls[ev.uniqueid] = TrunkCall(uniqueid=ev.uniqueid, started=ev.at, dialled=ev.exten,
+                                               caller=ev.caller, caller_name=ev.caller_name)
+            continue
+        call = calls.get(ev.uniqueid)
+        if call is None:
+            continue
+        if ev.kind == "ANSWER" and call.answered is None:
+            call.answered = ev.at
+        elif ev.kind == "APP_START" and ev.app.lower() == HOLD_APP:
+            call.held_rounds += 1
+        elif ev.kind == "CHAN_END":
+            call.ended = ev.at
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def unseen_op(call: TrunkCall, plan: NumberPlan) -> RecordUnseenCall:
+    """The ticket op for an ended trunk call, routed like the engine routes it."""
+    if call.ended is None:
+        raise ValueError(f"channel {call.uniqueid} has not ended")
+    route = plan.route(call.dialled)
+    arrived = _utc(call.started)
+    return RecordUnseenCall(
+        id=ticket_id_for_channel(arrived, call.uniqueid), dialled=call.dialled, number=route.number,
+        caller=call.caller, caller_name=call.caller_name, line=route.line, category=route.category,
+        department=route.department, priority=route.priority, listed=route.listed,
+        channel_id=call.uniqueid, arrived_at=arrived, ended_at=_utc(max(call.ended, call.started)),
+        answered_at=None if call.answered is None else _utc(call.answered),
+        held_by_dialplan=call.held_rounds > 0)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically, readable by the owner only (it holds caller numbers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class UnseenCallImporter:
+    """Reads Asterisk's CEL file into tickets for calls the engine did not close."""
+
+    def __init__(self, cel_file: Path, state_path: Path, plan: NumberPlan, writer: TicketWriter, *,
+                 grace_s: float = 5.0, drain_timeout_s: float = 10.0) -> None:
+        self.cel_file = cel_file
+        self.importing = cel_file.with_name(cel_file.name + ".importing")
+        self.state_path = state_path
+        self.plan = plan
+        self.writer = writer
+        self.grace_s = grace_s
+        self.drain_timeout_s = drain_timeout_s
+        self.calls: dict[str, TrunkCall] = self._load_state()
+        self.counters = {"imports": 0, "recorded": 0, "unreadable": 0}
+        # calls this engine closed itself since the last import: no record needed
+        self.closed_here: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    # --- the state file: trunk calls started, not yet ended or not yet recorded -------
+    def _load_state(self) -> dict[str, TrunkCall]:
+        try:
+            raw = json.loads(self.state_path.read_text())
+            return {c["uniqueid"]: TrunkCall(**c) for c in raw.get("calls", [])}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("event=cel_state_unreadable path=%s error=%r: starting empty", self.state_path, exc)
+            return {}
+
+    def _save_state(self) -> None:
+        data: dict[str, Any] = {"calls": [asdict(c) for c in self.calls.values()]}
+        _write_private(self.state_path, json.dumps(data, ensure_ascii=False))
+
+    # --- one import -------------------------------------------------------------------
+    def _take_file(self) -> str:
+        """The text of the file to import now (rotating the live file if none is left)."""
+        if not self.importing.exists():
+            try:
+                os.replace(self.cel_file, self.importing)
+            except FileNotFoundError:
+                return ""
+        return self.importing.read_text(errors="replace")
+
+    def on_event(self, kind: str, data: dict[str, Any]) -> None:
+        """A ``CallService`` listener: calls this engine closed need no record from here."""
+        if kind == "call_ended" and isinstance(data.get("call_id"), str):
+            if len(self.closed_here) > 100_000:
+                self.closed_here.clear()  # no CEL file read for a long while: forget, stay bounded
+            self.closed_here.add(data["call_id"])
+
+    async def run_once(self, *, live: set[str] | None, engine_calls: set[str], now: float) -> int:
+        """Import what the file holds; returns how many calls were recorded.
+
+        ``live``: channels Asterisk holds now (None if it could not be asked: nothing is
+        then taken as ended without its record); ``engine_calls``: channels the engine
+        tracks now (it closes their tickets itself).
+        """
+        async with self._lock:
+            return await self._run_once(live, engine_calls, now)
+
+    async def _run_once(self, live: set[str] | None, engine_calls: set[str], now: float) -> int:
+        text = await asyncio.to_thread(self._take_file)
+        events, bad = parse_records(text)
+        if bad:
+            self.counters["unreadable"] += bad
+            log.warning("event=cel_records_unreadable file=%s lines=%d", self.importing, bad)
+        fold(events, self.calls)
+        ops: list[RecordUnseenCall] = []
+        done: list[str] = []
+        for call in list(self.calls.values()):
+            if call.uniqueid in engine_calls:
+                call.missing = 0
+                continue
+            if call.ended is None:
+                if live is None or call.uniqueid in live:
+                    call.missing = 0
+                    continue
+                # Asterisk no longer holds it and no end was read: the end may sit in the
+                # file started since the rotation; if not by the next import, Asterisk
+                # restarted without writing one
+                call.missing += 1
+                if call.missing < 2:
+                    continue
+                call.ended = now
+                log.warning("event=cel_call_without_end channel=%s: recorded as ended now", call.uniqueid)
+            if now - call.ended < self.grace_s:
+                continue  # the engine may still be handling this hang-up
+            done.append(call.uniqueid)
+            if call.uniqueid in self.closed_here:
+                continue  # this engine closed it
+            try:
+                ops.append(unseen_op(call, self.plan))
+            except ValueError as exc:
+                log.warning("event=cel_call_not_recorded channel=%s error=%s", call.uniqueid, exc)
+        for op in ops:
+            self.writer.submit(op)
+            log.info("event=unseen_call_recorded ticket=%s channel=%s held_by_dialplan=%s wait_s=%.1f",
+                     op.id, op.channel_id, op.held_by_dialplan, (op.ended_at - op.arrived_at).total_seconds())
+        if ops and not await self.writer.drain(self.drain_timeout_s):
+            # not written yet (database away): keep the file and the calls; the next
+            # import submits them again (the store ignores repeats)
+            log.warning("event=cel_import_not_drained pending=%d", self.writer.pending)
+            return len(ops)
+        for uniqueid in done:
+            self.calls.pop(uniqueid, None)
+            self.closed_here.discard(uniqueid)
+        await asyncio.to_thread(self._commit)
+        self.counters["imports"] += 1
+        self.counters["recorded"] += len(ops)
+        return len(ops)
+
+    async def import_now(self, service: CallService) -> int:
+        """One import against the engine's live view (channels Asterisk holds, calls tracked)."""
+        live: set[str] | None
+        try:
+            live = {c.id for c in await service.ari.list_channels()}
+        except AriError as exc:
+            log.warning("event=cel_import_no_channel_list error=%s", exc)
+            live = None
+        return await self.run_once(live=live, engine_calls=set(service.calls), now=time.time())
+
+    def after_reconcile(self, service: CallService) -> None:
+        """At every (re)connect, once the engine has adopted what Asterisk holds: import in
+        the background (the database may be slow or away; events must keep flowing)."""
+        self._spawn(service)
+
+    def _spawn(self, service: CallService) -> None:
+        async def once() -> None:
+            try:
+                await self.import_now(service)
+            except (OSError, ValueError) as exc:
+                log.warning("event=cel_import_failed file=%s error=%r", self.cel_file, exc)
+        service.tasks.spawn(once(), name="unseen-calls-import")
+
+    def metrics_text(self) -> str:
+        return "\n".join([
+            ("# HELP callrouter_unseen_calls_recorded_total Trunk calls recorded from Asterisk's CEL "
+            "file (callers the engine never saw, or whose ticket a killed engine never closed)."),
+            "# TYPE callrouter_unseen_calls_recorded_total counter",
+            f"callrouter_unseen_calls_recorded_total {self.counters['recorded']}",
+            "# HELP callrouter_cel_unreadable_lines_total Lines of the CEL file that could not be read.",
+            "# TYPE callrouter_cel_unreadable_lines_total counter",
+            f"callrouter_cel_unreadable_lines_total {self.counters['unreadable']}"]) + "\n"
+
+    async def run(self, service: CallService, interval_s: float) -> None:
+        """Import every ``interval_s`` until cancelled (a task the engine owns)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.import_now(service)
+            except (OSError, ValueError) as exc:
+                log.warning("event=cel_import_failed file=%s error=%r", self.cel_file, exc)
+
+    def _commit(self) -> None:
+        self._save_state()
+        try:
+            self.importing.unlink()
+        except FileNotFoundError:
+            pass
