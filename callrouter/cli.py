@@ -166,8 +166,10 @@ def _tickets_consume(args: argparse.Namespace, settings: Settings) -> int:
 # ------------------------------------------------------------------ run
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.calls.engine import run_engine
+    from callrouter.shutdown import run_bounded
 
-    asyncio.run(run_engine(settings))
+    # not asyncio.run: its exit waits without limit for worker threads (a hung database call)
+    run_bounded(run_engine(settings))
     return 0
 
 

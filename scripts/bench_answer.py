@@ -18,7 +18,6 @@ import dataclasses
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from callrouter.config import load_settings
 from callrouter.provision import asterisk as prov
+from callrouter.sim.processes import end_process
 from callrouter.sim.trunk import CallSpec, percentile, run_calls, storm_specs
 
 BENCH_IP = "127.0.0.3"
@@ -94,8 +94,8 @@ def main() -> int:
                 print(rows[-1], file=sys.stderr)
                 time.sleep(args.hold + 2)
     finally:
-        engine.send_signal(signal.SIGTERM)
-        engine.wait(timeout=30)
+        if end_process(engine, wait_s=15.0).killed:
+            print("the engine outlived SIGTERM by 15 s: killed", file=sys.stderr)
 
     lines += ["| `asterisk up` | seconds |", "|---|---:|"]
     lines += [f"| {name} | {secs:.2f} |" for name, secs in up_rows]

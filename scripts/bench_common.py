@@ -6,6 +6,7 @@ port (as tests/e2e does), CPU/RSS sampling from /proc, and the machine line.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -13,7 +14,6 @@ import os
 import platform
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from callrouter.config import Settings
+from callrouter.sim.processes import end_process, wait_port_free
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SEATS_110 = [f"s110-{i:02d}" for i in range(1, 11)]
@@ -143,6 +144,12 @@ class BenchEngine:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        host, port = self.settings.api_bind, self.settings.api_port
+        if not wait_port_free(host, port, 5.0):
+            raise SystemExit(f"API port {host}:{port} is taken (an engine left running?): not starting another")
+        # ended whatever happens next (an exception before the caller's try, a seat that
+        # fails to bind): never an engine left running after the benchmark
+        atexit.register(self.stop)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "callrouter.cli", "run"], stdout=log,
                                          stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp)
@@ -184,13 +191,15 @@ class BenchEngine:
         return body
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM; SIGKILL if the engine outlives 15 s (reported); then its port must be free."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        ended = end_process(self.proc, wait_s=15.0)
+        if ended.killed:
+            print(f"engine pid {self.proc.pid} outlived SIGTERM by 15 s: killed (log {self.log_path})", file=sys.stderr)
+        if not wait_port_free(self.settings.api_bind, self.settings.api_port, 5.0):
+            print(f"API port {self.settings.api_bind}:{self.settings.api_port} still taken after the engine ended",
+                  file=sys.stderr)
 
 
 def pct(values: list[float], p: float) -> float | None:

@@ -78,9 +78,10 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-queue-cr-"))
     engine = BenchEngine(settings, tmp)
     engine.env["CALLROUTER_LINES"] = str(lines)
-    engine.start()
-    seats = start_seats(engine.settings, seat_specs(args), seed=args.seed)
+    seats = None
     try:
+        engine.start()
+        seats = start_seats(engine.settings, seat_specs(args), seed=args.seed)
         engine.login(*SEATS_110, *SEATS_96345, *POOL)
         eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
         t0 = time.monotonic()
@@ -89,7 +90,8 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
         cpu = (eng.percent(), ast.percent())
         time.sleep(3)  # the last tickets are written
     finally:
-        seats.stop()
+        if seats is not None:
+            seats.stop()
         engine.stop()
     store = TicketStore(engine.db_url)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,11 +26,9 @@ from callrouter.calls.recovery import reconcile
 from callrouter.calls.service import CallService
 from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
-from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
-from callrouter.provision.asterisk import log_dir_on_host
-from callrouter.security_events import SecurityEvents
+from callrouter.shutdown import Signals, Watchdog, step
 from callrouter.tickets import TicketStore, TicketWriter
 from callrouter.tickets.relay import OutboxRelay, stream_name
 
@@ -78,9 +75,64 @@ async def _saver(service: CallService, state: StateStore, idle_every_s: float = 
             log.warning("event=state_save_failed error=%r", exc)
 
 
+def _pending(service: CallService | None) -> str:
+    if service is None:
+        return "starting"
+    return (f"live_calls={len(service.calls)},tickets={service.writer.pending},call_tasks={len(service.tasks)},"
+            f"holding_bridges={service.holding.count()}")
+
+
+async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], keep_running: set[str],
+                        runner: web.AppRunner, state: StateStore, writer: TicketWriter, relay: OutboxRelay,
+                        ari: AriClient, store: TicketStore, watchdog: Watchdog) -> None:
+    """Each step within its own timeout and the overall budget; what one abandons is logged
+    and the next runs. Callers stay in Asterisk; unwritten tickets stay in the spool (or
+    the outbox) for the next engine."""
+    def budget(own: float) -> float:
+        return max(0.1, min(own, watchdog.remaining()))
+
+    loops = [t for t in tasks if t.get_name() not in keep_running]
+    for task in loops:
+        task.cancel()
+    await step("loops", asyncio.gather(*loops, return_exceptions=True), budget(1.0),
+               lambda: ",".join(t.get_name() for t in loops if not t.done()))
+    await step("api", runner.cleanup(), budget(1.5), lambda: f"connections={len(runner.server.connections) if runner.server else 0}")
+    await step("call_tasks", service.tasks.shutdown(timeout=budget(1.0)), budget(1.5),
+               lambda: f"tasks={len(service.tasks)}")
+    await step("state_save", state.save(_state(service)), budget(1.0), lambda: f"live_calls={len(service.calls)}")
+    await step("state_close", state.close(), budget(0.5))
+
+    async def close_writer() -> None:
+        if not await writer.close(timeout=budget(2.0)):
+            log.error("event=tickets_not_drained pending=%d", writer.pending)
+    if not await step("ticket_writer", close_writer(), budget(2.5), lambda: f"tickets={writer.pending}"):
+        try:
+            log.warning("event=tickets_spooled_at_shutdown ops=%d", writer.keep_unwritten())
+        except OSError as exc:
+            log.error("event=tickets_lost_at_shutdown pending=%d error=%r", writer.pending, exc)
+    # the last changes go out now if Redis lets them; else the next engine's relay sends them
+    await step("relay_drain", relay.drain(timeout=budget(1.0)), budget(1.5), lambda: "outbox rows stay for the next relay")
+    await step("relay_close", relay.close(), budget(1.0))
+    keep = [t for t in tasks if t.get_name() in keep_running]
+    if not await step("keep_running", asyncio.gather(*keep, return_exceptions=True), budget(0.5),
+                      lambda: ",".join(t.get_name() for t in keep if not t.done())):
+        for task in keep:
+            task.cancel()
+    await step("ari_close", ari.close(), budget(0.5))
+    await step("store_close", asyncio.to_thread(store.close), budget(0.5))
+
+
 async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                      on_ready: Ready | None = None, handle_signals: bool = True) -> CallService:
     stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # signals first: a database or Redis that hangs at start must not make SIGTERM wait;
+    # the watchdog ends the process after the first signal, however stuck it is
+    watchdog = Watchdog()
+    signals = Signals(loop, stop, watchdog, lambda: _pending(service))
+    service: CallService | None = None
+    if handle_signals:
+        signals.install()
     plan = load_plan(settings.numberplan_path)
     lines = load_lines(settings.lines_path)
     store = TicketStore(settings.database_url)
@@ -95,43 +147,26 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                           on_written=relay.wake)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
     acd = restore_acd(lines, await state.load())
-    loop = asyncio.get_running_loop()
-    if handle_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
     log.info("event=engine_starting plan=%s entries=%d lines=%s db=%s ari=%s api=%s:%d", plan.source,
              len(plan.entries), ",".join(lines.line_ids), store, settings.ari_url, settings.api_bind, settings.api_port)
     ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, acd)
-    # trunk calls the engine never saw (held by the dialplan while it was away), from
-    # Asterisk's CEL file; Asterisk's security events for /metrics
-    asterisk_logs = await asyncio.to_thread(log_dir_on_host, settings)
-    unseen = UnseenCallImporter(asterisk_logs / CEL_FILE, settings.cel_state_path, plan, writer)
-    service.listeners.append(unseen.on_event)
-    security = SecurityEvents(asterisk_logs / "security.log")
-
-    async def connected() -> None:
-        await reconcile(service)
-        unseen.after_reconcile(service)
-    runner = web.AppRunner(build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
+    # an open event-feed WebSocket would hold aiohttp's shutdown for 60 s by default
+    runner = web.AppRunner(shutdown_timeout=1.0, app=build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                                         settings.lines_path,
                                         settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
-                                        relay_status=relay.metrics,
-                                        extra_metrics=lambda: security.metrics_text() + unseen.metrics_text()),
-                           access_log=None)
+                                        relay_status=relay.metrics), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
-        asyncio.create_task(ari.run_events(StasisRouter(service), connected), name="ari-events"),
+        asyncio.create_task(ari.run_events(StasisRouter(service), lambda: reconcile(service)), name="ari-events"),
         asyncio.create_task(_ticker(service), name="acd-tick"),
         asyncio.create_task(_saver(service, state), name="state-saver"),
         asyncio.create_task(relay.run(), name="outbox-relay"),
-        asyncio.create_task(unseen.run(service, max(1, settings.cel_import_s)), name="unseen-calls"),
-        asyncio.create_task(security.run(), name="security-log"),
     }
     keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()
@@ -148,27 +183,10 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     finally:
         log.info("event=engine_stopping live_calls=%d pending_tickets=%d uptime_s=%.0f", len(service.calls),
                  writer.pending, time.monotonic() - started)
-        for task in tasks:
-            if task.get_name() not in keep_running:
-                task.cancel()
-        await asyncio.gather(*[t for t in tasks if t.get_name() not in keep_running], return_exceptions=True)
-        await runner.cleanup()
-        await service.tasks.shutdown(timeout=3.0)
-        try:
-            await state.save(_state(service))
-        except OSError as exc:
-            log.warning("event=state_save_failed error=%r", exc)
-        await state.close()
-        if not await writer.close(timeout=10.0):
-            log.error("event=tickets_not_drained pending=%d", writer.pending)
-        # the last changes go out now if Redis lets them; else the next engine's relay sends them
-        await relay.drain(timeout=2.0)
-        await relay.close()
-        await asyncio.gather(*[t for t in tasks if t.get_name() in keep_running], return_exceptions=True)
-        await ari.close()
-        await asyncio.to_thread(store.close)
         if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        log.info("event=engine_stopped")
+            watchdog.arm(lambda: _pending(service))  # a task died: stopping all the same, bounded
+        await _stop_bounded(service, tasks, keep_running, runner, state, writer, relay, ari, store, watchdog)
+        if handle_signals:
+            signals.remove()
+        log.info("event=engine_stopped took_s=%.2f", time.monotonic() - (watchdog.armed_at or time.monotonic()))
     return service

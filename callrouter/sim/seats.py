@@ -45,7 +45,7 @@ from types import FrameType
 from typing import IO, Any, Literal, Self, get_args
 
 from callrouter.config import Settings
-from callrouter.sim.trunk import SimError, free_udp_port, scenario_path, sipp_binary
+from callrouter.sim.trunk import SimError, bind_failed, free_media_port, free_udp_port, scenario_path, sipp_binary
 
 REGISTER_SCENARIO = "seat-register.xml"
 ANSWER_SCENARIO = "seat-answer.xml"
@@ -302,9 +302,9 @@ class _SeatBase:
                 # -bind_local: SIP on local_ip only; -ci: SIPp's UDP control socket (8888+)
                 # too, it would listen on every address otherwise
                 "-i", self.local_ip, "-p", str(self.port), "-bind_local", "-ci", self.local_ip,
-                # a media port of its own: SIPp's default (6000 and up) races between seats
-                # started together ("Address already in use")
-                "-mp", str(free_udp_port(self.local_ip)),
+                # media ports of its own (-mp and the three after it, bind-tested): SIPp's
+                # default (6000 and up) races between seats started together
+                "-mp", str(free_media_port(self.local_ip)),
                 "-t", "u1", "-nostdin",
                 "-trace_logs", "-log_file", str(self.workdir / log_name),
                 "-trace_err", "-error_file", str(self.workdir / err_name)]
@@ -590,8 +590,18 @@ def start_seats(settings: Settings, specs: Sequence[SeatSpec], *, expires_s: int
         for s in seats:
             s.launch()
         deadline = time.monotonic() + timeout
-        for s in seats:
-            s.wait_registered(max(0.1, deadline - time.monotonic()))
+        for i, s in enumerate(seats):
+            for attempt in range(3):
+                try:
+                    s.wait_registered(max(0.1, deadline - time.monotonic()))
+                    break
+                except SimError as exc:
+                    # a port taken between our bind test and SIPp's bind: again, new ports
+                    if attempt == 2 or not bind_failed(str(exc)):
+                        raise
+                    s = seats[i] = SeatSim(settings, s.spec, local_ip=local_ip, target=target, expires_s=expires_s,
+                                           seed=_seed_for(seed, i), keep_logs=keep_logs)
+                    s.launch()
     except BaseException:
         group.stop()
         raise

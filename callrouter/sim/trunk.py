@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,10 +99,60 @@ def scenario_path(settings: Settings, name: str = SCENARIO) -> Path:
     return path
 
 
+# ports this process handed out lately: a SIPp started a moment ago may not have bound
+# them yet, so a bind test alone would hand them out twice
+_HANDED_OUT: dict[tuple[str, int], float] = {}
+_HANDED_LOCK = threading.Lock()
+HANDED_OUT_S = 120.0
+# SIPp's media: audio RTP on -mp, RTCP +1, video RTP +2 (and +3): all must be free
+SIPP_MEDIA_PORTS = 4
+
+
+def free_udp_ports(host: str, count: int = 1, *, align: int = 1, attempts: int = 200) -> int:
+    """The first of ``count`` consecutive UDP ports on ``host``, each bind-tested free now
+    (all held at once while testing) and not handed out by this process in the last two
+    minutes. The kernel proposes the first (its ephemeral range)."""
+    now = time.monotonic()
+    with _HANDED_LOCK:
+        for key in [k for k, at in _HANDED_OUT.items() if now - at > HANDED_OUT_S]:
+            del _HANDED_OUT[key]
+        for _ in range(attempts):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind((host, 0))
+                base = int(probe.getsockname()[1])
+            base -= base % align
+            ports = range(base, base + count)
+            if ports[-1] > 65535 or any((host, p) in _HANDED_OUT for p in ports):
+                continue
+            held: list[socket.socket] = []
+            try:
+                for port in ports:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    held.append(s)
+                    s.bind((host, port))
+            except OSError:
+                continue
+            finally:
+                for s in held:
+                    s.close()
+            for port in ports:
+                _HANDED_OUT[(host, port)] = now
+            return base
+    raise SimError(f"no {count} free consecutive UDP ports on {host} after {attempts} tries")
+
+
 def free_udp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_udp_ports(host, 1)
+
+
+def free_media_port(host: str) -> int:
+    """A base for SIPp's ``-mp``: it binds this port and the next three."""
+    return free_udp_ports(host, SIPP_MEDIA_PORTS, align=2)
+
+
+def bind_failed(text: str) -> bool:
+    """Did SIPp fail because a port it wanted was taken meanwhile (a race: retry)?"""
+    return "errno = 98" in text or "Address already in use" in text
 
 
 def sipp_binary() -> str:
@@ -140,17 +191,24 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                 name = (spec.caller_name or spec.caller).replace(";", "").replace('"', "")
                 w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms, name])
         logs, errs = tmp / "results.log", tmp / "errors.log"
-        cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
-               # -r calls per -rp ms: calls per 1000 s, so fractional rates work
-               "-m", str(len(specs)), "-r", str(max(1, int(rate * 1000))), "-rp", "1000000",
-               "-l", str(max_concurrent), "-i", local_ip, "-bind_local", "-ci", local_ip, "-p", str(free_udp_port(local_ip)),
-               "-mp", str(free_udp_port(local_ip)), "-t", "u1", "-nostdin",
-               "-trace_logs", "-log_file", str(logs), "-trace_err", "-error_file", str(errs),
-               "-trace_rtt", "-rtt_freq", "1", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
-               "-max_recv_loops", "10000", "-aa"]
-        started = time.monotonic()
-        proc = subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
-                              timeout=timeout_s + 30)
+        for attempt in range(3):
+            cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
+                   # -r calls per -rp ms: calls per 1000 s, so fractional rates work
+                   "-m", str(len(specs)), "-r", str(max(1, int(rate * 1000))), "-rp", "1000000",
+                   "-l", str(max_concurrent), "-i", local_ip, "-bind_local", "-ci", local_ip,
+                   "-p", str(free_udp_port(local_ip)), "-mp", str(free_media_port(local_ip)), "-t", "u1", "-nostdin",
+                   "-trace_logs", "-log_file", str(logs), "-trace_err", "-error_file", str(errs),
+                   "-trace_rtt", "-rtt_freq", "1", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+                   "-max_recv_loops", "10000", "-aa"]
+            started = time.monotonic()
+            proc = subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  check=False, timeout=timeout_s + 30)
+            # a port taken between the bind test and SIPp's bind (another process): new ports
+            bind_race = proc.returncode != 0 and not logs.exists() and bind_failed(
+                proc.stderr + (errs.read_text(errors="replace") if errs.exists() else ""))
+            if not bind_race or attempt == 2:
+                break
+            errs.unlink(missing_ok=True)
         elapsed = time.monotonic() - started
         outcomes: dict[int, str] = {}
         if logs.exists():

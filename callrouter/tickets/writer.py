@@ -310,6 +310,25 @@ class TicketWriter:
             return False
         return True
 
+    def keep_unwritten(self) -> int:
+        """Shutdown gave up waiting (a database that hangs): put the ops not yet written
+        (the stuck batch and the queue) in the spool file now, synchronously, so the next
+        writer writes them. Every op is idempotent: a stuck batch that commits after all
+        is harmless when replayed. Returns how many ops were kept (0 without a spool)."""
+        if self._spool is None:
+            return 0
+        batch = list(self._inflight)
+        while True:
+            try:
+                op = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if op is not None:
+                batch.append(op)
+        if batch:
+            self._spool.append(batch)
+        return len(batch)
+
     async def close(self, timeout: float | None = None) -> bool:
         """Drain (up to ``timeout``), then stop ``run()``. True if nothing is left unwritten.
 

@@ -99,3 +99,27 @@ def test_unlisted_samples_route_as_unlisted() -> None:
     # the storm's "unlisted" calls must really be numbers the plan does not know
     plan = load_plan(REPO / "queues" / "numberplan.csv")
     assert [n for n in UNLISTED_SAMPLES if plan.route(n).listed] == []
+
+
+def test_free_media_ports_are_free_aligned_and_never_handed_out_twice() -> None:
+    import socket
+
+    from callrouter.sim.trunk import SIPP_MEDIA_PORTS, bind_failed, free_media_port, free_udp_port
+
+    bases = [free_media_port("127.0.0.1") for _ in range(20)]
+    ports = [b + i for b in bases for i in range(SIPP_MEDIA_PORTS)]
+    assert len(set(ports)) == len(ports), "no port handed out twice"
+    assert all(b % 2 == 0 for b in bases)
+    singles = {free_udp_port("127.0.0.1") for _ in range(20)}
+    assert not singles & set(ports)
+    held = []
+    try:
+        for port in ports:  # every port of every block binds
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(s)
+            s.bind(("127.0.0.1", port))
+    finally:
+        for s in held:
+            s.close()
+    assert bind_failed("Unable to bind video RTP socket (IP=127.0.0.1, port=57853), errno = 98 (Address already in use)")
+    assert not bind_failed("REGISTER timed out")
