@@ -26,8 +26,11 @@ from callrouter.calls.recovery import reconcile
 from callrouter.calls.service import CallService
 from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
+from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
+from callrouter.provision.asterisk import log_dir_on_host
+from callrouter.security_events import SecurityEvents
 from callrouter.shutdown import Signals, Watchdog, step
 from callrouter.tickets import TicketStore, TicketWriter
 from callrouter.tickets.relay import OutboxRelay, stream_name
@@ -153,20 +156,34 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, acd)
+    # trunk calls the engine never saw (held by the dialplan while it was away), from
+    # Asterisk's CEL file; Asterisk's security events for /metrics
+    asterisk_logs = await asyncio.to_thread(log_dir_on_host, settings)
+    unseen = UnseenCallImporter(asterisk_logs / CEL_FILE, settings.cel_state_path, plan, writer)
+    service.listeners.append(unseen.on_event)
+    security = SecurityEvents(asterisk_logs / "security.log")
+
+    async def connected() -> None:
+        await reconcile(service)
+        unseen.after_reconcile(service)
     # an open event-feed WebSocket would hold aiohttp's shutdown for 60 s by default
     runner = web.AppRunner(shutdown_timeout=1.0, app=build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                                         settings.lines_path,
                                         settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
-                                        relay_status=relay.metrics), access_log=None)
+                                        relay_status=relay.metrics,
+                                        extra_metrics=lambda: security.metrics_text() + unseen.metrics_text()),
+                           access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
-        asyncio.create_task(ari.run_events(StasisRouter(service), lambda: reconcile(service)), name="ari-events"),
+        asyncio.create_task(ari.run_events(StasisRouter(service), connected), name="ari-events"),
         asyncio.create_task(_ticker(service), name="acd-tick"),
         asyncio.create_task(_saver(service, state), name="state-saver"),
         asyncio.create_task(relay.run(), name="outbox-relay"),
+        asyncio.create_task(unseen.run(service, max(1, settings.cel_import_s)), name="unseen-calls"),
+        asyncio.create_task(security.run(), name="security-log"),
     }
     keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()

@@ -96,6 +96,15 @@ def fast_lines(src: Path, dest: Path, **values: float) -> Path:
     return dest
 
 
+def forget_cel_record(settings: Settings) -> None:
+    from callrouter.calls.unseen import CEL_FILE
+    from callrouter.provision.asterisk import log_dir_on_host
+
+    cel = log_dir_on_host(settings) / CEL_FILE
+    for path in (cel, cel.with_name(cel.name + ".importing")):
+        path.unlink(missing_ok=True)
+
+
 class EngineFactory:
     def __init__(self, settings: Settings, tmp: Path) -> None:
         self.settings = settings
@@ -109,7 +118,11 @@ class EngineFactory:
         # this test's own state: never resume another test's seats and callers
         self.env = {"CALLROUTER_DB_URL": self.db_url, "CALLROUTER_STATE_FILE": str(tmp / "state.json"),
                     "CALLROUTER_SPOOL_FILE": str(tmp / "tickets-spool.jsonl"),
-                    "CALLROUTER_REDIS_PREFIX": f"crtest-{secrets.token_hex(4)}"}
+                    "CALLROUTER_REDIS_PREFIX": f"crtest-{secrets.token_hex(4)}",
+                    "CALLROUTER_CEL_STATE_FILE": str(tmp / "cel-import.json")}
+        # Asterisk's record of earlier tests' calls would become tickets of this test's
+        # engine (it records trunk calls it never saw): start from an empty record
+        forget_cel_record(settings)
 
     def leaves(self, *, channels: int = 0, bridges: int = 0) -> None:
         """Declare what this test leaves in Asterisk on purpose, beyond each line's spare
