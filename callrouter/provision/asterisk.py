@@ -27,7 +27,7 @@ from callrouter.provision.render import AsteriskPaths, render_config
 
 log = logging.getLogger("callrouter.provision")
 
-HOST_PACKAGES = {"debootstrap": "debootstrap", "sipp": "sip-tester"}
+HOST_PACKAGES = {"debootstrap": "debootstrap", "sipp": "sip-tester", "svmap": "sipvicious"}
 CHROOT_PACKAGES = "asterisk,asterisk-modules,asterisk-core-sounds-en-gsm"
 
 

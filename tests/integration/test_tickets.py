@@ -18,6 +18,7 @@ from callrouter.tickets import (
     AnswerTicket,
     CloseTicket,
     OpenTicket,
+    RecordUnseenCall,
     SetSeat,
     Ticket,
     TicketOp,
@@ -246,7 +247,7 @@ async def test_writer_writes_everything_in_order(backend: str,
             at = T0 + timedelta(seconds=i)
             ops.extend(lifecycle(f"T-{i:05d}", at, line="110" if i % 3 else "96345"))
         # interleave the lifecycles so order across tickets matters too
-        ops.sort(key=lambda op: op.arrived_at if isinstance(op, OpenTicket) else op.at)
+        ops.sort(key=lambda op: op.arrived_at if isinstance(op, OpenTicket | RecordUnseenCall) else op.at)
         for op in ops:
             writer.submit(op)
         assert writer.pending == len(ops)
