@@ -59,6 +59,9 @@ class TrunkReport:
     elapsed_s: float
     sipp_exit: int
     errors: list[str] = field(default_factory=list)
+    # (SIPp's Date_ms column, INVITE->200 ms) per answered call, in file order: for
+    # percentiles over a part of a long run (the first and last minutes of a soak)
+    rtt_samples: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def answered(self) -> int:
@@ -219,12 +222,14 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                     # the last word wins: answered, then completed
                     outcomes[idx] = parts[4]
         rtts: list[float] = []
+        samples: list[tuple[float, float]] = []
         for f in tmp.glob("*_rtt.csv"):
             for row in f.read_text().splitlines()[1:]:
                 cols = row.split(";")
                 if len(cols) >= 3 and cols[1]:
                     try:
                         rtts.append(float(cols[1]))
+                        samples.append((float(cols[0] or "nan"), rtts[-1]))
                     except ValueError:
                         pass
         errors = errs.read_text(errors="replace").splitlines()[-50:] if errs.exists() else []
@@ -236,7 +241,8 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
         if outcome == "answered":
             outcome = "failed"  # answered but never completed: the call broke mid-way
         calls.append(CallResult(i, spec.number, spec.caller, outcome))
-    return TrunkReport(calls=calls, rtt_ms=rtts, elapsed_s=elapsed, sipp_exit=proc.returncode, errors=errors)
+    return TrunkReport(calls=calls, rtt_ms=rtts, elapsed_s=elapsed, sipp_exit=proc.returncode, errors=errors,
+                       rtt_samples=samples)
 
 
 def plan_numbers(settings: Settings) -> list[str]:

@@ -276,9 +276,15 @@ class TicketStore:
         One short transaction per call (the relay calls it in a loop, yielding between
         batches), so a purge never holds a lock in front of the ticket writer. Unsent rows
         (``sent_at IS NULL``) never match. Uses the ``(sent_at, seq)`` index.
+
+        The newest row is always kept: SQLite gives a new row max(seq) + 1, so an emptied
+        table would hand out ``seq`` values again, and consumers order a ticket's events
+        by ``seq`` (docs/DISPATCH.md).
         """
+        newest = select(func.max(OutboxEvent.seq)).scalar_subquery()
         chosen = (select(OutboxEvent.seq)
-                  .where(OutboxEvent.sent_at.is_not(None), OutboxEvent.sent_at < sent_before)
+                  .where(OutboxEvent.sent_at.is_not(None), OutboxEvent.sent_at < sent_before,
+                         OutboxEvent.seq < newest)
                   .order_by(OutboxEvent.sent_at, OutboxEvent.seq)
                   .limit(max(0, limit)))
         with self._sessions() as session, session.begin():

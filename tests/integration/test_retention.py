@@ -213,3 +213,18 @@ async def test_the_writer_wakes_the_relay_without_waiting_for_its_poll(
         finally:
             await writer.close(timeout=10)
             await task
+
+
+async def test_seq_keeps_increasing_after_everything_old_was_purged(backend: str, make_store: MakeStore) -> None:
+    # SQLite hands out max(seq) + 1: were the table emptied, seq would start again at 1
+    # and consumers keeping the highest seq per ticket would drop the newer events
+    store, _ = make_store(backend)
+    publish_calls(store, 0, 5)
+    ids = [r["event_id"] for r in store.claim_outbox("test", 100, lease_s=60)]
+    assert store.mark_sent("test", ids) == 20
+    newest = max(r["seq"] for r in store.outbox())
+    age_sent(store, ids, datetime.now(UTC) - timedelta(days=2))
+    assert store.purge_sent(datetime.now(UTC), limit=1000) == 19
+    assert [r["seq"] for r in store.outbox()] == [newest]
+    publish_calls(store, 100, 1)
+    assert min(r["seq"] for r in store.outbox(unsent_only=True)) > newest
