@@ -106,30 +106,62 @@ def parse_line(line: str) -> CelEvent | None:
                     app=text("appname"), caller=text("num"), caller_name=text("name"))
 
 
-def parse_records(text: str) -> tuple[list[CelEvent], int]:
-    """Every record in ``text`` and how many lines were unreadable.
+def _uniqueid_of(line: str) -> str | None:
+    """The uniqueid of a record as Asterisk writes it, found without parsing; None if the
+    line is not in that exact form (it is then parsed in full)."""
+    i = line.find(_UID_KEY)
+    if i < 0:
+        return None
+    j = line.find('"', i + len(_UID_KEY))
+    return line[i + len(_UID_KEY):j] if j > 0 else None
 
-    A caller's name may carry a line break into the file; such a record is read across
-    the break (up to three lines) before being given up.
+
+_UID_KEY = '"uniqueid":"'
+_CONTEXT_KEY = '"context":"'
+_TRUNK_CONTEXT_FIELD = f'"context":"{TRUNK_CONTEXT}"'
+
+
+def parse_records(text: str, follow: set[str] | None = None) -> tuple[list[CelEvent], int]:
+    """The records in ``text`` and how many lines were unreadable.
+
+    With ``follow`` (the channels being followed; trunk channels started in ``text`` are
+    added), records of other channels are skipped without being parsed: seat legs and
+    announcers make most of the file. A caller's name may carry a line break into the
+    file; such a record is read across the break (up to three lines) before being given
+    up.
     """
     events: list[CelEvent] = []
     bad = 0
     lines = text.split("\n")
     i = 0
     while i < len(lines):
-        if not lines[i].strip():
+        line = lines[i]
+        if not line.strip():
+            i += 1
+            continue
+        if follow is not None and _skippable(line, follow):
             i += 1
             continue
         for span in (1, 2, 3):
             event = parse_line("\n".join(lines[i:i + span]))
             if event is not None:
                 events.append(event)
+                if follow is not None and event.kind == "CHAN_START" and event.context == TRUNK_CONTEXT:
+                    follow.add(event.uniqueid)
                 i += span
                 break
         else:
             bad += 1
             i += 1
     return events, bad
+
+
+def _skippable(line: str, follow: set[str]) -> bool:
+    if '"eventtype":"CHAN_START"' in line:
+        # a start in another context (when the line has Asterisk's exact form)
+        return _CONTEXT_KEY in line and _TRUNK_CONTEXT_FIELD not in line
+    uniqueid = _uniqueid_of(line)
+    return uniqueid is not None and uniqueid not in follow
 
 
 def fold(events: Iterable[CelEvent], calls: dict[str, TrunkCall]) -> None:
@@ -247,7 +279,7 @@ class UnseenCallImporter:
 
     async def _run_once(self, live: set[str] | None, engine_calls: set[str], now: float) -> int:
         text = await asyncio.to_thread(self._take_file)
-        events, bad = parse_records(text)
+        events, bad = parse_records(text, follow=set(self.calls))
         if bad:
             self.counters["unreadable"] += bad
             log.warning("event=cel_records_unreadable file=%s lines=%d", self.importing, bad)

@@ -105,3 +105,37 @@ def test_a_call_that_never_went_to_hold_is_not_flagged_and_an_open_one_has_no_op
     assert op.held_by_dialplan is False and op.line == "96345"
     with pytest.raises(ValueError):
         unseen_op(TrunkCall(uniqueid="1.6", started=100.0, dialled="110", caller="", caller_name=""), plan)
+
+
+# lines exactly as Asterisk 22.10 wrote them (cel_custom.conf, format = json)
+ASTERISK_LINES = [
+    ('{"eventtype":"CHAN_START","eventtime":"1796085206.794305","uniqueid":"1796085206.0","context":"from-trunk",'
+    '"exten":"0578119","channame":"PJSIP/trunk-00000000","appname":"","num":"13912345678","name":"13912345678"}'),
+    ('{"eventtype":"CHAN_START","eventtime":"1796085207.1","uniqueid":"1796085207.1","context":"from-seat",'
+    '"exten":"*11","channame":"PJSIP/s110-01-00000001","appname":"","num":"s110-01","name":"s110-01"}'),
+    ('{"eventtype":"ANSWER","eventtime":"1796085206.794736","uniqueid":"1796085206.0","context":"callrouter-engine",'
+    '"exten":"s","channame":"PJSIP/trunk-00000000","appname":"Answer","num":"13912345678","name":"13912345678"}'),
+    ('{"eventtype":"CHAN_END","eventtime":"1796085207.5","uniqueid":"1796085207.1","context":"from-seat",'
+    '"exten":"*11","channame":"PJSIP/s110-01-00000001","appname":"","num":"s110-01","name":"s110-01"}'),
+    ('{"eventtype":"CHAN_END","eventtime":"1796085209.799944","uniqueid":"1796085206.0","context":"callrouter-engine",'
+    '"exten":"s","channame":"PJSIP/trunk-00000000","appname":"","num":"13912345678","name":"13912345678"}'),
+]
+
+
+def test_other_channels_records_are_skipped_unparsed_and_trunk_ones_kept() -> None:
+    follow: set[str] = {"1796085100.9"}  # followed since an earlier file
+    ended_earlier = ('{"eventtype":"CHAN_END","eventtime":"1796085210.0","uniqueid":"1796085100.9",'
+                     '"context":"callrouter-engine","exten":"s","channame":"PJSIP/trunk-1","appname":"",'
+                     '"num":"","name":""}')
+    events, bad = parse_records("\n".join([*ASTERISK_LINES, ended_earlier, ""]), follow=follow)
+    assert bad == 0
+    assert [(e.kind, e.uniqueid) for e in events] == [
+        ("CHAN_START", "1796085206.0"), ("ANSWER", "1796085206.0"), ("CHAN_END", "1796085206.0"),
+        ("CHAN_END", "1796085100.9")]
+    assert follow == {"1796085100.9", "1796085206.0"}
+    # without a follow set every record is parsed, and fold still keeps trunk calls only
+    every, _ = parse_records("\n".join(ASTERISK_LINES))
+    assert len(every) == 5
+    calls: dict[str, TrunkCall] = {}
+    fold(every, calls)
+    assert list(calls) == ["1796085206.0"] and calls["1796085206.0"].ended is not None
