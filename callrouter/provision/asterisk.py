@@ -219,13 +219,10 @@ def host_account_ids(chroot: Path) -> tuple[int, int]:
     The id is free as a uid and a gid on the host and in the chroot (other than the
     chroot's own asterisk user).
     """
-    passwd, group = Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
-    users, groups = parse_ids(passwd), parse_ids(group)
-    if HOST_ACCOUNT in users:
-        uid = users[HOST_ACCOUNT]
-        for line in passwd.splitlines():
-            if line.split(":")[0] == HOST_ACCOUNT:
-                return uid, int(line.split(":")[3])
+    existing = _host_account()
+    if existing is not None:
+        return existing
+    users, groups = parse_ids(Path("/etc/passwd").read_text()), parse_ids(Path("/etc/group").read_text())
     inner_users = parse_ids((chroot / "etc/passwd").read_text())
     inner_groups = parse_ids((chroot / "etc/group").read_text())
     inner_users.pop("asterisk", None)
@@ -238,8 +235,20 @@ def host_account_ids(chroot: Path) -> tuple[int, int]:
                  "-s", "/usr/sbin/nologin", "-c", "callrouter Asterisk (chroot)", HOST_ACCOUNT]):
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
         if proc.returncode != 0:
+            # another `asterisk up` (another instance's) may have made it just now
+            made = _host_account()
+            if made is not None:
+                return made
             raise ProvisionError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
     return new_id, new_id
+
+
+def _host_account() -> tuple[int, int] | None:
+    for line in Path("/etc/passwd").read_text().splitlines():
+        parts = line.split(":")
+        if parts[0] == HOST_ACCOUNT and len(parts) >= 4:
+            return int(parts[2]), int(parts[3])
+    return None
 
 
 def set_account_id(text: str, name: str, new_id: int, gid_field: int | None = None) -> str:
