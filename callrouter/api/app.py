@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from sqlalchemy.exc import SQLAlchemyError
 
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, UnknownLine, UnknownSeat, load_lines
@@ -61,9 +62,13 @@ def error(status: int, error_id: str, details: str) -> web.Response:
     return web.json_response({"status": status, "error": error_id, "details": details}, status=status)
 
 
+# a refused call action: a call that is not live is 404, bad input 400, and a well-formed
+# request the call's state does not allow (same line, not talking, consult under way) 409
+CALL_ERROR_STATUS = {"unknown_call": 404, "unknown_line": 400, "bad_category": 400}
+
+
 def call_error(exc: TransferError) -> web.Response:
-    """A refused call action: 404 for a call that is not live, else 400 with the reason."""
-    return error(404 if exc.error_id == "unknown_call" else 400, exc.error_id, exc.details)
+    return error(CALL_ERROR_STATUS.get(exc.error_id, 409), exc.error_id, exc.details)
 
 
 def _origin(request: web.Request) -> str:
@@ -117,8 +122,8 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         if "Allow" in exc.headers:  # 405: which methods the path has
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except (UnknownSeat, UnknownLine) as exc:
-        return error(400, type(exc).__name__.lower(), str(exc))
+    except (UnknownSeat, UnknownLine) as exc:  # a seat or line of the path that does not exist
+        return error(404, type(exc).__name__.lower(), str(exc))
     except AcdError as exc:  # the queue engine refused; nothing changed
         return error(409, "refused", str(exc))
     except AriError as exc:
@@ -154,11 +159,12 @@ def clean_text(value: object, limit: int) -> str:
     """A free-text field from a request: at most ``limit`` characters, no control characters
     but newline and tab (PostgreSQL refuses NUL; logs and pages need no escapes)."""
     text = value if isinstance(value, str) else ""
-    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")[:limit]
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs"))[:limit]
 
 
 def printable(value: str, limit: int = 200) -> bool:
-    return len(value) <= limit and all(unicodedata.category(c)[0] != "C" for c in value)
+    """A query or path value we look up: bounded, no control characters or lone surrogates."""
+    return len(value) <= limit and all(unicodedata.category(c) not in ("Cc", "Cs") for c in value)
 
 
 def for_principal(summary: dict[str, Any], principal: Principal) -> dict[str, Any]:
@@ -209,6 +215,8 @@ async def seat_action(request: web.Request) -> web.Response:
     if action not in SEAT_ACTIONS:
         return error(400, "unknown_action", f"{action!r}: use one of {', '.join(SEAT_ACTIONS)}")
     body = await _json(request)
+    if not isinstance(body.get("reason", ""), str):
+        return error(400, "bad_reason", 'body is {"reason": "<text>"} or empty')
     reason = clean_text(body.get("reason"), 120) or "supervisor"
     service.acd.seat_state(seat)  # raises UnknownSeat -> 400 before anything changes
     service.feed(seat_event(action, seat, reason), raise_refusal=True)
@@ -227,11 +235,11 @@ async def add_seat(request: web.Request) -> web.Response:
     endpoint = body.get("endpoint")
     if endpoint is not None and not isinstance(endpoint, str):
         return error(400, "bad_endpoint", "endpoint is the seat's PJSIP endpoint name, a string")
-    problem = seat_name_problem(seat) or seat_name_problem(endpoint or seat, "endpoint")
+    problem = seat_name_problem(seat) or (seat_name_problem(endpoint, "endpoint") if endpoint is not None else None)
     if problem:
         return error(400, "bad_seat", problem)
     service.acd.overflow_active(line)  # UnknownLine -> 400
-    service.feed(AddSeat(seat, line, endpoint or None), raise_refusal=True)
+    service.feed(AddSeat(seat, line, endpoint), raise_refusal=True)
     return web.json_response({"line": line, "seats": list(service.acd.overflow_seats(line))})
 
 
@@ -267,6 +275,8 @@ async def transfer_call(request: web.Request) -> web.Response:
     if not isinstance(to_line, str):
         return error(400, "missing_to", 'body must be {"to": "96345" | "110", "reason": "..."}')
     priority = body.get("priority")
+    if isinstance(priority, float) and priority.is_integer():
+        priority = int(priority)  # JSON has one number type: 3.0 is 3
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 9):
         return error(400, "bad_priority", "priority must be an integer 1 (most urgent) to 9")
     try:
@@ -491,10 +501,27 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return data
 
 
+class MalformedRequestFilter(logging.Filter):
+    """A request aiohttp cannot parse (a NUL in a header, a broken request line) is the
+    client's error, answered 400 by aiohttp: one warning line, not an error with a traceback
+    (anyone who can reach the port could otherwise fill the log with them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, BadHttpMessage):
+            record.msg, record.args = "event=malformed_http_request answered=400 reason=%r", (str(exc)[:200],)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def build_app(service: CallService, tokens: TokenStore, store: TicketStore, lines_path: Path, plan_path: Path,
               outbox_lag: Callable[[], float] | None = None,
               relay_status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
     app.on_response_prepare.append(security_headers)
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens

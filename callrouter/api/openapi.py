@@ -16,8 +16,9 @@ _WHY = {
     "400": "bad input (the reason in details)",
     "401": "no token, or not one of ours (malformed and non-ASCII tokens included)",
     "403": "the token's role may not do this (an agent: only its own seat and calls)",
-    "404": "no such seat, call or ticket",
-    "409": "the queue engine refused (e.g. removing a line's own seat); nothing changed",
+    "404": "no such seat, line, call or ticket",
+    "409": "well-formed, but the state does not allow it (a line's own seat, a call not talking, already on "
+           "that line, a consult under way); nothing changed",
     "503": "Asterisk, the ticket database or another part did not answer; try again",
 }
 S: dict[str, Any] = {"type": "string"}
@@ -54,12 +55,14 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 
 SEAT = _path("seat", "a seat id, e.g. s110-01", pattern=f"^{SEAT_ID.pattern}$", examples=["s110-01"])
-LINE = _path("line", "a line: 110 or 96345", examples=["110", "96345"])
+LINE = _path("line", "a line", enum=["110", "96345"])
 CALL = _path("call", "a live call's id (Asterisk channel id), from GET /api/calls", examples=["1764394381.42"])
 TICKET = _path("ticket", "a ticket id, e.g. T20261129-053301-1764394381.42", examples=["T20261129-053301-1.1"])
 TIME = {"type": "string", "format": "date-time", "examples": ["2026-11-29T08:00:00+08:00"]}
 LINE_ID = {"type": "string", "enum": ["110", "96345"]}
-CALLER_TEXT = {"type": "string", "maxLength": 200}
+# no control characters in query values (refused with 400: NUL is not text to PostgreSQL)
+TEXT_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+CALLER_TEXT = {"type": "string", "maxLength": 200, "pattern": TEXT_PATTERN}
 
 def _links(param: str, pointer: str, *op_ids: str) -> dict[str, Any]:
     """OpenAPI links: the ids a list answers feed the operations on one item."""
@@ -91,17 +94,19 @@ OPENAPI: dict[str, Any] = {
         "/api/seats/{seat}/{action}": {"parameters": [SEAT, _path(
             "action", "what to do", enum=["login", "logout", "pause", "resume", "wrapup_done"])], "post": _op(
             "Log a seat in or out, pause it (body reason), resume it, or end its wrap-up",
-            "agent (own seat), supervisor, admin", body={"reason": {"type": "string", "maxLength": 120}},
-            op_id="seatAction", errors=("400", "401", "403", "409", "503"))},
+            "agent (own seat), supervisor, admin",
+            body={"reason": {"type": "string", "description": "kept to 120 printable characters"}},
+            op_id="seatAction", errors=("400", "401", "403", "404", "409", "503"))},
         "/api/lines/{line}/seats": {"parameters": [LINE], "post": _op(
             "Add a seat to a line at runtime (overflow); a new seat's id and endpoint follow the naming rule "
             "(letters, digits, '-', '_', '.'; never the trunk)", "supervisor",
             body={"seat": {"type": "string", "pattern": f"^{SEAT_ID.pattern}$", "examples": ["ovf-01"]},
-                  "endpoint": {"type": "string", "pattern": f"^{SEAT_ID.pattern}$"}},
-            required=["seat"], op_id="addSeat", errors=("400", "401", "403", "409", "503"))},
+                  "endpoint": {"type": ["string", "null"], "pattern": f"^{SEAT_ID.pattern}$",
+                               "description": "its PJSIP endpoint (default: the seat id)"}},
+            required=["seat"], op_id="addSeat", errors=("400", "401", "403", "404", "409", "503"))},
         "/api/lines/{line}/seats/{seat}": {"parameters": [LINE, SEAT], "delete": _op(
             "Remove a runtime seat from a line (it finishes its call first); a line's own seat: 409",
-            "supervisor", op_id="removeSeat", errors=("400", "401", "403", "409", "503"))},
+            "supervisor", op_id="removeSeat", errors=("400", "401", "403", "404", "409", "503"))},
         "/api/lines/reload": {"post": _op("Validate queues/lines.toml and apply it; no call is dropped", "admin",
                                           op_id="reloadLines", errors=("400", "401", "403", "409", "503"))},
         "/api/plan": {"get": _op("The number plan: number, line, category, department, priority", "any",
@@ -120,17 +125,17 @@ OPENAPI: dict[str, Any] = {
             errors=("401", "403", "404", "503"))},
         "/api/calls/{call}/transfer": {"parameters": [CALL], "post": _op(
             "Hand a talking caller to the other line, keeping their place", "agent (own call), supervisor",
-            body={"to": LINE_ID, "reason": {"type": "string", "maxLength": 200},
+            body={"to": LINE_ID, "reason": {"type": "string", "description": "kept to 200 printable characters"},
                   "priority": {"type": "integer", "minimum": 1, "maximum": 9}},
-            required=["to"], op_id="transferCall", errors=("400", "401", "403", "404", "503"))},
+            required=["to"], op_id="transferCall", errors=("400", "401", "403", "404", "409", "503"))},
         "/api/calls/{call}/consult": {"parameters": [CALL], "post": _op(
             "Three-way consult with the other line's next free seat", "agent (own call), supervisor",
             body={"line": LINE_ID}, required=["line"], op_id="consultCall",
-            errors=("400", "401", "403", "404", "503"))},
+            errors=("400", "401", "403", "404", "409", "503"))},
         "/api/calls/{call}/reclassify": {"parameters": [CALL], "post": _op(
             "Correct the call's category", "agent (own call), supervisor",
             body={"category": {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,39}$"}}, required=["category"],
-            op_id="reclassifyCall", errors=("400", "401", "403", "404", "503"))},
+            op_id="reclassifyCall", errors=("400", "401", "403", "404", "409", "503"))},
         "/api/tickets": {"get": _with_links(_op(
             "Tickets, newest first (an agent: its seat's, and every earlier ticket of the caller it is "
             "talking to)", "any", ok={"type": "array", "items": JSON_OBJ}, op_id="listTickets", query=[
@@ -155,7 +160,7 @@ OPENAPI: dict[str, Any] = {
             op_id="reclassifyTicket", errors=("400", "401", "403", "404", "503"))},
         "/api/tickets/{ticket}/notes": {"parameters": [TICKET], "post": _op(
             "Write a note on the ticket", "agent (own seat's ticket), supervisor",
-            body={"text": {"type": "string", "minLength": 1, "maxLength": 2000}}, required=["text"],
+            body={"text": {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": "[^\\s\\x00-\\x1f\\x7f-\\x9f]"}}, required=["text"],
             op_id="addNote", errors=("400", "401", "403", "404", "503"))},
         "/api/events": {"get": {
             "operationId": "events", "summary": "WebSocket: live queue, seat, call and ticket changes (an agent: "

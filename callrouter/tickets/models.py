@@ -266,10 +266,13 @@ CALLER_NAME_MAX: Final = 80
 DIALLED_MAX: Final = 64
 
 
+UNPRINTABLE: Final = frozenset({"Cc", "Cf", "Cs"})  # control, format (bidi overrides), lone surrogates
+
+
 def untrusted_text(value: object, limit: int) -> str:
     """``value`` as at most ``limit`` characters, control/format characters removed."""
     text = value if isinstance(value, str) else ""
-    return "".join(c for c in text if unicodedata.category(c)[0] != "C")[:limit]
+    return "".join(c for c in text if unicodedata.category(c) not in UNPRINTABLE)[:limit]
 
 
 def _aware(name: str, value: datetime) -> None:

@@ -29,10 +29,10 @@ def test_api_needs_a_token(engines: EngineFactory) -> None:
     assert status == 401 and body["error"] == "unauthorized"  # type: ignore[index]
 
 
-def test_bad_requests_get_400_with_a_reason(engines: EngineFactory) -> None:
+def test_bad_requests_get_4xx_with_a_reason(engines: EngineFactory) -> None:
     engines.start()
     status, body = engines.api("POST", "/api/seats/s999-99/login")
-    assert status == 400 and body["error"] == "unknownseat" and "s999-99" in body["details"]  # type: ignore[index]
+    assert status == 404 and body["error"] == "unknownseat" and "s999-99" in body["details"]  # type: ignore[index]
     status, body = engines.api("POST", "/api/seats/s110-01/dance")
     assert status == 400 and body["error"] == "unknown_action"  # type: ignore[index]
     status, body = _raw(engines, "POST", "/api/lines/110/seats", b"{not json", engines.settings.secret("api_token"))
@@ -40,7 +40,7 @@ def test_bad_requests_get_400_with_a_reason(engines: EngineFactory) -> None:
     status, body = engines.api("POST", "/api/lines/110/seats", {})
     assert status == 400 and body["error"] == "missing_seat"  # type: ignore[index]
     status, body = engines.api("POST", "/api/lines/999/seats", {"seat": "ovf-01"})
-    assert status == 400 and body["error"] == "unknownline"  # type: ignore[index]
+    assert status == 404 and body["error"] == "unknownline"  # type: ignore[index]
 
 
 def test_seat_control_and_runtime_seats(engines: EngineFactory) -> None:
@@ -182,7 +182,7 @@ def test_remaining_failure_cases(engines: EngineFactory) -> None:
     lines.write_text(good)
     assert engines.api("POST", "/api/lines/reload")[0] == 200
     status, body = engines.api("DELETE", "/api/lines/110/seats/s999-99")
-    assert status == 400 and body["error"] == "unknownseat"  # type: ignore[index]
+    assert status == 404 and body["error"] == "unknownseat"  # type: ignore[index]
     status, body = engines.api("POST", "/api/calls/nope/consult", {"line": "96345"})
     assert status == 404 and body["error"] == "unknown_call"  # type: ignore[index]
     status, body = engines.api("POST", "/api/calls/nope/consult", {})
