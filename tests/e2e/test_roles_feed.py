@@ -90,3 +90,66 @@ def test_feed_and_metrics_follow_a_real_call(engines: EngineFactory) -> None:
         assert any(line.startswith("callrouter_outbox_lag_seconds ") for line in lines)
     finally:
         seats.stop()
+
+
+def test_an_agent_feed_and_status_carry_its_seat_and_its_calls_only(engines: EngineFactory) -> None:
+    engines.use_lines(wrap_up_s=1)
+    engines.start()
+    seats = start_seats(engines.settings, [SeatSpec(s, answer_delay_s=0.2, talk_s=2.0, talk_dist="fixed")
+                                           for s in ("s110-01", "s110-02")])
+    try:
+        engines.login("s110-01", "s110-02")
+        agent = _token(engines, "--role", "agent", "--seat", "s110-01")
+        supervisor = _token(engines, "--role", "supervisor")
+        callers = ["13970000001", "13970000002"]
+
+        async def watch(token: str, done: asyncio.Event, ended: int) -> list[str]:
+            raw: list[str] = []
+            async with aiohttp.ClientSession() as session, session.ws_connect(
+                    f"{engines.settings.api_url}/api/events?token={token}") as ws:
+                raw.append((await ws.receive(timeout=5)).data)
+                started.set()
+                while not done.is_set():
+                    try:
+                        raw.append((await ws.receive(timeout=0.5)).data)
+                    except TimeoutError:
+                        continue
+                    if sum('"type": "call_ended"' in r for r in raw) >= ended:
+                        done.set()
+            return raw
+
+        async def scenario() -> tuple[list[str], list[str]]:
+            done = asyncio.Event()
+            watchers = [asyncio.create_task(watch(agent, done, 99)), asyncio.create_task(watch(supervisor, done, 2))]
+            await asyncio.wait_for(started.wait(), 10)
+            await asyncio.sleep(0.3)  # both connected
+            report = await asyncio.to_thread(run_calls, engines.settings,
+                                             [CallSpec("119", c, -1) for c in callers], 2)
+            assert all(c.ok for c in report.calls), report
+            await asyncio.wait_for(done.wait(), 30)
+            agent_raw, supervisor_raw = await asyncio.gather(*watchers)
+            return agent_raw, supervisor_raw
+
+        started = asyncio.Event()
+        agent_raw, supervisor_raw = asyncio.run(scenario())
+    finally:
+        seats.stop()
+    sup = [json.loads(r) for r in supervisor_raw]
+    connected = {m["data"]["seat"]: m["data"]["caller"] for m in sup if m["type"] == "call_connected"}
+    assert set(connected) == {"s110-01", "s110-02"}, "each seat took one caller"
+    assert set(sup[0]["data"]["seats"]) >= {"s110-01", "s110-02", "s96345-01"}
+    mine, theirs = connected["s110-01"], connected["s110-02"]
+    msgs = [json.loads(r) for r in agent_raw]
+    assert msgs[0]["type"] == "status" and set(msgs[0]["data"]["seats"]) == {"s110-01"}, "its own seat only"
+    assert any(m["type"] == "call_connected" and m["data"]["caller"] == mine for m in msgs)
+    assert not any(theirs in r for r in agent_raw), "another seat's caller never reaches an agent"
+    for m in msgs[1:]:
+        data = m["data"]
+        assert data.get("seat") in ("s110-01", None) or "s110-01" in (data.get("by_seat"), data.get("consult_seat")), m
+        if m["type"] == "seat_state":
+            assert data["seat"] == "s110-01", m
+    # the same on GET /api/status
+    status, body = _req(engines, "GET", "/api/status", agent)
+    assert status == 200 and set(body["seats"]) == {"s110-01"} and "110" in body["lines"]
+    status, body = _req(engines, "GET", "/api/status", supervisor)
+    assert status == 200 and len(body["seats"]) > 2
