@@ -164,8 +164,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     security = SecurityEvents(asterisk_logs / "security.log")
 
     async def connected() -> None:
+        connected_at = time.time()
         await reconcile(service)
-        unseen.after_reconcile(service)
+        unseen.after_reconcile(service, connected_at)
     # an open event-feed WebSocket would hold aiohttp's shutdown for 60 s by default
     runner = web.AppRunner(shutdown_timeout=1.0, app=build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                                         settings.lines_path,

@@ -267,17 +267,21 @@ class UnseenCallImporter:
                 self.closed_here.clear()  # no CEL file read for a long while: forget, stay bounded
             self.closed_here.add(data["call_id"])
 
-    async def run_once(self, *, live: set[str] | None, engine_calls: set[str], now: float) -> int:
+    async def run_once(self, *, live: set[str] | None, engine_calls: set[str], now: float,
+                       settled_before: float = 0.0) -> int:
         """Import what the file holds; returns how many calls were recorded.
 
         ``live``: channels Asterisk holds now (None if it could not be asked: nothing is
         then taken as ended without its record); ``engine_calls``: channels the engine
-        tracks now (it closes their tickets itself).
+        tracks now (it closes their tickets itself); ``settled_before``: calls that ended
+        before this time need no grace (they ended before the engine connected, so it
+        cannot be handling their hang-up).
         """
         async with self._lock:
-            return await self._run_once(live, engine_calls, now)
+            return await self._run_once(live, engine_calls, now, settled_before)
 
-    async def _run_once(self, live: set[str] | None, engine_calls: set[str], now: float) -> int:
+    async def _run_once(self, live: set[str] | None, engine_calls: set[str], now: float,
+                        settled_before: float) -> int:
         text = await asyncio.to_thread(self._take_file)
         events, bad = parse_records(text, follow=set(self.calls))
         if bad:
@@ -302,7 +306,7 @@ class UnseenCallImporter:
                     continue
                 call.ended = now
                 log.warning("event=cel_call_without_end channel=%s: recorded as ended now", call.uniqueid)
-            if now - call.ended < self.grace_s:
+            if now - call.ended < self.grace_s and call.ended >= settled_before:
                 continue  # the engine may still be handling this hang-up
             done.append(call.uniqueid)
             if call.uniqueid in self.closed_here:
@@ -313,6 +317,7 @@ class UnseenCallImporter:
                 log.warning("event=cel_call_not_recorded channel=%s error=%s", call.uniqueid, exc)
         for op in ops:
             self.writer.submit(op)
+            # the store ignores it when the channel's ticket is already closed
             log.info("event=unseen_call_recorded ticket=%s channel=%s held_by_dialplan=%s wait_s=%.1f",
                      op.id, op.channel_id, op.held_by_dialplan, (op.ended_at - op.arrived_at).total_seconds())
         if ops and not await self.writer.drain(self.drain_timeout_s):
@@ -326,9 +331,10 @@ class UnseenCallImporter:
         await asyncio.to_thread(self._commit)
         self.counters["imports"] += 1
         self.counters["recorded"] += len(ops)
+        log.info("event=cel_imported records=%d submitted=%d following=%d", len(events), len(ops), len(self.calls))
         return len(ops)
 
-    async def import_now(self, service: CallService) -> int:
+    async def import_now(self, service: CallService, settled_before: float = 0.0) -> int:
         """One import against the engine's live view (channels Asterisk holds, calls tracked)."""
         live: set[str] | None
         try:
@@ -336,17 +342,20 @@ class UnseenCallImporter:
         except AriError as exc:
             log.warning("event=cel_import_no_channel_list error=%s", exc)
             live = None
-        return await self.run_once(live=live, engine_calls=set(service.calls), now=time.time())
+        return await self.run_once(live=live, engine_calls=set(service.calls), now=time.time(),
+                                   settled_before=settled_before)
 
-    def after_reconcile(self, service: CallService) -> None:
+    def after_reconcile(self, service: CallService, connected_at: float) -> None:
         """At every (re)connect, once the engine has adopted what Asterisk holds: import in
-        the background (the database may be slow or away; events must keep flowing)."""
-        self._spawn(service)
+        the background (the database may be slow or away; events must keep flowing).
+        Calls that ended before the connection (``connected_at``, less a second for the
+        events socket opened just before) are recorded at once."""
+        self._spawn(service, connected_at - 1.0)
 
-    def _spawn(self, service: CallService) -> None:
+    def _spawn(self, service: CallService, settled_before: float) -> None:
         async def once() -> None:
             try:
-                await self.import_now(service)
+                await self.import_now(service, settled_before)
             except (OSError, ValueError) as exc:
                 log.warning("event=cel_import_failed file=%s error=%r", self.cel_file, exc)
         service.tasks.spawn(once(), name="unseen-calls-import")

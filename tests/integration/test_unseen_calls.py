@@ -188,3 +188,21 @@ def test_ticket_files_are_private(tmp_path: Path) -> None:
     old.chmod(0o644)
     TicketStore(f"sqlite:///{old}").close()
     assert stat.S_IMODE(old.stat().st_mode) == 0o600
+
+
+async def test_calls_that_ended_before_the_engine_connected_need_no_grace(setup: Setup) -> None:
+    import asyncio
+
+    runner = asyncio.create_task(setup.writer.run())
+    try:
+        imp = setup.importer()
+        t = 1796085206.5
+        setup.append(cel("CHAN_START", t, "d.1"), cel("CHAN_END", t + 1, "d.1"),
+                     cel("CHAN_START", t + 1.5, "e.1"), cel("CHAN_END", t + 2.5, "e.1"))
+        # connected at t + 2: d.1 had ended, e.1 ended after (the engine may be handling it)
+        assert await imp.run_once(live=set(), engine_calls=set(), now=t + 3, settled_before=t + 2) == 1
+        assert [r["channel_id"] for r in setup.store.list()] == ["d.1"]
+        assert list(imp.calls) == ["e.1"]
+    finally:
+        await setup.writer.close(timeout=5)
+        await asyncio.gather(runner, return_exceptions=True)
