@@ -41,7 +41,8 @@ log = logging.getLogger("callrouter.api")
 SERVICE_KEY: web.AppKey[CallService] = web.AppKey("service", CallService)
 TOKENS_KEY: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
 STORE_KEY: web.AppKey[TicketStore] = web.AppKey("store", TicketStore)
-PRINCIPAL = "callrouter.principal"
+FEED_KEY: web.AppKey[Feed] = web.AppKey("feed", Feed)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
 CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{1,39}")
@@ -525,7 +526,7 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.on_response_prepare.append(security_headers)
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
-    feed = Feed(service)
+    feed = app[FEED_KEY] = Feed(service)
 
     async def metrics(request: web.Request) -> web.Response:
         text = feed.metrics_text(outbox_lag() if outbox_lag else None)
