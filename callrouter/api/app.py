@@ -518,7 +518,8 @@ class MalformedRequestFilter(logging.Filter):
 
 def build_app(service: CallService, tokens: TokenStore, store: TicketStore, lines_path: Path, plan_path: Path,
               outbox_lag: Callable[[], float] | None = None,
-              relay_status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
+              relay_status: Callable[[], dict[str, Any]] | None = None,
+              extra_metrics: Callable[[], str] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
@@ -532,6 +533,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
         text = feed.metrics_text(outbox_lag() if outbox_lag else None)
         if relay_status is not None:
             text += relay_metrics_text(relay_status())
+        if extra_metrics is not None:
+            text += extra_metrics()  # Asterisk's security events, calls recorded from its CEL file
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
     app[STORE_KEY] = store
     app.router.add_get("/api/events", feed.websocket)
