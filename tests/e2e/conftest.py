@@ -260,5 +260,7 @@ def engines(asterisk: Settings, tmp_path: Path, request: pytest.FixtureRequest) 
     target = prov.select_target(asterisk)
     prov.rx(target, "channel request hangup all")
     time.sleep(0.3)
+    # the test's calls stay out of whatever engine (a demo) next reads Asterisk's record
+    forget_cel_record(asterisk)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
