@@ -246,6 +246,9 @@ class HoldingBridges:
         """Take the empty bridges beyond the bound out of use; the caller deletes them (``remove``)."""
         gone = surplus_bridges(self.members, self._empty_since, self.shard_size, self.clock(), self.idle_s)
         for bridge_id in gone:
+            # not this id again for a while: a caller put into it now would be thrown out
+            # by the DELETE under way (and Asterisk refuses the id for a moment after it)
+            self._refused[bridge_id] = self.clock()
             self.members.pop(bridge_id, None)
             self._ready.discard(bridge_id)
             self._quiet.discard(bridge_id)
