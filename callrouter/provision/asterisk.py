@@ -27,7 +27,8 @@ from callrouter.provision.render import AsteriskPaths, render_config
 
 log = logging.getLogger("callrouter.provision")
 
-HOST_PACKAGES = {"debootstrap": "debootstrap", "sipp": "sip-tester", "svmap": "sipvicious"}
+HOST_PACKAGES = {"debootstrap": "debootstrap", "sipp": "sip-tester",
+                 "svmap": "sipvicious", "svwar": "sipvicious", "svcrack": "sipvicious"}
 CHROOT_PACKAGES = "asterisk,asterisk-modules,asterisk-core-sounds-en-gsm"
 
 
@@ -62,7 +63,7 @@ class Target:
 # ---------------------------------------------------------------------------------------
 def ensure_host_packages(names: list[str]) -> None:
     """Install the Debian packages providing these commands if they are missing."""
-    missing = [HOST_PACKAGES[n] for n in names if shutil.which(n) is None]
+    missing = sorted({HOST_PACKAGES[n] for n in names if shutil.which(n) is None})
     if not missing:
         return
     if os.geteuid() != 0:
