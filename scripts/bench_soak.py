@@ -131,7 +131,9 @@ def main() -> int:
     ap.add_argument("--outbox-retention", type=int, default=300, help="engine's outbox_retention_s")
     ap.add_argument("--housekeeping", type=int, default=30, help="engine's housekeeping_s")
     ap.add_argument("--window", type=float, default=300.0, help="seconds at start and end for the p99")
-    ap.add_argument("--talk", type=float, default=5.0, help="seats' mean talk time, s")
+    ap.add_argument("--talk", type=float, default=4.0, help="seats' mean talk time, s")
+    ap.add_argument("--settle", type=float, default=180.0, help="after the trunk is done, wait up to this for "
+                    "every ticket to close")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--markdown", help="write the table to this file too")
     ap.add_argument("--json", help="write every sample to this file")
@@ -165,6 +167,7 @@ def main() -> int:
             print(json.dumps(s.row()), file=sys.stderr, flush=True)
 
         result = run_soak(engine.settings, sampler, specs, mix, sample_every_s=args.sample_every, seed=args.seed,
+                          settle_s=args.settle,
                           login=lambda seats: engine.login(*seats), on_sample=show)
     finally:
         if sampler is not None:

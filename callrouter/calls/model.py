@@ -30,6 +30,9 @@ class LiveCall:
     answered: bool = False
     phase: CallPhase = CallPhase.WAITING
     greeting_playback: str = ""
+    # the transfer notice playing on the channel: stopped before the caller is bridged
+    # (Asterisk 22 crashed, GPF, when a channel left a mixing bridge with it still on)
+    notice_playback: str = ""
     offer_leg: str | None = None
     seat: str | None = None
     seat_leg: str | None = None

@@ -369,8 +369,11 @@ class CallService:
         self._emit("call_connected", {**call.summary(), "wait_s": action.wait_s})
 
         async def bridge() -> None:
-            if call.greeting_playback:
-                playback, call.greeting_playback = call.greeting_playback, ""
+            for attr in ("greeting_playback", "notice_playback"):
+                playback = getattr(call, attr)
+                if not playback:
+                    continue
+                setattr(call, attr, "")
                 try:
                     await self.ari.stop_playback(playback)
                 except AriError:
@@ -553,7 +556,8 @@ class CallService:
             try:
                 await self.holding.join(to_line, call.id)
                 log.info("event=transfer_queued ticket=%s channel=%s to=%s", call.ticket_id, call.id, to_line)
-                await self.ari.play(call.id, f"sound:callrouter/transfer-{to_line}")
+                call.notice_playback = f"notice-{call.id}-{call.connects}"
+                await self.ari.play(call.id, f"sound:callrouter/transfer-{to_line}", playback_id=call.notice_playback)
             except CallerGone:
                 pass  # hung up meanwhile: the seat's leg and the bridge still go below
             except AriError as exc:

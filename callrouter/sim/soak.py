@@ -17,7 +17,9 @@ impatient (they give up once the queue is long), the rest wait up to ``patience_
 and hang up after an exponential talk time; ``s110-01`` keys ``*9`` (the caller goes to
 96345) and ``s110-02`` sends a SIP REFER to 96345 once answered: transfers. With the
 defaults the seats can serve about 4 calls/s of the 5 offered, so waits build up and
-the impatient fifth give up while waiting, some of them in a holding bridge.
+most of the impatient fifth give up while waiting, some of them in a holding bridge
+(after the greeting). A longer talk time (``talk_s``) overloads the lines instead: the
+queue grows until the patient callers' ``patience_s`` bounds it.
 """
 
 from __future__ import annotations
@@ -57,10 +59,10 @@ class SoakMix:
     rate: float = 5.0  # calls per second
     share_110: float = 0.4  # of the callers, dialling a 110-line number
     greeting_share: float = 0.1  # hang up 0.5-12 s after being answered (the greeting)
-    impatient_share: float = 0.2  # give up 15-45 s after being answered unless a seat took them
+    impatient_share: float = 0.2  # give up 5-25 s after being answered unless a seat took them
     patience_s: float = 120.0  # the others hang up after this if no seat took them
     answer_delay_s: float = 1.0
-    talk_s: float = 5.0  # mean (exponential)
+    talk_s: float = 4.0  # mean (exponential)
 
     def __post_init__(self) -> None:
         if self.rate <= 0 or not 0 <= self.greeting_share + self.impatient_share <= 1:
@@ -69,7 +71,7 @@ class SoakMix:
     def describe(self) -> str:
         return (f"{self.rate:g} calls/s, {self.share_110:.0%} to 110-line numbers; "
                 f"{self.greeting_share:.0%} hang up 0.5-12 s after answer (greeting), "
-                f"{self.impatient_share:.0%} give up after 15-45 s unless a seat took them, the rest "
+                f"{self.impatient_share:.0%} give up after 5-25 s unless a seat took them, the rest "
                 f"after {self.patience_s:g} s; 26 SIPp seats answer after {self.answer_delay_s:g} s and talk "
                 f"exp. mean {self.talk_s:g} s; s110-01 transfers with *9, s110-02 with REFER to 96345; "
                 f"wrap-up 1 s")
@@ -85,7 +87,7 @@ def soak_specs(mix: SoakMix, seconds: float, seed: int = 1) -> list[CallSpec]:
         if kind < mix.greeting_share:
             hold = rng.uniform(0.5, 12.0)
         elif kind < mix.greeting_share + mix.impatient_share:
-            hold = rng.uniform(15.0, 45.0)
+            hold = rng.uniform(5.0, 25.0)
         else:
             hold = mix.patience_s
         specs.append(CallSpec(rng.choice(numbers), f"139{i:08d}", round(hold, 2)))
