@@ -142,6 +142,11 @@ class Feed:
             le = "+Inf" if bound == float("inf") else f"{bound:g}"
             out.append(f'callrouter_wait_seconds_bucket{{le="{le}"}} {cumulative}')
         out += [f"callrouter_wait_seconds_sum {self.wait_sum:.3f}", f"callrouter_wait_seconds_count {cumulative}"]
+        out += ["# HELP callrouter_feed_clients Event-feed WebSocket clients connected.",
+                "# TYPE callrouter_feed_clients gauge", f"callrouter_feed_clients {len(self.clients)}",
+                "# HELP callrouter_feed_clients_dropped_total Feed clients closed (1013) for reading too slowly.",
+                "# TYPE callrouter_feed_clients_dropped_total counter",
+                f"callrouter_feed_clients_dropped_total {self.dropped_total}"]
         if outbox_lag_s is not None:
             out += ["# HELP callrouter_outbox_lag_seconds Age of the oldest ticket event not yet on the stream.",
                     "# TYPE callrouter_outbox_lag_seconds gauge", f"callrouter_outbox_lag_seconds {outbox_lag_s:.3f}"]

@@ -203,3 +203,22 @@ def test_hostile_caller_id_shows_as_text_and_runs_no_script(engines: EngineFacto
 def _csp_of(engines: EngineFactory, path: str) -> tuple[int, str]:
     with urllib.request.urlopen(f"{engines.settings.api_url}{path}", timeout=5) as resp:
         return resp.status, str(resp.headers.get("Content-Security-Policy", ""))
+
+
+def test_a_page_shows_its_feed_is_stale_and_recovers_when_the_engine_returns(engines: EngineFactory,
+                                                                             browser: object) -> None:
+    web: Any = browser
+    engine = engines.start()
+    token = _token(engines, "--role", "supervisor")
+    web.get(f"{engines.settings.api_url}/wallboard?token={token}")
+    wait_for(lambda: web.find_element("css selector", "body").get_attribute("data-live") == "live", 10,
+             "the live feed")
+    assert engine.stop() == 0
+    wait_for(lambda: web.find_element("css selector", "body").get_attribute("data-live") == "stale", 10,
+             "the page to say its figures are stale")
+    assert "过时" in _text(web, "#live")
+    engines.start()
+    # the session cookie outlives the engine: the page reconnects by itself, no token again
+    wait_for(lambda: web.find_element("css selector", "body").get_attribute("data-live") == "live", 20,
+             "the page to reconnect to the returned engine")
+    wait_for(lambda: _text(web, '[data-line="110"] [data-k="waiting"]') == "0", 10, "fresh figures")

@@ -87,6 +87,7 @@ async def test_a_feed_client_that_falls_behind_is_closed_with_1013(api: Any, tmp
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING):
                 break
         assert ws.close_code == 1013, "closed with 'try again later' so the page reconnects"
+    assert "callrouter_feed_clients_dropped_total 1" in feed.metrics_text(None).splitlines()
     # a new client is served again
     async with aiohttp.ClientSession() as http, http.ws_connect(f"{base}/api/events?token={ADMIN}") as ws:
         assert (await ws.receive_json(timeout=5))["type"] == "status"
