@@ -24,6 +24,7 @@ queue grows until the patient callers' ``patience_s`` bounds it.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -200,21 +201,24 @@ class SoakResult:
     report: TrunkReport | None
     seats: list[dict[str, Any]]
     samples: list[Sample] = field(default_factory=list)
-    traffic_s: float = 0.0
+    traffic_s: float = 0.0  # the trunk's run: placing the calls, then the last ones ending
+    placing_s: float = 0.0  # calls / rate
     aborted: str | None = None  # why the run stopped early (SoakError), else None
 
     def rtt_p99(self, first: bool, window_s: float = 300.0) -> float | None:
-        """INVITE->200 p99 (ms) of the calls placed in the first/last ``window_s``."""
+        """INVITE->200 p99 (ms) of the calls answered in the first/last ``window_s``.
+
+        By position in SIPp's rtd trace (written as answers come, calls placed at a
+        constant rate) rather than by its Date_ms column, whose unit and precision vary
+        between SIPp builds.
+        """
         from callrouter.sim.trunk import percentile
 
-        if self.report is None or not self.report.rtt_samples:
+        if self.report is None or not self.report.rtt_samples or self.placing_s <= 0:
             return None
-        samples = sorted(self.report.rtt_samples)
-        t0, t1 = samples[0][0], samples[-1][0]
-        # SIPp's Date_ms: milliseconds; a window as long as the run takes everything
-        w = window_s * 1000
-        picked = [r for t, r in samples if (t <= t0 + w if first else t >= t1 - w)]
-        return percentile(picked, 99)
+        rtts = [r for _, r in self.report.rtt_samples]
+        n = max(1, math.ceil(len(rtts) * min(1.0, window_s / self.placing_s)))
+        return percentile(rtts[:n] if first else rtts[-n:], 99)
 
 
 def kill_child_sipp() -> None:
@@ -242,7 +246,7 @@ def run_soak(settings: Settings, sampler: Sampler, specs: list[CallSpec], mix: S
     """Seats up (logged in through ``login``), ``specs`` placed at ``mix.rate``, a sample
     every ``sample_every_s`` and one before and after; after the trunk is done, up to
     ``settle_s`` for the last tickets to close. Ends every process it started."""
-    result = SoakResult(specs=specs, report=None, seats=[])
+    result = SoakResult(specs=specs, report=None, seats=[], placing_s=len(specs) / mix.rate)
     seats: SeatSims | None = None
     out: list[TrunkReport] = []
     errors: list[BaseException] = []
