@@ -406,7 +406,12 @@ async def page(request: web.Request) -> web.StreamResponse:
     if "token" not in request.query:
         return web.FileResponse(STATIC_DIR / PAGES[request.path])
     response = web.HTTPSeeOther(request.path)
-    if request.app[TOKENS_KEY].lookup(request.query["token"]) is not None:
+    try:
+        principal = request.app[TOKENS_KEY].lookup(request.query["token"])
+    except (OSError, ValueError, KeyError) as exc:  # tokens.json unreadable: the page will say 401
+        log.warning("event=api_unavailable part=tokens error=%r", exc)
+        principal = None
+    if principal is not None:
         response.set_cookie(SESSION_COOKIE, request.query["token"], max_age=SESSION_MAX_AGE_S, path="/",
                             httponly=True, samesite="Strict", secure=request.secure)
     else:
@@ -471,7 +476,7 @@ async def reload_lines(request: web.Request) -> web.Response:
         config = await asyncio.to_thread(load_lines, path)
     except ConfigFileError as exc:
         return error(400, "invalid_lines", str(exc))
-    service.reconfigure(config)
+    service.reconfigure(config, raise_refusal=True)  # a file that drops a line: 409 with the reason
     return web.json_response({"reloaded": str(path), "lines": list(config.line_ids),
                               "seats": sum(len(line.seats) for line in config.lines) + len(config.pool)})
 

@@ -707,9 +707,10 @@ class CallService:
         except AriError as exc:
             log.debug("event=transfer_progress_failed leg=%s error=%s", leg_id, q(exc))
 
-    def reconfigure(self, config: LinesConfig) -> None:
-        """New lines configuration (validated by the caller); no call is dropped."""
-        self.feed(Reconfigure(config))
+    def reconfigure(self, config: LinesConfig, *, raise_refusal: bool = False) -> None:
+        """New lines configuration (validated by the caller); no call is dropped. The core
+        refuses one that drops a line (AcdError, raised with ``raise_refusal``)."""
+        self.feed(Reconfigure(config), raise_refusal=raise_refusal)
         self._endpoint_seat = self._endpoint_map()
         log.info("event=lines_reloaded source=%s", config.source)
 

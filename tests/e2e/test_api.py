@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -179,6 +180,12 @@ def test_remaining_failure_cases(engines: EngineFactory) -> None:
         "wrap_up_s = 1", "wrap_up_s = soon", 1))
     status, body = engines.api("POST", "/api/lines/reload")
     assert status == 400 and body["error"] == "invalid_lines" and f"{lines}:" in body["details"]  # type: ignore[index]
+    # valid on its own, but it drops a line while the engine runs: the core refuses, 409
+    without_96345 = good[:good.index("[line.96345]")] + good[good.index("[[overflow.seat]]"):]
+    lines.write_text(re.sub(r"lines = \[[^\]]*\]", 'lines = ["110"]', without_96345))
+    status, body = engines.api("POST", "/api/lines/reload")
+    assert status == 409 and body["error"] == "refused" and "96345" in body["details"]  # type: ignore[index]
+    assert "96345" in engines.status()["lines"]
     lines.write_text(good)
     assert engines.api("POST", "/api/lines/reload")[0] == 200
     status, body = engines.api("DELETE", "/api/lines/110/seats/s999-99")
