@@ -80,7 +80,12 @@ def main() -> int:
         started = time.monotonic()
         out.append(run_calls(settings, specs, rate=args.rate))
         deadline = time.monotonic() + 120
-        while closed_tickets(tmp / "tickets.sqlite3") != (args.calls, args.calls) and time.monotonic() < deadline:
+        # every ticket closed: ours, and any the engine imports from Asterisk's record of
+        # calls no engine saw (earlier runs' callers held by the dialplan)
+        while time.monotonic() < deadline:
+            total, closed = closed_tickets(tmp / "tickets.sqlite3")
+            if total >= args.calls and closed == total:
+                break
             time.sleep(0.5)
         time.sleep(4.0)  # surplus holding bridges go after 2 s empty
         elapsed = time.monotonic() - started
@@ -114,7 +119,7 @@ def main() -> int:
     if args.markdown:
         with open(args.markdown, "a") as fh:
             fh.write(text + "\n")
-    return 0 if not problems and closed == args.calls else 1
+    return 0 if not problems and total >= args.calls and closed == total else 1
 
 
 if __name__ == "__main__":

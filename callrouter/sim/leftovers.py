@@ -86,8 +86,9 @@ def leftover_problems(res: PbxResources, *, shard_size: int = 40, allow_channels
         waiting = sum(1 for b in bridges for c in b.get("channels") or [] if c not in announcer_ids)
         bound = math.ceil(waiting / shard_size) + 1
         if len(bridges) > bound:
+            ids = sorted((str(b["id"]) for b in bridges), key=lambda b: int(b.rsplit("-", 1)[1]))
             problems.append(f"line {line}: {len(bridges)} holding bridges for {waiting} waiting (at most {bound}): "
-                            + ", ".join(sorted(str(b["id"]) for b in bridges)))
+                            + ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else ""))
     extra_bridges = [b for b in res.ours if hold_line(str(b["id"])) is None]
     if len(extra_bridges) > allow_bridges:
         problems.append(f"{len(extra_bridges)} callrouter bridges besides holding ones (allowed {allow_bridges}): "
