@@ -48,7 +48,7 @@ def test_a_refused_id_is_skipped_and_a_gap_refilled() -> None:
 
 
 def test_empty_bridges_beyond_the_bound_go_after_idle_highest_first() -> None:
-    members = {hold_bridge_id("110", n): set() for n in range(5)}
+    members: dict[str, set[str]] = {hold_bridge_id("110", n): set() for n in range(5)}
     members["callrouter-110-hold-2"] = {"x"}
     since = {b: 0.0 for b in members if not members[b]}
     # one waiting: bound 2, five bridges: three empty ones go, never hold-0 nor the busy one
