@@ -120,7 +120,7 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
         else:
             stop.set()
 
-    await run_engine(settings, stop, on_ready=traffic)
+    await run_engine(settings, stop, on_ready=traffic, watch_exit=False)  # Asterisk is stopped after it
     return 1 if result.get("failed", 1) else 0
 
 

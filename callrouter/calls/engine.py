@@ -126,7 +126,15 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
 
 
 async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
-                     on_ready: Ready | None = None, handle_signals: bool = True) -> CallService:
+                     on_ready: Ready | None = None, handle_signals: bool = True,
+                     watch_exit: bool = True) -> CallService:
+    """Run until ``stop`` is set (or SIGTERM/SIGINT with ``handle_signals``).
+
+    With ``handle_signals``, a watchdog armed when stopping begins ends the process if
+    stopping (and, with ``watch_exit``, the interpreter's exit after it) passes the hard
+    deadline; a caller that goes on working after the engine stopped (the demo) passes
+    ``watch_exit=False``, and the watchdog is disarmed once the engine has stopped.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     # signals first: a database or Redis that hangs at start must not make SIGTERM wait;
@@ -206,5 +214,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         await _stop_bounded(service, tasks, keep_running, runner, state, writer, relay, ari, store, watchdog)
         if handle_signals:
             signals.remove()
+        if not watch_exit:
+            watchdog.disarm()
         log.info("event=engine_stopped took_s=%.2f", time.monotonic() - (watchdog.armed_at or time.monotonic()))
     return service
