@@ -201,18 +201,21 @@ class HoldingBridges:
         return True
 
     async def _refuse(self, bridge_id: str, exc: AriError) -> None:
-        """The bridge itself failed: set its id aside and delete it, so it holds nothing."""
+        """The bridge itself failed: set its id aside; delete it once nobody is in it."""
         log.warning("event=hold_bridge_set_aside bridge=%s error=%s", bridge_id, exc)
         self.set_aside += 1
         self._refused[bridge_id] = self.clock()
+        if self.members.get(bridge_id):
+            # Callers already in it keep their music: deleting the bridge would leave them
+            # in Stasis with no bridge, in silence. New callers skip it (refused), and once
+            # it is empty the surplus sweep deletes it like any spare bridge.
+            log.warning("event=hold_bridge_refused_with_callers bridge=%s callers=%d", bridge_id,
+                        len(self.members[bridge_id]))
+            return
+        self.members.pop(bridge_id, None)
         self._ready.discard(bridge_id)
         self._quiet.discard(bridge_id)
         self._empty_since.pop(bridge_id, None)
-        others = self.members.pop(bridge_id, set())
-        if others:
-            # callers the bridge still counts: they stay where they are; they are counted
-            # nowhere now, so a later join (transfer, re-hold) puts them in a working bridge
-            log.warning("event=hold_bridge_refused_with_callers bridge=%s callers=%d", bridge_id, len(others))
         try:
             await self.ari.destroy_bridge(bridge_id)
         except AriError:
