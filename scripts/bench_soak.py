@@ -31,6 +31,7 @@ import socket
 import sqlite3
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -49,10 +50,15 @@ def free_tcp_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def outcomes(db: Path) -> dict[str, int]:
+def outcomes(db: Path, since: str) -> dict[str, int]:
+    """Tickets by outcome; those that arrived before ``since`` (calls an earlier engine left
+    in Asterisk's CEL, imported by this one) counted apart."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT coalesce(outcome, 'open'), count(*) FROM tickets GROUP BY 1").fetchall()
+        rows = conn.execute("SELECT coalesce(outcome, 'open'), count(*) FROM tickets WHERE arrived_at >= ? GROUP BY 1",
+                            (since,)).fetchall()
         out = {str(k): int(v) for k, v in rows}
+        out["imported_earlier_calls"] = int(conn.execute("SELECT count(*) FROM tickets WHERE arrived_at < ?",
+                                                         (since,)).fetchone()[0])
         out["seat_answered"] = int(conn.execute("SELECT count(seat_answered_at) FROM tickets").fetchone()[0])
         try:
             out["transferred"] = int(conn.execute(
@@ -156,6 +162,7 @@ def main() -> int:
                        "CALLROUTER_HOUSEKEEPING_S": str(args.housekeeping),
                        "CALLROUTER_SPOOL_FILE": str(tmp / "tickets-spool.jsonl")})
     sampler: Sampler | None = None
+    since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")  # as SQLite stores arrived_at
     print(f"soak: {len(specs)} calls over {args.minutes:g} min; engine log {engine.log_path}", file=sys.stderr)
     try:
         engine.start()
@@ -177,7 +184,7 @@ def main() -> int:
     if result.report is not None and result.report.failed:
         print(f"SIPp: {result.report.failed} calls not completed; last errors:", *result.report.errors[-8:],
               sep="\n  ", file=sys.stderr)
-    text = table(result, warm_t, mix, args, outcomes(tmp / "tickets.sqlite3"), engine.log().count("hold_bridge_set_aside"))
+    text = table(result, warm_t, mix, args, outcomes(tmp / "tickets.sqlite3", since), engine.log().count("hold_bridge_set_aside"))
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")

@@ -50,6 +50,7 @@ def test_ten_minutes_of_traffic_leave_nothing_growing(engines: EngineFactory) ->
     sampler = Sampler(settings, engine.proc.pid, asterisk_pid, engines.db_url, settings.redis_url, stream)
     mix = SoakMix()
     specs = soak_specs(mix, MINUTES * 60, seed=7)
+    started = datetime.now(UTC)
     try:
         result = run_soak(settings, sampler, specs, mix, sample_every_s=30, seed=7, settle_s=180,
                           login=lambda seats: engines.login(*seats))
@@ -62,8 +63,7 @@ def test_ten_minutes_of_traffic_leave_nothing_growing(engines: EngineFactory) ->
     warm = next(s for s in result.samples if s.t_s >= WARM_S)
     trace = f"samples: {[s.row() for s in result.samples]}\ntrunk: {report.to_json() | {'results': '...'}}"
 
-    # a closed ticket for every call placed
-    assert end.tickets == len(specs), trace
+    # every ticket closed
     assert end.open_tickets == 0, trace
     # the mix really happened: seats answered, callers gave up, transfers
     store = engines.store()
@@ -76,6 +76,10 @@ def test_ten_minutes_of_traffic_leave_nothing_growing(engines: EngineFactory) ->
             max_seq = conn.execute(select(func.max(OutboxEvent.seq))).scalar_one()
     finally:
         store.close()
+    # one ticket for every call placed (the engine also imports, from Asterisk's CEL, calls
+    # an earlier engine on this Asterisk never closed: those arrived before this run)
+    rows = [r for r in rows if datetime.fromisoformat(r["arrived_at"]) >= started]
+    assert len(rows) == len(specs), trace
     outcomes = [r["outcome"] for r in rows]
     assert outcomes.count("abandoned") >= len(specs) // 20, trace
     assert sum(1 for r in rows if r["seat_answered_at"]) >= len(specs) // 2, trace
