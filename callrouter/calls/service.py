@@ -97,6 +97,10 @@ def parse_ari_time(value: str) -> datetime | None:
 CONSULT_PREFIX = "consult~"
 
 
+MIXING_PREFIX = f"{BRIDGE_PREFIX}call-"
+MIXING_SWEEP_S = 15.0  # a stale mixing bridge is gone within two sweeps (15-30 s)
+
+
 def mixing_bridge_id(call_id: str, n: int) -> str:
     """The n-th seat a caller talks to (a transfer makes a second) meets them here."""
     return f"{BRIDGE_PREFIX}call-{call_id}-{n}"
@@ -123,6 +127,10 @@ class CallService:
         self.changes = 0  # ACD events handled: the state saver writes when this moved
         self._leg_seq = 0
         self._endpoint_seat = self._endpoint_map()
+        # mixing bridges seen empty and serving no live call at the last sweep
+        self._stale_mixing: set[str] = set()
+        self._next_sweep = time.monotonic() + MIXING_SWEEP_S
+        self._sweeping = False
 
     def _endpoint_map(self) -> dict[str, str]:
         cfg = self.acd.config
@@ -719,3 +727,47 @@ class CallService:
         surplus = self.holding.surplus()
         if surplus:
             self.tasks.spawn(self.holding.remove(surplus), name="hold-surplus")
+        if time.monotonic() >= self._next_sweep and not self._sweeping:
+            self._next_sweep = time.monotonic() + MIXING_SWEEP_S
+            self._sweeping = True
+            self.tasks.spawn(self.sweep_mixing_bridges(), name="mixing-sweep")
+
+    async def sweep_mixing_bridges(self) -> list[str]:
+        """Delete mixing bridges that serve no live call, once seen empty on two sweeps.
+
+        Measured in the soak: when the events WebSocket stalls, a ``POST /bridges/<id>``
+        queued on it can run in Asterisk up to 20 s later, after the engine (its request
+        timed out, the call moved on or ended) already deleted that bridge: the bridge comes
+        back and nobody owns it. Asterisk is the truth, so ask it. Two sweeps apart (so a
+        bridge being made right now is never taken) an empty ``callrouter-call-*`` bridge
+        that is not the current bridge of a live call goes.
+        """
+        removed: list[str] = []
+        try:
+            bridges = await self.ari.list_bridges()
+        except AriError as exc:
+            log.warning("event=mixing_sweep_failed error=%s", q(exc))
+            self._sweeping = False
+            return removed
+        try:
+            stale: set[str] = set()
+            for bridge in bridges:
+                if not bridge.id.startswith(MIXING_PREFIX) or bridge.channels:
+                    continue
+                call_id = bridge.id[len(MIXING_PREFIX):].rsplit("-", 1)[0]
+                call = self.calls.get(call_id)
+                if call is not None and call.bridge == bridge.id:
+                    continue
+                stale.add(bridge.id)
+            for bridge_id in sorted(stale & self._stale_mixing):
+                try:
+                    await self.ari.destroy_bridge(bridge_id)
+                    removed.append(bridge_id)
+                    log.info("event=stale_mixing_bridge_removed bridge=%s", bridge_id)
+                except AriError as exc:
+                    if exc.status != 404:
+                        log.warning("event=stale_mixing_bridge_remove_failed bridge=%s error=%s", bridge_id, q(exc))
+            self._stale_mixing = stale - set(removed)
+        finally:
+            self._sweeping = False
+        return removed

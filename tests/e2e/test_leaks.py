@@ -54,3 +54,32 @@ def test_callers_who_hang_up_while_joining_leave_no_bridge_behind(engines: Engin
         time.sleep(0.5)
     assert not problems
     assert len(pbx_resources(engines.settings).holding) <= 2  # one spare per line
+
+
+def _ari_post(engines: EngineFactory, path: str) -> int:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    s = engines.settings
+    token = base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()
+    req = urllib.request.Request(f"{s.ari_url}{path}", data=b"", method="POST",
+                                 headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_mixing_bridge_that_serves_no_call_is_removed(engines: EngineFactory) -> None:
+    # what a create request queued on a stalled WebSocket leaves when Asterisk runs it
+    # after the engine already deleted the bridge: a callrouter-call-* bridge nobody owns
+    engine = engines.start()
+    stray = "callrouter-call-1700000000.4242-1"
+    assert _ari_post(engines, f"/bridges/{stray}?type=mixing") == 200
+    ids = lambda: {str(b["id"]) for b in pbx_resources(engines.settings).bridges}  # noqa: E731
+    assert stray in ids()
+    # two sweeps 15 s apart: gone within 30 s (plus a sweep's own time)
+    wait_for(lambda: stray not in ids(), 45, "the stray mixing bridge to be removed")
+    assert f"event=stale_mixing_bridge_removed bridge={stray}" in engine.log()
