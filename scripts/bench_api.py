@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import tempfile
@@ -68,7 +67,7 @@ async def _ws_clients(url: str, n: int, ready: Any, stop: Any, out: Any) -> None
                         lat.append((now - float(m["at"])) * 1000)
                         if i == 0:
                             types[m["type"]] = types.get(m["type"], 0) + 1
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 errors.append(repr(exc))
 
         tasks = [asyncio.create_task(one(i)) for i in range(n)]

@@ -78,7 +78,7 @@ def test_a_mixing_bridge_that_serves_no_call_is_removed(engines: EngineFactory) 
     engine = engines.start()
     stray = "callrouter-call-1700000000.4242-1"
     assert _ari_post(engines, f"/bridges/{stray}?type=mixing") == 200
-    ids = lambda: {str(b["id"]) for b in pbx_resources(engines.settings).bridges}  # noqa: E731
+    ids = lambda: {str(b["id"]) for b in pbx_resources(engines.settings).bridges}
     assert stray in ids()
     # two sweeps 15 s apart: gone within 30 s (plus a sweep's own time)
     wait_for(lambda: stray not in ids(), 45, "the stray mixing bridge to be removed")
