@@ -25,8 +25,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import CpuSampler, asterisk_pid
+
 from callrouter.config import load_settings
 from callrouter.provision import asterisk as prov
+from callrouter.sim.leftovers import leftover_problems, pbx_resources
 from callrouter.sim.processes import end_process
 from callrouter.sim.trunk import CallSpec, percentile, run_calls, storm_specs
 
@@ -87,24 +92,36 @@ def main() -> int:
             specs = storm_specs(settings, count, args.hold, seed=int(rate))
             for path in ("plain", "engine"):
                 local_ip = BENCH_IP if path == "plain" else "127.0.0.1"
+                eng_cpu, ast_cpu = CpuSampler(engine.pid), CpuSampler(asterisk_pid(settings))
                 report = run_calls(settings, [CallSpec(s.number, s.caller, s.hold_s) for s in specs], rate,
                                    local_ip=local_ip)
+                time.sleep(args.hold + 2)  # the calls' ends are part of their cost
+                n = max(1, len(report.calls))
                 rows.append((rate, path, len(report.calls), report.failed, percentile(report.rtt_ms, 50),
-                             percentile(report.rtt_ms, 99), max(report.rtt_ms) if report.rtt_ms else None))
+                             percentile(report.rtt_ms, 99), max(report.rtt_ms) if report.rtt_ms else None,
+                             1000 * (eng_cpu.cpu_s() - eng_cpu.c0) / n, 1000 * (ast_cpu.cpu_s() - ast_cpu.c0) / n))
                 print(rows[-1], file=sys.stderr)
-                time.sleep(args.hold + 2)
+        # what Asterisk still holds once every caller is gone (the engine still running)
+        deadline = time.monotonic() + 20
+        while (left := leftover_problems(pbx_resources(settings))) and time.monotonic() < deadline:
+            time.sleep(1)
+        leftovers = pbx_resources(settings).summary()
     finally:
         if end_process(engine, wait_s=15.0).killed:
             print("the engine outlived SIGTERM by 15 s: killed", file=sys.stderr)
 
     lines += ["| `asterisk up` | seconds |", "|---|---:|"]
     lines += [f"| {name} | {secs:.2f} |" for name, secs in up_rows]
-    lines += ["", "| rate (calls/s) | path | calls | failed | p50 ms | p99 ms | max ms | p99 engine / plain |",
-              "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", ("| rate (calls/s) | path | calls | failed | p50 ms | p99 ms | max ms | p99 engine / plain "
+              "| engine CPU ms/call | Asterisk CPU ms/call |"),
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     plain_p99 = {r[0]: r[5] for r in rows if r[1] == "plain"}
-    for rate, path, n, failed, p50, p99, mx in rows:
+    for rate, path, n, failed, p50, p99, mx, eng_ms, ast_ms in rows:
         ratio = f"{p99 / plain_p99[rate]:.2f}x" if path == "engine" and p99 and plain_p99.get(rate) else ""
-        lines.append(f"| {rate:.0f} | {path} | {n} | {failed} | {p50} | {p99} | {mx} | {ratio} |")
+        lines.append(f"| {rate:.0f} | {path} | {n} | {failed} | {p50} | {p99} | {mx} | {ratio} | {eng_ms:.2f} "
+                     f"| {ast_ms:.2f} |")
+    lines += ["", "Asterisk afterwards: " + ", ".join(f"{k} {v}" for k, v in leftovers.items())
+              + ("; problems: " + "; ".join(left) if left else "; nothing of the engine's left")]
     text = "\n".join(lines)
     print(text)
     if args.markdown:
