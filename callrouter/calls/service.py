@@ -606,7 +606,11 @@ class CallService:
             raise TransferError("unknown_call", f"no live call {call_id!r}")
         if line not in self.acd.config.line_ids or line == call.line:
             raise TransferError("bad_line", f"consult the other line, not {line!r}")
-        if call.phase is not CallPhase.TALKING or call.bridge is None:
+        # TALKING from the seat's answer on; the mixing bridge may still be in the making
+        # (tens of ms, seconds under load): the consulted seat joins it when it answers,
+        # which takes at least its ring, and a consult whose call never got a bridge is
+        # dropped there (_consult_joined)
+        if call.phase is not CallPhase.TALKING:
             raise TransferError("not_talking", "only a call a seat is talking to can have a consult")
         if by_seat is not None and call.seat != by_seat:
             raise TransferError("not_your_call", f"seat {by_seat} is not on call {call_id}")
@@ -635,6 +639,12 @@ class CallService:
         if call is None or leg is None or call.consult_id != action.call_id or call.bridge is None:
             if leg is not None:
                 self.tasks.spawn(self._hangup(leg.id), name=f"consult-lost:{leg.id}")
+            if call is not None and call.consult_id == action.call_id:
+                # dropped (the caller's own bridge never formed): the first seat keeps the
+                # caller and may ask again
+                log.warning("event=consult_dropped ticket=%s seat=%s: the call has no bridge", call.ticket_id,
+                            action.seat)
+                call.consult_id = call.consult_leg = call.consult_line = None
             self.feed(CallEnded(action.call_id))
             return
         call.consult_leg = leg.id
