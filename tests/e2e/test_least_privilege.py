@@ -47,6 +47,9 @@ def test_asterisk_has_an_id_of_its_own_and_caller_data_files_are_private(engines
     logs = prov.log_dir_on_host(s)
     cel = logs / CEL_FILE
     wait_for(cel.exists, 5, "Asterisk's CEL file")
+    # the caller has hung up before the engine returns once Asterisk recorded the end: an
+    # engine that took the file before that would read the end only at its next import
+    wait_for(lambda: "CHAN_END" in cel.read_text(), 10, "Asterisk to record the caller's hang-up")
     assert _mode(logs) & 0o027 == 0 and _mode(cel.parent) & 0o027 == 0
     for path in (cel, logs / "security.log", logs / "messages.log"):
         assert _mode(path) & 0o137 == 0, f"{path}: {oct(_mode(path))}"  # at most 0640
