@@ -467,17 +467,9 @@ class RecordUnseenCall:
     held_by_dialplan: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("id", "dialled", "number", "caller", "caller_name", "line",
-                     "category", "department", "channel_id"):
-            _text(name, getattr(self, name))
-        if not self.id or not self.channel_id:
-            raise ValueError("RecordUnseenCall needs an id and a channel_id")
-        _line("line", self.line)
-        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
-            raise TypeError(f"priority must be int, got {self.priority!r}")
-        if not isinstance(self.listed, bool) or not isinstance(self.held_by_dialplan, bool):
-            raise TypeError("listed and held_by_dialplan must be bool")
-        _aware("arrived_at", self.arrived_at)
+        self.opening()  # the fields it shares with OpenTicket, checked by OpenTicket's rules
+        if not isinstance(self.held_by_dialplan, bool):
+            raise TypeError(f"held_by_dialplan must be bool, got {self.held_by_dialplan!r}")
         _aware("ended_at", self.ended_at)
         if self.answered_at is not None:
             _aware("answered_at", self.answered_at)

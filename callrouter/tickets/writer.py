@@ -215,16 +215,20 @@ class TicketWriter:
             self._progress.notify_all()
 
     # --- the spool (only with spool_path) -------------------------------------------------
-    async def _to_spool(self, ops: Sequence[TicketOp]) -> None:
-        """Append ``ops`` and everything queued to the spool, durably, in order."""
-        batch = list(ops)
+    def _take_queued(self) -> list[TicketOp]:
+        """Every op still queued, taken off the queue in order (the stop marker dropped)."""
+        taken: list[TicketOp] = []
         while True:
             try:
                 op = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                break
+                return taken
             if op is not None:
-                batch.append(op)
+                taken.append(op)
+
+    async def _to_spool(self, ops: Sequence[TicketOp]) -> None:
+        """Append ``ops`` and everything queued to the spool, durably, in order."""
+        batch = [*ops, *self._take_queued()]
         if not batch or self._spool is None:
             return
         self._spool_ops.extend(batch)
@@ -317,14 +321,7 @@ class TicketWriter:
         is harmless when replayed. Returns how many ops were kept (0 without a spool)."""
         if self._spool is None:
             return 0
-        batch = list(self._inflight)
-        while True:
-            try:
-                op = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if op is not None:
-                batch.append(op)
+        batch = [*self._inflight, *self._take_queued()]
         if batch:
             self._spool.append(batch)
         return len(batch)
