@@ -42,6 +42,17 @@ def cmd_asterisk(args: argparse.Namespace, settings: Settings) -> int:
         target = asterisk.select_target(settings)
         was = asterisk.stop(target)
         _print_json({"stopped": was})
+    elif args.action == "watch":
+        # in the foreground until SIGTERM / Ctrl-C: what a service manager runs
+        import signal
+        import threading
+
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        asterisk.up(settings)
+        restarts = asterisk.watch(settings, stop)
+        _print_json({"restarts": restarts})
     else:
         info = asterisk.status(settings)
         _print_json(info)
@@ -296,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("asterisk", help="provision and control the real Asterisk")
-    a.add_argument("action", choices=["up", "down", "status"])
+    a.add_argument("action", choices=["up", "down", "status", "watch"],
+                   help="watch: bring Asterisk up and start it again whenever it dies (foreground)")
     a.set_defaults(func=cmd_asterisk)
 
     pl = sub.add_parser("plan", help="the legacy number plan")

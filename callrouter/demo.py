@@ -15,6 +15,7 @@ import logging
 import random
 import statistics
 import sys
+import threading
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -128,9 +129,15 @@ def run_demo(settings: Settings, calls: int = 60, rate: float = 10.0, keep_runni
     print("bringing up Asterisk (the first run builds a Debian sid chroot, about a minute)", file=sys.stderr)
     report = prov.up(settings)
     print(f"Asterisk up ({report.mode} {report.root}) in {report.seconds:.1f} s", file=sys.stderr)
+    # an Asterisk that crashes is started again (the engine reconnects to it by itself)
+    watching = threading.Event()
+    watcher = threading.Thread(target=prov.watch, args=(settings, watching), name="asterisk-watch", daemon=True)
+    watcher.start()
     try:
         return asyncio.run(_demo(settings, calls, rate, keep_running))
     finally:
+        watching.set()
+        watcher.join(timeout=5)
         if not keep_running:
             prov.stop(prov.select_target(settings))
             print("Asterisk stopped", file=sys.stderr)

@@ -33,6 +33,9 @@ class LiveCall:
     # the transfer notice playing on the channel: stopped before the caller is bridged
     # (Asterisk 22 crashed, GPF, when a channel left a mixing bridge with it still on)
     notice_playback: str = ""
+    # the position/wait announcement playing (stopped before bridging, as the notice)
+    announce_playback: str = ""
+    announces: int = 0
     offer_leg: str | None = None
     seat: str | None = None
     seat_leg: str | None = None

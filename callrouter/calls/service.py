@@ -238,7 +238,15 @@ class CallService:
             await self._hold(call)
 
     def playback_finished(self, playback_id: str) -> None:
-        if not playback_id.startswith("greet-"):
+        kind, _, rest = playback_id.partition("-")
+        if kind in ("announce", "notice"):
+            # ids are <kind>-<channel id>-<n>; a finished one needs no stop before bridging
+            call = self.calls.get(rest.rpartition("-")[0])
+            attr = f"{kind}_playback"
+            if call is not None and getattr(call, attr) == playback_id:
+                setattr(call, attr, "")
+            return
+        if kind != "greet":
             return
         call = self.calls.get(playback_id[len("greet-"):])
         if call is not None and call.greeting_playback == playback_id:
@@ -377,7 +385,7 @@ class CallService:
         self._emit("call_connected", {**call.summary(), "wait_s": action.wait_s})
 
         async def bridge() -> None:
-            for attr in ("greeting_playback", "notice_playback"):
+            for attr in ("greeting_playback", "notice_playback", "announce_playback"):
                 playback = getattr(call, attr)
                 if not playback:
                     continue
@@ -421,8 +429,12 @@ class CallService:
             "wait-prefix", f"num-{minutes}", "wait-suffix")])
 
         async def play() -> None:
+            if call.phase is CallPhase.TALKING:
+                return  # connected while this waited in the call's lane
+            call.announces += 1
+            call.announce_playback = f"announce-{call.id}-{call.announces}"
             try:
-                await self.ari.play(call.id, media)
+                await self.ari.play(call.id, media, playback_id=call.announce_playback)
             except AriError as exc:
                 if exc.status != 404:
                     log.warning("event=announce_failed ticket=%s error=%s", call.ticket_id, q(exc))

@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,12 +375,87 @@ def _host_has_asterisk_user() -> bool:
         return False
 
 
+# A crashed Asterisk leaves its core here (``-g``; Linux writes the core into the working
+# directory, which must be writable by the asterisk user), the newest KEEP_CORES kept.
+# A core holds call data (numbers): owner only.
+KEEP_CORES = 2
+
+
+def cores_dir(target: Target) -> str:
+    return f"{target.paths.varlib_dir}/cores"
+
+
+def _prepare_cores(target: Target) -> None:
+    d = target.host_path(cores_dir(target))
+    d.mkdir(parents=True, exist_ok=True)
+    if target.mode == "chroot" or _host_has_asterisk_user():
+        uid, gid = _asterisk_ids(target)
+        os.chown(d, uid, gid)
+    d.chmod(0o700)
+    last = d / "core"  # the kernel's default name: keep it from being overwritten by the next crash
+    if last.exists():
+        last.rename(d / time.strftime("core-%Y%m%dT%H%M%S", time.gmtime(last.stat().st_mtime)))
+    cores = sorted((c for c in d.iterdir() if c.name.startswith("core")), key=lambda c: c.stat().st_mtime)
+    for old in cores[:-KEEP_CORES] if len(cores) > KEEP_CORES else []:
+        old.unlink(missing_ok=True)
+
+
+def _start_command(target: Target, *args: str) -> tuple[list[str], str | None]:
+    """The command that starts Asterisk with core dumps on, in its cores directory."""
+    inner = cores_dir(target)
+    if target.mode == "chroot":
+        # chroot(1) starts in the new root, which the asterisk user cannot write
+        return ["chroot", str(target.root), "/bin/sh", "-c", f'cd {shlex.quote(inner)} && exec "$@"', "asterisk",
+                "/usr/sbin/asterisk", "-g", *args], None
+    return target.command("-g", *args), inner
+
+
+def newest_core(target: Target, since: float = 0.0) -> Path | None:
+    d = target.host_path(cores_dir(target))
+    try:
+        cores = [c for c in d.iterdir() if c.name.startswith("core") and c.stat().st_mtime >= since]
+    except OSError:
+        return None
+    return max(cores, key=lambda c: c.stat().st_mtime) if cores else None
+
+
+def crash_report(target: Target, since: float = 0.0, lines: int = 25) -> str:
+    """What is known of an Asterisk that died: the tail of its log and, when it left a
+    core and gdb is installed, the crashing thread's backtrace."""
+    parts = []
+    log_file = target.host_path(f"{target.paths.log_dir}/messages.log")
+    try:
+        parts.append("messages.log tail:\n" + "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:]))
+    except OSError as exc:
+        parts.append(f"no log ({exc})")
+    core = newest_core(target, since)
+    gdb = shutil.which("gdb")
+    if core is None:
+        parts.append("no core file")
+    elif gdb is None:
+        parts.append(f"core: {core} (install gdb for a backtrace)")
+    else:
+        binary = target.host_path("/usr/sbin/asterisk")
+        cmd = [gdb, "-batch", "-nx"]
+        if target.mode == "chroot":
+            cmd += ["-ex", f"set sysroot {target.root}"]
+        cmd += ["-ex", "bt 30", "-ex", "info threads", str(binary), str(core)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False).stdout
+        except subprocess.TimeoutExpired:
+            out = "(gdb timed out)"
+        bt = [ln for ln in out.splitlines() if ln.startswith("#") or "signal" in ln.lower()]
+        parts.append(f"core: {core}\nbacktrace:\n" + "\n".join(bt[:lines]))
+    return "\n".join(parts)
+
+
 def start(target: Target, timeout: float = 60) -> None:
     # never as root: the Debian package's asterisk user, in the chroot or on the host
     uid_args = ["-U", "asterisk", "-G", "asterisk"] if target.mode == "chroot" or _host_has_asterisk_user() else []
+    _prepare_cores(target)
+    cmd, cwd = _start_command(target, *uid_args)
     # files Asterisk creates (logs, the CEL file, its database) are not world-readable
-    proc = subprocess.run(target.command(*uid_args), capture_output=True, text=True, check=False, timeout=30,
-                          umask=0o027)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30, umask=0o027, cwd=cwd)
     if proc.returncode != 0:
         raise ProvisionError(f"asterisk failed to start: {proc.stderr.strip() or proc.stdout.strip()}")
     deadline = time.monotonic() + timeout
@@ -485,6 +563,42 @@ def up(settings: Settings) -> UpReport:
         stop(target)  # a stale pid file or half-dead process
         start(target)
     return UpReport(target.mode, str(target.root), built, not was_running, time.monotonic() - started_at)
+
+
+def watch(settings: Settings, stop: threading.Event, interval_s: float = 1.0,
+          on_restart: Callable[[str], None] | None = None) -> int:
+    """Keep Asterisk running until ``stop`` is set (what ``safe_asterisk`` or a service
+    manager does): an Asterisk that is gone is started again at once, with what is known
+    of its end (log tail, the core's backtrace) logged. Restarts that fail are retried
+    with a growing pause (1 s doubling to 30 s). Returns how many restarts it made.
+
+    Callers on the dead Asterisk are lost with it (their channels were there); callers
+    who dial again are answered by the new one as soon as it is up, and the engine
+    reconnects to it by itself."""
+    target = select_target(settings)
+    restarts, pause = 0, 1.0
+    seen = pid(target)
+    since = time.time()
+    while not stop.wait(interval_s):
+        now = pid(target)
+        if now is not None:
+            seen, pause = now, 1.0
+            continue
+        report = crash_report(target, since=since)
+        log.error("event=asterisk_gone pid=%s restarting=yes\n%s", seen, report)
+        try:
+            up(settings)
+        except (ProvisionError, OSError, subprocess.SubprocessError) as exc:
+            log.error("event=asterisk_restart_failed error=%r retry_in_s=%.0f", exc, pause)
+            stop.wait(pause)
+            pause = min(30.0, pause * 2)
+            continue
+        restarts += 1
+        seen, since = pid(target), time.time()
+        log.warning("event=asterisk_restarted pid=%s restarts=%d", seen, restarts)
+        if on_restart is not None:
+            on_restart(report)
+    return restarts
 
 
 def status(settings: Settings) -> dict[str, object]:

@@ -55,6 +55,36 @@ def asterisk(settings: Settings) -> Settings:
     return settings
 
 
+@pytest.fixture(autouse=True)
+def asterisk_survives(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that uses Asterisk fails if Asterisk died during it, with what is known of
+    the crash (log tail, the core's backtrace), and the next test gets a restarted one:
+    one crash fails one test, not every test after it."""
+    if "asterisk" not in request.fixturenames or request.node.get_closest_marker("restarts_asterisk"):
+        yield
+        return
+    from callrouter.provision import asterisk as prov
+
+    settings: Settings = request.getfixturevalue("asterisk")
+    target = prov.select_target(settings)
+    before = prov.pid(target)
+    if before is None or not prov.running(target):
+        # died between tests (or in a test that did not use it): a fresh one for this test
+        sys.stderr.write(f"\ne2e: Asterisk was not running before {request.node.nodeid}; restarting it\n"
+                         + prov.crash_report(target) + "\n")
+        prov.up(settings)
+        before = prov.pid(target)
+    started = time.time()
+    yield
+    after = prov.pid(target)
+    if after == before:
+        return
+    report = prov.crash_report(target, since=started)
+    prov.up(settings)
+    pytest.fail(f"Asterisk (pid {before}) died during the test (now: pid {after}); "
+                f"restarted for the next test.\n{report}", pytrace=False)
+
+
 # SIGTERM ends the engine within 10 s (issue 8); a little more under a loaded machine
 STOP_BOUND_S = 12.0
 # after a test, Asterisk settles (BYEs, the engine's surplus holding bridges, 2 s idle) within

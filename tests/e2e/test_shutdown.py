@@ -132,7 +132,8 @@ def _end_calls(settings: object, thread: threading.Thread, out: list[TrunkReport
     thread.join(timeout=60)
 
 
-@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("state", [pytest.param(s, marks=pytest.mark.restarts_asterisk)
+                                   if s == "asterisk_stopped" else s for s in STATES])
 def test_sigterm_ends_the_engine_within_the_bound(state: str, engines: EngineFactory) -> None:
     with engine_in_state(state, engines) as engine:
         seconds = sigterm_seconds(engine)

@@ -125,3 +125,41 @@ def test_commands(chroot: Target) -> None:
     host = Target("host", Path("/"), AsteriskPaths(etc_dir="/srv/etc"))
     assert host.command("-rx", "core reload") == \
         ["/usr/sbin/asterisk", "-C", "/srv/etc/asterisk.conf", "-rx", "core reload"]
+
+
+def _fake_chroot(tmp_path: Path) -> Target:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text(f"asterisk:x:{os.getuid()}:{os.getgid()}::/var/lib/asterisk:/bin/false\n")
+    return Target("chroot", tmp_path, AsteriskPaths())
+
+
+def test_a_crash_core_is_kept_from_the_next_crash_and_only_the_newest_are_kept(tmp_path: Path) -> None:
+    from callrouter.provision.asterisk import KEEP_CORES, _prepare_cores, cores_dir, newest_core
+
+    target = _fake_chroot(tmp_path)
+    cores = target.host_path(cores_dir(target))
+    cores.mkdir(parents=True)
+    for i, name in enumerate(["core-20261101T000000", "core-20261102T000000", "core-20261103T000000", "core"]):
+        (cores / name).write_bytes(b"x")
+        os.utime(cores / name, (1_000_000 + i * 100, 1_000_000 + i * 100))
+    _prepare_cores(target)
+    kept = sorted(p.name for p in cores.iterdir())
+    assert len(kept) == KEEP_CORES == 2
+    assert "core" not in kept, "the kernel's fixed name is freed for the next crash"
+    assert kept == ["core-19700112T135140", "core-20261103T000000"], kept
+    assert cores.stat().st_mode & 0o777 == 0o700, "a core holds call data: owner only"
+    newest = newest_core(target)
+    assert newest is not None and newest.name == "core-19700112T135140"
+    assert newest_core(target, since=2_000_000) is None
+
+
+def test_asterisk_starts_with_core_dumps_in_a_directory_it_can_write(tmp_path: Path) -> None:
+    from callrouter.provision.asterisk import _start_command
+
+    cmd, cwd = _start_command(_fake_chroot(tmp_path), "-U", "asterisk")
+    assert cmd[:2] == ["chroot", str(tmp_path)] and cwd is None
+    assert "cd /var/lib/asterisk/cores && exec" in cmd[4]
+    assert cmd[-4:] == ["/usr/sbin/asterisk", "-g", "-U", "asterisk"]
+    host = Target("host", Path("/"), AsteriskPaths(varlib_dir=str(tmp_path / "lib")))
+    cmd, cwd = _start_command(host)
+    assert cwd == f"{tmp_path}/lib/cores" and cmd[-1] == "-g"
