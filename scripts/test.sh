@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/services.sh
 # the pages are tested in a real headless Chromium (Debian's, with its driver)
-# (and a Chinese font, so the screenshots show the labels)
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! fc-list :lang=zh | grep -q .; then
-  echo "test: installing Debian's chromium, chromium-driver and a Chinese font" >&2
-  pkgs=(chromium chromium-driver fonts-wqy-microhei)
+# (and a Chinese font, so the screenshots show the labels); gdb reads the backtrace of an
+# Asterisk that crashed during a test out of its core
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! fc-list :lang=zh | grep -q . \
+   || ! command -v gdb >/dev/null; then
+  echo "test: installing Debian's chromium, chromium-driver, a Chinese font and gdb" >&2
+  pkgs=(chromium chromium-driver fonts-wqy-microhei gdb)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null; }
 fi
