@@ -294,3 +294,14 @@ def engines(asterisk: Settings, tmp_path: Path, request: pytest.FixtureRequest) 
     forget_cel_record(asterisk)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def ari_watch(asterisk: Settings) -> Iterator[Any]:
+    """Asterisk's events from now on, as an onlooker application subscribed to everything
+    sees them (tests/e2e/ari_watch.py): which sounds were played to which channel."""
+    from tests.e2e.ari_watch import AriWatch
+
+    watch = AriWatch(asterisk).start()
+    yield watch
+    watch.stop()
