@@ -23,6 +23,12 @@ if ((${#missing[@]})); then
   apt-get update -q >/dev/null
   apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+# the prompts are tone-numbered pinyin spoken by this voice (espeak-ng-data; `-v cmn`
+# reads Chinese characters as English letter names)
+if ! espeak-ng --voices=cmn | grep -q ' cmn-latn-pinyin '; then
+  echo "bootstrap: espeak-ng has no cmn-latn-pinyin voice (Debian's espeak-ng-data 1.51 has it): prompts cannot be spoken" >&2
+  exit 2
+fi
 
 if [[ ! -x .venv/bin/python ]]; then
   echo "bootstrap: creating .venv" >&2
