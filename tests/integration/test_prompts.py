@@ -28,6 +28,7 @@ import pytest
 from callrouter.prompts import (
     FRAGMENT_LEAD_IN_MS,
     LEAD_IN_MS,
+    PromptError,
     build_sounds,
     continues_sentence,
     load_scripts,
@@ -316,3 +317,9 @@ def test_a_new_pipeline_version_rebuilds_every_prompt(tmp_path: Path) -> None:
     stamps.write_text(json.dumps(old))
     rebuilt = build(src, tmp_path / "out")
     assert {p.stem for p in rebuilt.written} >= set(out.scripts)
+
+
+def test_a_script_the_voice_would_read_as_english_is_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "prompts.toml").write_text('[greeting-110]\ntext = "您好，请按 A 键"\n', encoding="utf-8")
+    with pytest.raises(PromptError, match=r"prompts\.toml: \[greeting-110\] 'A' in .* cannot be spoken as Mandarin"):
+        load_scripts(tmp_path)
