@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 with warnings.catch_warnings():
-    # pydub imports audioop (deprecated since Python 3.11, still shipped in 3.11/3.12) and
-    # warns when ffmpeg is absent; this pipeline reads and writes only WAV, which pydub
-    # handles itself.
+    # pydub imports audioop (deprecated in Python 3.11/3.12, gone in 3.13, where the
+    # audioop-lts package provides it) and warns when ffmpeg is absent; this pipeline reads
+    # and writes only WAV, which pydub handles itself.
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", RuntimeWarning)
     from pydub import AudioSegment
@@ -56,6 +56,8 @@ LEAD_IN_MS = 250
 FRAGMENT_LEAD_IN_MS = 0
 # espeak-ng ends every utterance with ~350 ms of silence: cut to this
 TAIL_MS = 100
+# a recording whose loudest sample is below this is taken for a silent take
+SILENT_DBFS = -50.0
 # (frequency Hz, ms) notes of the hold tune; pentatonic, soft.
 HOLD_TUNE = [(523, 400), (587, 400), (659, 400), (784, 600), (659, 400), (587, 400), (523, 800),
              (440, 400), (523, 400), (587, 600), (523, 400), (440, 400), (392, 1000)]
@@ -104,15 +106,6 @@ def _decode_wav(data: bytes, what: str) -> Any:
         raise PromptError(f"{what}: not a PCM WAV file pydub can read ({exc})") from exc
 
 
-def synthesize(text: str) -> Any:
-    """Speak Chinese ``text`` in Mandarin; returns an AudioSegment."""
-    try:
-        pinyin = script(text)
-    except ScriptError as exc:
-        raise PromptError(str(exc)) from exc
-    return speak(pinyin)
-
-
 def phonemes(pinyin: str) -> str:
     """espeak-ng's phoneme transcription of a pinyin script, as the voice will say it
     (a language switch shows as ``(en)``): what the tests check prompts against."""
@@ -126,8 +119,8 @@ def read_recording(path: Path) -> Any:
         # pydub would read float samples as integers: loud noise on the line
         raise PromptError(f"{path}: floating-point WAV; export it as 16-bit PCM")
     seg = _decode_wav(data, str(path))
-    if len(seg) < 100 or seg.max == 0:
-        raise PromptError(f"{path}: empty or silent ({len(seg)} ms)")
+    if len(seg) < 100 or seg.max_dBFS < SILENT_DBFS:
+        raise PromptError(f"{path}: empty or silent ({len(seg)} ms, peak {seg.max_dBFS:.0f} dBFS)")
     return seg
 
 
@@ -202,8 +195,14 @@ def build_sounds(src: Path, sounds_dir: Path, moh_dir: Path) -> list[Path]:
     except (OSError, ValueError):
         stamps = {}
     written: list[Path] = []
-    for name, text in load_scripts(src).items():
-        recording = src / "recordings" / f"{name}.wav"
+    scripts = load_scripts(src)
+    recordings = src / "recordings"
+    if recordings.is_dir():
+        for stray in sorted(p.name for p in recordings.iterdir() if p.suffix == ".wav" and p.stem not in scripts):
+            log.warning("event=recording_unused file=%s: no prompt of that name (prompts.toml, num-0 ... num-99)",
+                        recordings / stray)
+    for name, text in scripts.items():
+        recording = recordings / f"{name}.wav"
         pinyin = script(text)
         # the pinyin, not the characters: a pypinyin upgrade that reads a word differently
         # rebuilds that prompt

@@ -297,6 +297,8 @@ def test_an_unusable_recording_leaves_the_synthetic_prompt(tmp_path: Path, built
     (rec / "greeting-96345.wav").write_bytes(_float_wav(extensible=True))
     (rec / "hold-notice.wav").write_bytes(b"ID3\x03not a wav at all" * 20)
     write_wav(rec / "num-7.wav", rate=8000, channels=1, width=2, freq=440.0, seconds=1.0, dbfs=-200)
+    # a take named after no prompt (a typo) is not silently ignored
+    write_wav(rec / "greting-110.wav", rate=8000, channels=1, width=2, freq=440.0, seconds=1.0)
     with caplog.at_level(logging.WARNING, logger="callrouter.prompts"):
         out = build(src, tmp_path / "out")
     for name in ("greeting-110", "greeting-96345", "hold-notice", "num-7"):
@@ -305,6 +307,9 @@ def test_an_unusable_recording_leaves_the_synthetic_prompt(tmp_path: Path, built
     assert len(warned) == 4, warned
     assert any("floating-point" in w and "greeting-96345" in w for w in warned)
     assert any("silent" in w and "num-7" in w for w in warned)
+    assert [r.getMessage() for r in caplog.records if "recording_unused" in r.getMessage() and "greting-110" in
+            r.getMessage()], caplog.text
+    assert not (out.sounds / "greting-110.wav").exists()
 
 
 def test_a_new_pipeline_version_rebuilds_every_prompt(tmp_path: Path) -> None:
