@@ -94,6 +94,21 @@ class Settings:
     api_bind: str = "127.0.0.1"
     api_port: int = 8080
 
+    # What callers say while they wait, transcribed by vosk (callrouter.speech). Empty: off.
+    # A path to an unpacked vosk model directory, never a model name (vosk would try to
+    # download it and exit the process). speech_model_name: the model's name on tickets and
+    # in keywords.toml (default: the directory's name).
+    speech_model: Path | None = None
+    speech_model_name: str = ""
+    keywords: Path | None = None  # default data_dir/queues/keywords.toml
+    # at most this many callers transcribed at once; more are not transcribed (counted)
+    speech_max_concurrent: int = 4
+    speech_workers: int = 2  # recogniser threads (CPU-bound): at most one per core
+    # a caller is transcribed from the greeting on, for at most speech_max_s, and stops
+    # speech_after_answer_s after a seat answers
+    speech_max_s: int = 120
+    speech_after_answer_s: int = 8
+
     log_level: str = "INFO"
 
     # --- derived paths -------------------------------------------------------------
@@ -108,6 +123,10 @@ class Settings:
     @property
     def lines_path(self) -> Path:
         return self.lines or (self.data_dir / "queues" / "lines.toml")
+
+    @property
+    def keywords_path(self) -> Path:
+        return self.keywords or (self.data_dir / "queues" / "keywords.toml")
 
     @property
     def state_path(self) -> Path:

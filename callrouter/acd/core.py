@@ -47,6 +47,7 @@ from callrouter.acd.events import (
     Event,
     OfferAnswered,
     OfferFailed,
+    RaisePriority,
     Reconfigure,
     RemoveSeat,
     SeatLogin,
@@ -92,6 +93,8 @@ class Acd:
                 self._transferred(event, now, out)
             case CallAbandoned() | CallEnded():
                 self._hung_up(event.call_id, now, out)
+            case RaisePriority():
+                self._raise_priority(event)
             case OfferAnswered():
                 self._answered(event, now, out)
             case OfferFailed():
@@ -233,6 +236,19 @@ class Acd:
         call.queued_at = call.announced_at = now
         call.tried.clear()
         self._join(target, call, now)
+
+    def _raise_priority(self, ev: RaisePriority) -> None:
+        call = self._s.calls.get(ev.call_id)
+        priority = min(MAX_PRIORITY, max(MIN_PRIORITY, ev.priority))
+        if call is None or priority >= call.priority:
+            return  # gone, or already as urgent: never lowered
+        queue = self._s.lines[call.line].queue
+        waiting = call.state is CallState.WAITING and call.id in queue
+        if waiting:
+            queue.remove(call)  # the queue groups callers by priority: out, change, back in
+        call.priority = priority
+        if waiting:
+            queue.add(call)
 
     def _hung_up(self, call_id: str, now: float, out: list[Action]) -> None:
         call = self._s.calls.get(call_id)

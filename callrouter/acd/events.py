@@ -45,6 +45,19 @@ class CallTransferred:
 
 
 @dataclass(frozen=True)
+class RaisePriority:
+    """Make a caller more urgent (a lower number), e.g. on a keyword they said while waiting.
+
+    Never lowers: a ``priority`` not below the current one changes nothing. A waiting
+    caller moves to their place in the new class (by original arrival); a caller being
+    offered or talking keeps that, with the new priority if they are queued again.
+    """
+
+    call_id: str
+    priority: int
+
+
+@dataclass(frozen=True)
 class CallAbandoned:
     """The caller hung up before a seat answered (waiting, or while a seat rang)."""
 
@@ -152,6 +165,7 @@ class Reconfigure:
 Event = (
     CallArrived
     | CallTransferred
+    | RaisePriority
     | CallAbandoned
     | CallEnded
     | OfferAnswered

@@ -45,6 +45,7 @@ FEED_KEY: web.AppKey[Feed] = web.AppKey("feed", Feed)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
+SPEECH_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("speech_status")
 CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{1,39}")
 SEAT_ACTIONS = ("login", "logout", "pause", "resume", "wrapup_done")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -205,8 +206,11 @@ def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[s
 
 async def get_status(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]  # every role reads the lines' occupancy
-    return web.json_response(for_principal(status_summary({"acd": service.acd.snapshot(service.now_ts()),
-                                                           "engine": dict(service.counters)}), request[PRINCIPAL]))
+    summary = status_summary({"acd": service.acd.snapshot(service.now_ts()), "engine": dict(service.counters)})
+    speech = request.app.get(SPEECH_KEY)
+    if speech is not None:
+        summary["speech"] = speech()  # transcription on/off, in use, refused, failures
+    return web.json_response(for_principal(summary, request[PRINCIPAL]))
 
 
 async def seat_action(request: web.Request) -> web.Response:
@@ -524,7 +528,8 @@ class MalformedRequestFilter(logging.Filter):
 def build_app(service: CallService, tokens: TokenStore, store: TicketStore, lines_path: Path, plan_path: Path,
               outbox_lag: Callable[[], float] | None = None,
               relay_status: Callable[[], dict[str, Any]] | None = None,
-              extra_metrics: Callable[[], str] | None = None) -> web.Application:
+              extra_metrics: Callable[[], str] | None = None,
+              speech_status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
@@ -533,6 +538,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app[SERVICE_KEY] = service
     app[TOKENS_KEY] = tokens
     feed = app[FEED_KEY] = Feed(service)
+    if speech_status is not None:
+        app[SPEECH_KEY] = speech_status
 
     async def metrics(request: web.Request) -> web.Response:
         text = feed.metrics_text(outbox_lag() if outbox_lag else None)

@@ -193,6 +193,21 @@ class AriClient:
                   "timeout": str(timeout_s), "callerId": caller_id}
         return Channel.from_json(await self.request("POST", "/channels", params=params))
 
+    async def snoop(self, channel_id: str, snoop_id: str, *, spy: str = "in", app_args: str = "") -> Channel:
+        """A channel that hears ``channel_id`` (``spy=in``: only what that channel sends)
+        and says nothing to it; it enters this application."""
+        params = {"spy": spy, "whisper": "none", "app": self.app, "snoopId": snoop_id}
+        if app_args:
+            params["appArgs"] = app_args
+        return Channel.from_json(await self.request("POST", f"/channels/{quote(channel_id)}/snoop", params=params))
+
+    async def external_media(self, channel_id: str, external_host: str, audio_format: str) -> Channel:
+        """An ExternalMedia channel sending the audio it is given as RTP over UDP to
+        ``external_host`` (host:port) in ``audio_format`` (slin16 ...)."""
+        params = {"app": self.app, "channelId": channel_id, "external_host": external_host,
+                  "format": audio_format, "encapsulation": "rtp", "transport": "udp", "direction": "both"}
+        return Channel.from_json(await self.request("POST", "/channels/externalMedia", params=params))
+
     async def stop_playback(self, playback_id: str) -> None:
         await self.request("DELETE", f"/playbacks/{quote(playback_id)}")
 

@@ -32,6 +32,7 @@ from callrouter.numberplan import load_plan
 from callrouter.provision.asterisk import log_dir_on_host
 from callrouter.security_events import SecurityEvents
 from callrouter.shutdown import Signals, Watchdog, step
+from callrouter.speech import SpeechService
 from callrouter.tickets import TicketStore, TicketWriter
 from callrouter.tickets.relay import OutboxRelay, stream_name
 
@@ -87,7 +88,8 @@ def _pending(service: CallService | None) -> str:
 
 async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], keep_running: set[str],
                         runner: web.AppRunner, state: StateStore, writer: TicketWriter, relay: OutboxRelay,
-                        ari: AriClient, store: TicketStore, watchdog: Watchdog) -> None:
+                        ari: AriClient, store: TicketStore, watchdog: Watchdog,
+                        speech: SpeechService | None = None) -> None:
     """Each step within its own timeout and the overall budget; what one abandons is logged
     and the next runs. Callers stay in Asterisk; unwritten tickets stay in the spool (or
     the outbox) for the next engine."""
@@ -100,6 +102,10 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
     await step("loops", asyncio.gather(*loops, return_exceptions=True), budget(1.0),
                lambda: ",".join(t.get_name() for t in loops if not t.done()))
     await step("api", runner.cleanup(), budget(1.5), lambda: f"connections={len(runner.server.connections) if runner.server else 0}")
+    if speech is not None:
+        # what transcription made in Asterisk (snoop, external media, bridge) goes; callers stay
+        await step("speech", speech.close(timeout=budget(1.0)), budget(1.5),
+                   lambda: f"sessions={len(speech.sessions)}")
     await step("call_tasks", service.tasks.shutdown(timeout=budget(1.0)), budget(1.5),
                lambda: f"tasks={len(service.tasks)}")
     await step("state_save", state.save(_state(service)), budget(1.0), lambda: f"live_calls={len(service.calls)}")
@@ -164,6 +170,12 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
     service = CallService(ari, plan, writer, acd)
+    # what waiting callers say (vosk), beside the call path; the model loads in the background
+    speech = SpeechService(service, model_path=settings.speech_model, model_label=settings.speech_model_name,
+                           keywords_path=settings.keywords_path, max_concurrent=settings.speech_max_concurrent,
+                           workers=settings.speech_workers, max_s=settings.speech_max_s,
+                           after_answer_s=settings.speech_after_answer_s, bind=settings.http_bind)
+    speech.tasks.spawn(speech.start(), name="speech-model")
     # trunk calls the engine never saw (held by the dialplan while it was away), from
     # Asterisk's CEL file; Asterisk's security events for /metrics
     asterisk_logs = await asyncio.to_thread(log_dir_on_host, settings)
@@ -180,7 +192,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                                         settings.lines_path,
                                         settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
                                         relay_status=relay.metrics,
-                                        extra_metrics=lambda: security.metrics_text() + unseen.metrics_text()),
+                                        extra_metrics=lambda: (security.metrics_text() + unseen.metrics_text()
+                                                               + speech.metrics_text()),
+                                        speech_status=speech.status),
                            access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
@@ -211,7 +225,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                  writer.pending, time.monotonic() - started)
         if handle_signals:
             watchdog.arm(lambda: _pending(service))  # a task died: stopping all the same, bounded
-        await _stop_bounded(service, tasks, keep_running, runner, state, writer, relay, ari, store, watchdog)
+        await _stop_bounded(service, tasks, keep_running, runner, state, writer, relay, ari, store, watchdog,
+                            speech)
         if handle_signals:
             signals.remove()
         if not watch_exit:

@@ -48,6 +48,8 @@ class LiveCall:
     consult_id: str | None = None  # a three-way consult under way (its ACD id)
     consult_leg: str | None = None  # the consulted seat's leg, once it answered
     consult_line: str | None = None
+    # what the caller said while waiting (speech), as on the ticket; None: not transcribed
+    transcript: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.acd_id = self.acd_id or self.id
@@ -58,7 +60,8 @@ class LiveCall:
         return {"call_id": self.id, "ticket": self.ticket_id, "line": self.line, "dialled": self.dialled,
                 "number": self.route.number, "category": self.route.category,
                 "department": self.route.department, "priority": self.route.priority, "caller": self.caller,
-                "arrived_at": self.arrived_at.isoformat(), "phase": self.phase.value, "seat": self.seat}
+                "arrived_at": self.arrived_at.isoformat(), "phase": self.phase.value, "seat": self.seat,
+                "transcript": self.transcript}
 
 
 @dataclass

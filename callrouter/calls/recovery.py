@@ -22,7 +22,7 @@ from callrouter.acd import CallAbandoned, CallArrived, CallEnded, CallState
 from callrouter.ari import AriError, Bridge, Channel
 from callrouter.calls.holding import HOLD_RE
 from callrouter.calls.model import CallPhase, SeatLeg
-from callrouter.calls.service import BRIDGE_PREFIX, LEG_PREFIX, CallService, is_mixing_bridge_of
+from callrouter.calls.service import BRIDGE_PREFIX, LEG_PREFIX, SIDE_PREFIX, CallService, is_mixing_bridge_of
 from callrouter.logs import q
 from callrouter.tickets import CloseTicket, ticket_id_for_channel
 
@@ -50,7 +50,8 @@ async def reconcile(service: CallService) -> None:
     channels = {c.id: c for c in await ari.list_channels()}
     bridges = {b.id: b for b in await ari.list_bridges()}
 
-    callers = {cid: ch for cid, ch in channels.items() if cid in in_app and not cid.startswith(LEG_PREFIX)}
+    callers = {cid: ch for cid, ch in channels.items() if cid in in_app
+               and not cid.startswith((LEG_PREFIX, SIDE_PREFIX))}
     legs = {cid: ch for cid, ch in channels.items() if cid.startswith(LEG_PREFIX)}
 
     for bridge in bridges.values():
@@ -59,7 +60,7 @@ async def reconcile(service: CallService) -> None:
 
     _close_gone(service, callers)
     talking_legs = _adopt_callers(service, callers, bridges, legs)
-    await _drop_orphans(service, legs, talking_legs, bridges, callers)
+    await _drop_orphans(service, legs, talking_legs, bridges, callers, channels)
 
     # registrations last: a seat that turns out registered may be offered a caller at
     # once, and every caller must be known by then
@@ -149,7 +150,8 @@ async def _rehold(service: CallService, call_id: str, state: str) -> None:
 
 
 async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_legs: set[str],
-                        bridges: dict[str, Bridge], callers: dict[str, Channel]) -> None:
+                        bridges: dict[str, Bridge], callers: dict[str, Channel],
+                        channels: dict[str, Channel]) -> None:
     for leg_id in legs:
         known = service.legs.get(leg_id)
         if leg_id in talking_legs or (known is not None and not known.cancelled):
@@ -159,7 +161,14 @@ async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_
         log.info("event=orphan_leg_hung_up leg=%s", leg_id)
     for leg_id in [lid for lid in service.legs if lid not in legs]:
         service.leg_ended(leg_id, 0)  # ended during the gap
+    for channel_id in channels:
+        if channel_id.startswith(SIDE_PREFIX) and channel_id not in service.side_channels:
+            # a snoop or external media channel of a dead engine's speech: nobody listens
+            await service._hangup(channel_id)
+            log.info("event=orphan_side_channel_hung_up channel=%s", channel_id)
     for bridge in bridges.values():
+        if bridge.id in service.side_bridges:
+            continue  # a live call's speech bridge: it serves the snoop, not the caller
         # empty holding bridges stay: they are reused (and Asterisk may refuse their id
         # again once deleted); what goes is a call's mixing bridge with nobody to serve
         if not bridge.id.startswith(BRIDGE_PREFIX) or HOLD_RE.match(bridge.id):

@@ -68,6 +68,9 @@ Clock = Callable[[], datetime]
 # after a restart Asterisk can be asked what is ours.
 BRIDGE_PREFIX = "callrouter-"
 LEG_PREFIX = "cr-leg-"
+# channels a side feature (speech) makes beside a call (snoop, external media): they enter
+# the application too, but are nobody's caller or seat
+SIDE_PREFIX = "cr-side-"
 # keyed by a seat during a call (DTMF): hand the caller to that line
 IN_CALL_CODES = {"*1": "110", "*9": "96345"}
 # Q.850 causes of a seat leg that ended before answer
@@ -131,6 +134,10 @@ class CallService:
         self._stale_mixing: set[str] = set()
         self._next_sweep = time.monotonic() + MIXING_SWEEP_S
         self._sweeping = False
+        # channels and bridges a side feature keeps for a live call: reconciliation leaves
+        # these alone and removes any other SIDE_PREFIX channel (a dead engine's)
+        self.side_channels: set[str] = set()
+        self.side_bridges: set[str] = set()
 
     def _endpoint_map(self) -> dict[str, str]:
         cfg = self.acd.config
@@ -236,6 +243,11 @@ class CallService:
             log.warning("event=greeting_failed ticket=%s channel=%s error=%s", call.ticket_id, call.id, q(exc))
             # no greeting is no reason for silence: straight to hold music
             await self._hold(call)
+        finally:
+            if call.answered and call.id in self.calls:
+                # the caller is answered and hears us: side features (speech) start now,
+                # beside this lane, never in front of the caller's own requests
+                self._emit("call_held", call.summary())
 
     def playback_finished(self, playback_id: str) -> None:
         kind, _, rest = playback_id.partition("-")

@@ -18,7 +18,7 @@ from callrouter.ari import (
     StasisStart,
 )
 from callrouter.calls.features import handle_feature
-from callrouter.calls.service import LEG_PREFIX, CallService
+from callrouter.calls.service import LEG_PREFIX, SIDE_PREFIX, CallService
 
 log = logging.getLogger("callrouter.calls")
 
@@ -31,6 +31,8 @@ class StasisRouter:
         service = self.service
         if isinstance(event, StasisStart):
             kind = event.args[0] if event.args else ""
+            if event.channel.id.startswith(SIDE_PREFIX):
+                return  # a snoop or external media channel the speech feature made
             if kind == "seat" or event.channel.id.startswith(LEG_PREFIX):
                 service.leg_answered(event.channel, event.args)
             elif kind == "feature":

@@ -151,6 +151,9 @@ class Ticket(Base):
     # was away; set from the CR_HELD rounds or, for a call the engine never saw, from
     # Asterisk's own record of the call (CEL)
     held_by_dialplan: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # what the caller said while waiting, as the speech recogniser heard it (None: not
+    # transcribed): {"model", "text", "flags", "keywords", "priority", "final", "at"}
+    transcript: Mapped[dict[str, Any] | None] = mapped_column(_Json, nullable=True)
 
     __table_args__ = (
         Index("ix_tickets_arrived_at", "arrived_at"),
@@ -189,6 +192,7 @@ class Ticket(Base):
             "callback_outcome": self.callback_outcome,
             "callback_attempts": self.callback_attempts or 0,
             "held_by_dialplan": bool(self.held_by_dialplan),
+            "transcript": self.transcript,
         }
 
 
@@ -482,10 +486,50 @@ class RecordUnseenCall:
                           held_by_dialplan=self.held_by_dialplan)
 
 
+TRANSCRIPT_MAX: Final = 4000
+MODEL_NAME_MAX: Final = 120
+
+
+@dataclass(frozen=True, slots=True)
+class SetTranscript:
+    """What the caller said so far (the whole text, not a part): the latest ``at`` wins.
+
+    ``flags`` are the keyword rules' flags (``probable_emergency`` ...), ``keywords`` the
+    words that raised them, ``priority`` what a rule raised the caller to (None: not
+    raised); ``final`` once the caller's audio ended. The text comes from a recogniser
+    hearing untrusted audio: bounded, without control characters.
+    """
+
+    id: str
+    model: str
+    text: str
+    at: datetime
+    flags: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    priority: int | None = None
+    final: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("id", "model", "text"):
+            _text(name, getattr(self, name))
+        object.__setattr__(self, "text", untrusted_text(self.text, TRANSCRIPT_MAX))
+        object.__setattr__(self, "model", untrusted_text(self.model, MODEL_NAME_MAX))
+        for name in ("flags", "keywords"):  # a list after a trip through the spool's JSON
+            values = getattr(self, name)
+            if not isinstance(values, (tuple, list)) or not all(isinstance(v, str) for v in values):
+                raise TypeError(f"{name} must be a sequence of str, got {values!r}")
+            object.__setattr__(self, name, tuple(untrusted_text(v, 80) for v in values)[:20])
+        if self.priority is not None and (not isinstance(self.priority, int) or isinstance(self.priority, bool)):
+            raise TypeError(f"priority must be int or None, got {self.priority!r}")
+        if not isinstance(self.final, bool):
+            raise TypeError(f"final must be bool, got {self.final!r}")
+        _aware("at", self.at)
+
+
 TicketOp = (OpenTicket | AnswerTicket | CloseTicket | SetSeat | Reclassify | AddTransfer
-            | RequestCallback | RecordCallback | AddNote | RecordUnseenCall)
+            | RequestCallback | RecordCallback | AddNote | RecordUnseenCall | SetTranscript)
 TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat, Reclassify, AddTransfer,
-                     RequestCallback, RecordCallback, AddNote, RecordUnseenCall)
+                     RequestCallback, RecordCallback, AddNote, RecordUnseenCall, SetTranscript)
 
 
 def duration_between(start: datetime, end: datetime) -> float:

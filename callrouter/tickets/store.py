@@ -52,6 +52,7 @@ from .models import (
     RecordUnseenCall,
     RequestCallback,
     SetSeat,
+    SetTranscript,
     Ticket,
     TicketEvent,
     TicketOp,
@@ -573,6 +574,17 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
         return [_change(ticket, "callback_done", op.at,
                         {"seat": op.seat, "outcome": op.outcome, "at": _iso(op.at),
                          "attempt": ticket.callback_attempts})]
+
+    if isinstance(op, SetTranscript):
+        written: dict[str, Any] = ticket.transcript or {}
+        if written.get("at") and op.at <= datetime.fromisoformat(str(written["at"])):
+            return []  # this text or a later one is already written
+        said: dict[str, Any] = {"model": op.model, "text": op.text, "flags": list(op.flags),
+                                "keywords": list(op.keywords), "priority": op.priority, "final": op.final,
+                                "at": _iso(op.at)}
+        ticket.transcript = said  # a new dict: JSON columns track assignment
+        ticket.updated_at = now
+        return [_change(ticket, "transcribed", op.at, said)]
 
     raise TypeError(f"not a ticket op: {op!r}")
 
