@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +26,11 @@ from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
 from callrouter.sim.speech import speak_scenario, speech_pcap
 from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
 from tests.conftest import missing_part, wait_for
+from tests.e2e import test_pages
 from tests.e2e.conftest import EngineFactory
+from tests.e2e.test_pages import ARTIFACTS, _attr, _text, _token
+
+browser = test_pages.browser  # the headless Chromium fixture of the page tests
 
 Speak = Callable[[str], Path]
 
@@ -116,13 +117,6 @@ def metrics(engines: EngineFactory) -> list[str]:
         return resp.read().decode().splitlines()
 
 
-def agent_token(engines: EngineFactory, seat: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "callrouter.cli", "tokens", "create", "--role", "agent", "--seat", seat],
-                         env={**os.environ, **engines.env}, capture_output=True, text=True, check=False, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return str(json.loads(out.stdout)["token"])
-
-
 def test_words_said_while_waiting_reach_the_ticket_and_the_console(engines: EngineFactory, speak: Speak,
                                                                    seats: list[SeatSims]) -> None:
     engines.use_lines(wrap_up_s=1)
@@ -142,7 +136,7 @@ def test_words_said_while_waiting_reach_the_ticket_and_the_console(engines: Engi
     assert "화재" in calls[0]["transcript"]["text"], calls
 
     # the seat logs in: its console's feed pops the call with what the caller said
-    token = agent_token(engines, "s96345-01")
+    token = _token(engines, "--role", "agent", "--seat", "s96345-01")
     seats.append(start_seats(engines.settings, [SeatSpec("s96345-01", answer_delay_s=0.2, talk_s=2.0,
                                                          talk_dist="fixed")]))
 
@@ -245,3 +239,35 @@ def test_a_broken_model_path_turns_speech_off_loudly_and_calls_go_on(engines: En
     status = engines.status()["speech"]
     assert status["state"] == "broken" and str(broken) in status["error"]
     assert 'callrouter_speech_state{state="broken"} 1' in metrics(engines)
+
+
+def test_the_pages_show_what_the_caller_said(engines: EngineFactory, speak: Speak, seats: list[SeatSims],
+                                             browser: object) -> None:
+    """The wallboard lists the flagged waiting caller; the console pops the call with the words."""
+    from selenium.webdriver.common.by import By
+
+    web: Any = browser
+    engines.use_lines(wrap_up_s=1)
+    with_speech(engines)
+    start_ready(engines)
+    supervisor = _token(engines, "--role", "supervisor")
+    web.get(f"{engines.settings.api_url}/wallboard?token={supervisor}")
+    wait_for(lambda: _attr(web, "#speech", "data-state") == "ready", 10, "the wallboard's speech state")
+    assert "已启用" in _text(web, "#speech") and "0/4" in _text(web, "#speech")
+    caller = "13955500401"
+    thread, out = call_in_background(engines, speak("화재 신고"), [CallSpec("12345", caller, -1)])
+    wait_for(lambda: "可能紧急" in _text(web, "#flagged"), 30, "the flagged caller on the wallboard")
+    assert caller in _text(web, "#flagged") and "화재" in _text(web, "#flagged")
+    ARTIFACTS.mkdir(exist_ok=True)
+    web.save_screenshot(str(ARTIFACTS / "wallboard-speech.png"))
+
+    seats.append(start_seats(engines.settings, [SeatSpec("s96345-01", answer_delay_s=0.3, talk_s=0)]))
+    web.get(f"{engines.settings.api_url}/agent?token={_token(engines, '--role', 'agent', '--seat', 's96345-01')}")
+    wait_for(lambda: _text(web, "#seat") == "s96345-01", 10, "the console to know its seat")
+    web.find_element(By.ID, "login").click()
+    wait_for(lambda: "화재" in _text(web, "#t-transcript"), 15, "the console to pop the call with the words")
+    assert "可能紧急" in _text(web, "#t-flags") and _attr(web, "#t-transcript", "data-flags") == "probable_emergency"
+    web.save_screenshot(str(ARTIFACTS / "agent-speech.png"))
+    engines.api("DELETE", f"/api/calls/{ticket_of(engines, caller)['channel_id']}")  # type: ignore[index]
+    thread.join(timeout=30)
+    assert out and out[0].calls[0].ok, out

@@ -27,7 +27,9 @@ async function pop(call) {
     el("tr", {}, th("责任部门"), td(call.department), th("优先级"), td(call.priority)),
     el("tr", {}, th("来电号码"), td(call.caller || "未知", "t-caller"), th("来电名称"), td("–", "t-caller-name")),
     el("tr", {}, th("工单"), el("td", {colSpan: 3}, call.ticket)),
+    el("tr", {}, th("来电者所述"), el("td", {colSpan: 3, id: "t-transcript"}, "–")),
     el("tr", {}, th("转接记录"), el("td", {colSpan: 3, id: "t-transfers"}, "–"))));
+  showTranscript(call.transcript);
   $("transfer").textContent = "转接 " + OTHER[call.line];
   $("consult").textContent = "三方通话 " + OTHER[call.line];
   $("actions").hidden = false;
@@ -41,6 +43,16 @@ async function pop(call) {
     td(t.arrived_at.slice(0, 16).replace("T", " ")), td(t.dialled), td(t.category), td(t.outcome || "")));
   $("history").replaceChildren(el("tr", {}, th("时间"), th("号码"), th("类别"), th("结果")),
     ...(rows.length ? rows : [el("tr", {}, el("td", {colSpan: 4, className: "muted"}, "无"))]));
+}
+
+// what the caller said while waiting (speech recognition: a hint, the seat decides)
+function showTranscript(t) {
+  const cell = $("t-transcript");
+  if (!cell) return;
+  const flags = flagText(t);
+  cell.replaceChildren(t && t.text ? t.text : "–");
+  cell.dataset.flags = (t && t.flags || []).join(" ");
+  if (flags) cell.append(" ", el("b", {className: "flag", id: "t-flags"}, "【" + flags + "：" + (t.keywords || []).join("、") + "】"));
 }
 
 async function showTicket(id, tries) {
@@ -84,6 +96,7 @@ async function start() {
     const d = msg.data || {};
     if (msg.type === "seat_state" && d.seat === me.seat) showState(d.state);
     if (msg.type === "call_connected" && d.seat === me.seat) pop(d);
+    if (msg.type === "call_transcript" && current && d.call_id === current.call_id) showTranscript(d.transcript);
     if (msg.type === "call_ended" && current && d.call_id === current.call_id) $("result").textContent = "通话已结束";
   }, () => refreshSeat().catch(() => {}));
 }

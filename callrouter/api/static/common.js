@@ -62,5 +62,10 @@ function feed(onMessage, onOpen) {
 
 function secondsSince(ts) { return Math.max(0, Math.round(Date.now() / 1000 - ts)); }
 function fmt(s) { s = Math.round(s); return s < 60 ? s + "秒" : Math.floor(s / 60) + "分" + (s % 60) + "秒"; }
+// keyword flags of what a caller said (queues/keywords.toml); an unknown flag shows as is
+const FLAG_ZH = {probable_emergency: "可能紧急", probable_non_emergency: "可能非紧急"};
+function flagText(t) {
+  return (t && t.flags || []).map((f) => (FLAG_ZH[f] || f)).join("、");
+}
 const STATE_ZH = {logged_out: "未登录", ready: "空闲", ringing: "振铃", on_call: "通话中", wrap_up: "话后处理",
                   paused: "暂停"};

@@ -45,6 +45,27 @@ function render() {
       tiles));
   }
   document.getElementById("lines").replaceChildren(...panels);
+  renderSpeech();
+}
+
+// speech: transcription on/off/broken, in use, refused over the limit, failures; and the
+// callers whose words matched a keyword rule (a hint for the supervisor; seats decide)
+const flagged = new Map();
+const SPEECH_ZH = {off: "未启用（未配置模型）", loading: "模型加载中", ready: "已启用", broken: "故障，已关闭"};
+function renderSpeech() {
+  const s = status && status.speech;
+  const node = document.getElementById("speech");
+  if (!node || !s) return;
+  const failed = Object.values(s.failures || {}).reduce((a, b) => a + b, 0);
+  node.className = s.state === "broken" || failed ? "alert" : "muted";
+  node.dataset.state = s.state;
+  node.replaceChildren(`语音转写：${SPEECH_ZH[s.state] || s.state}` + (s.model ? `（${s.model}）` : "") +
+    ` · 进行中 ${s.active}/${s.limit} · 超限未转写 ${s.refused_over_limit} · 失败 ${failed}` +
+    (s.error ? ` · ${s.error}` : ""));
+  const rows = [...flagged.values()].map((c) => el("div", {className: "flagged", data: {call: c.call_id}},
+    el("b", {className: "flag"}, flagText(c.transcript)), ` ${c.line} · ${c.caller || "未知号码"} · ${c.phase === "talking" ? "通话中" : "排队"} · `,
+    (c.transcript.keywords || []).join("、"), " · ", c.transcript.text));
+  document.getElementById("flagged").replaceChildren(...(rows.length ? rows : [el("span", {className: "muted"}, "无")]));
 }
 
 function bars(node, counts) {
@@ -65,15 +86,28 @@ async function refreshToday() {
   bars(document.getElementById("by-category"), today.by_category);
 }
 
+// after (re)connecting: the live calls already flagged (the feed only brings changes)
+async function refreshFlagged() {
+  flagged.clear();
+  for (const c of await api("GET", "/api/calls")) {
+    if (c.transcript && (c.transcript.flags || []).length) flagged.set(c.call_id, c);
+  }
+  renderSpeech();
+}
+
 let pending = null, todayPending = null;
 feed((msg) => {
   if (msg.type === "status") { status = msg.data; statusAt = Date.now() / 1000; render(); return; }
+  const d = msg.data || {};
+  if (msg.type === "call_transcript" && d.transcript && (d.transcript.flags || []).length) flagged.set(d.call_id, d);
+  if (msg.type === "call_connected" && flagged.has(d.call_id)) flagged.set(d.call_id, {...flagged.get(d.call_id), phase: "talking"});
+  if (msg.type === "call_ended") flagged.delete(d.call_id);
   // any change: fetch the fresh status at once (coalesced), the day's figures a little later
   if (!pending) pending = setTimeout(() => { pending = null; refreshStatus().catch(() => {}); }, 50);
   if (["call_arrived", "call_connected", "call_ended"].includes(msg.type) && !todayPending) {
     todayPending = setTimeout(() => { todayPending = null; refreshToday().catch(() => {}); }, 500);
   }
-}, () => refreshToday().catch(() => {}));
+}, () => { refreshToday().catch(() => {}); refreshFlagged().catch(() => {}); });
 refreshStatus().catch(() => {});
 setInterval(render, 1000);
 setInterval(() => refreshToday().catch(() => {}), 30000);
