@@ -24,6 +24,7 @@ Policy in brief (details at each handler):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -167,6 +168,28 @@ class Acd:
     def call_state(self, call_id: str) -> CallState | None:
         call = self._s.calls.get(call_id)
         return None if call is None else call.state
+
+    def tick_due(self) -> float:
+        """The earliest time a Tick can move a call or a seat, judged just after a Tick.
+
+        ``-inf`` while a line that pool seats may serve has callers waiting or its
+        overflow on: every Tick counts there. Otherwise the earliest ring deadline or
+        end of wrap-up, or ``inf``: until then, and until another event comes, a Tick
+        offers no call and moves no seat. With nobody waiting and the overflow off,
+        neither policy can switch on without a new arrival (``late`` needs a waiting
+        caller; the arrival count behind ``short`` only falls while nobody calls), and a
+        line no pool seat may serve has no seat for its overflow to move (its on/off
+        state is then not followed between events). The simulator skips the other
+        Ticks (a day of them costs seconds); the engine simply ticks.
+        """
+        pooled = {line for seat in self._s.config.pool for line in seat.lines}  # the seats' may_serve
+        for line_id, line in self._s.lines.items():
+            if line_id in pooled and (len(line.queue) or line.overflow.active):
+                return -math.inf
+        due = [c.offer_deadline for c in self._s.ringing.values() if c.offer_deadline is not None]
+        due += [s.wrap_until for s in self._s.seats.values()
+                if s.state is SeatState.WRAP_UP and s.wrap_until is not None]
+        return min(due, default=math.inf)
 
     # --- lookups --------------------------------------------------------------------
     def _seat(self, seat_id: str) -> Seat:
@@ -543,7 +566,10 @@ class Acd:
         serving = dict.fromkeys(self._s.lines, 0)
         pool = dict.fromkeys(self._s.lines, 0)
         for seat in self._s.seats.values():
-            staffed = seat.registered and seat.state in STAFFED
+            # STAFFED by identity: hashing an enum member calls Python code, and this runs
+            # for every seat on every Tick
+            staffed = seat.registered and seat.state is not SeatState.LOGGED_OUT and (
+                seat.state is not SeatState.PAUSED)
             if seat.home is not None and seat.home in own:
                 own[seat.home] += staffed
                 serving[seat.home] += staffed
@@ -551,7 +577,7 @@ class Acd:
                 for line_id in seat.may_serve:
                     if line_id in pool:
                         pool[line_id] += 1
-            if staffed:
+            if staffed and (seat.overflow_lines or seat.pinned_lines):  # most seats: no set built
                 for line_id in seat.extra_lines:
                     if line_id != seat.home and line_id in serving:
                         serving[line_id] += 1

@@ -4,10 +4,14 @@ The classic M/M/N model: Poisson arrivals, exponential handle times, N seats, ca
 who wait forever. Computed through the Erlang B recursion
 ``B(0) = 1, B(n) = A*B(n-1) / (n + A*B(n-1))``, which needs no factorials and stays
 within [0, 1], so it is exact enough for thousands of seats.
+
+:func:`service_level` and :func:`agents_needed` remember their last few thousand answers:
+the overflow policy asks the same question on every Tick until a call comes or goes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 
@@ -33,6 +37,7 @@ def erlang_c(traffic_erlangs: float, agents: int) -> float:
     return agents * b / (agents - traffic_erlangs * (1.0 - b))
 
 
+@functools.lru_cache(maxsize=4096)
 def service_level(
     arrival_rate_per_s: float, aht_s: float, agents: int, target_s: float
 ) -> float:
@@ -61,6 +66,7 @@ def average_speed_of_answer(arrival_rate_per_s: float, aht_s: float, agents: int
     return erlang_c(traffic, agents) * aht_s / (agents - traffic)
 
 
+@functools.lru_cache(maxsize=4096)
 def agents_needed(
     arrival_rate_per_s: float,
     aht_s: float,

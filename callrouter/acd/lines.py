@@ -19,6 +19,10 @@ MAX_PRIORITY = 9
 
 OverflowPolicyName = Literal["wait_threshold", "predictive"]
 POLICIES: tuple[OverflowPolicyName, ...] = ("wait_threshold", "predictive")
+# what the staffing planner holds a line to: the share of callers answered within
+# target_s, or the share answered at all ("connected", GB/T 33358's connection rate)
+StaffingMeasure = Literal["within_target", "connected"]
+STAFFING_MEASURES: tuple[StaffingMeasure, ...] = ("within_target", "connected")
 
 # The naming rule for seat ids and their PJSIP endpoints, from lines.toml and at runtime
 # alike: never '/', ':' or '@' (an endpoint "trunk/sip:x@host" would dial anywhere through
@@ -68,6 +72,16 @@ class LineConfig:
     aht_alpha: float  # weight of each finished call in the talk-time EWMA
     announce_interval_s: float | None  # position/ETA announcements; None: never
     overflow: OverflowConfig = field(default_factory=OverflowConfig)
+    # the staffing planner's target (callrouter staffing): measure and level; the level
+    # defaults to target_service_level
+    staffing_measure: StaffingMeasure = "within_target"
+    staffing_level: float | None = None
+
+    @property
+    def staffing_goal(self) -> tuple[StaffingMeasure, float]:
+        """(measure, level) the staffing planner holds this line to."""
+        level = self.staffing_level if self.staffing_level is not None else self.target_service_level
+        return self.staffing_measure, level
 
 
 @dataclass(frozen=True)
@@ -248,6 +262,10 @@ def _parse_line(
     if t.has("announce_interval_s"):
         announce = t.number("announce_interval_s", minimum=10, maximum=3600, unit=" seconds")
     overflow = _parse_overflow(t.table("overflow", required=True))
+    measure = t.string("staffing_measure", default="within_target", choices=STAFFING_MEASURES)
+    staffing_level: float | None = None
+    if t.has("staffing_level"):
+        staffing_level = t.number("staffing_level", above=0, maximum=0.999)
     t.reject_unknown()
     if len(t.problems) > start:
         return None
@@ -283,6 +301,8 @@ def _parse_line(
         aht_alpha=aht_alpha,
         announce_interval_s=announce,
         overflow=overflow,
+        staffing_measure="connected" if measure == "connected" else "within_target",
+        staffing_level=staffing_level,
     )
 
 

@@ -1,16 +1,18 @@
 """Simulator scenarios: ``queues/scenarios/*.toml`` -> :class:`Scenario`.
 
 A scenario says who calls (traffic streams with arrival rates over time), how long
-they talk and how long they are willing to wait, which seats are staffed and how
-seats behave when they ring. Validated like the lines file: every problem at once,
-as ``file:line: problem``. See ``queues/scenarios/storm-night.toml`` for the format.
+they talk and how long they are willing to wait, which seats are staffed (all the
+time, or in shifts) and how seats behave when they ring. Validated like the lines
+file: every problem at once, as ``file:line: problem``. See
+``queues/scenarios/storm-night.toml`` (rates per minute, linear in between) and
+``queues/scenarios/normal-tuesday.toml`` (calls per hour, shifts) for the format.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +23,7 @@ from callrouter.acd.tomlsource import Problems, TableReader, TomlSource, dotted
 Distribution = Literal["exponential", "lognormal"]
 DISTRIBUTIONS: tuple[Distribution, ...] = ("exponential", "lognormal")
 _FOREVER = 7 * 86400.0  # a constant rate holds for the whole run
+MAX_HOURS = 7 * 24  # calls_per_hour: at most a week of hourly values
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/-]{0,63}")
 
 
@@ -48,6 +51,25 @@ class Stream:
     transfer_to: str | None = None  # some callers turn out to belong to the other line
     transfer_probability: float = 0.0
     escalate: bool = False  # the transfer goes to the front of its class
+    # callers given one by one instead of drawn: (arrival s, handle s, patience s); for
+    # replaying a recorded run (not in the TOML format)
+    callers: tuple[tuple[float, float, float], ...] | None = None
+
+
+def hourly_rates(calls_per_hour: tuple[float, ...], start_s: float = 0.0,
+                 hour_s: float = 3600.0) -> tuple[tuple[float, float], ...]:
+    """``rate_per_min`` points for a step curve: ``calls_per_hour[i]`` in hour ``i``.
+
+    Each step is two points at the same time (the simulator skips the zero-length
+    segment between them); no calls after the last hour.
+    """
+    points: list[tuple[float, float]] = []
+    for i, calls in enumerate(calls_per_hour):
+        rate = calls * 60.0 / hour_s
+        points += [(start_s + i * hour_s, rate), (start_s + (i + 1) * hour_s, rate)]
+    if points:
+        points.append((points[-1][0], 0.0))
+    return tuple(points)
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,13 @@ class Scenario:
     seats: SeatBehaviour
     streams: tuple[Stream, ...]
     source: str
+    # line id (or "overflow") -> ((from s, seats), ...): seats that change over time; a
+    # key here overrides ``staffing``
+    shifts: dict[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+
+    def shift(self, key: str, default: int) -> tuple[tuple[float, int], ...]:
+        """The seats of ``key`` over time: ((from s, seats), ...), from 0."""
+        return self.shifts.get(key) or ((0.0, self.staffing.get(key, default)),)
 
 
 def load_scenario(path: str | Path, lines_override: str | Path | None = None) -> Scenario:
@@ -99,9 +128,16 @@ def load_scenario(path: str | Path, lines_override: str | Path | None = None) ->
         head.reject_unknown()
 
     staffing: dict[str, int] = {}
+    shifts: dict[str, tuple[tuple[float, int], ...]] = {}
     staff = root.table("staffing")
     if staff is not None:
         for key in staff.data:
+            if isinstance(staff.data[key], list):
+                steps = _shifts(staff, key)
+                if steps is not None:
+                    shifts[key] = steps
+                    staffing[key] = max(n for _, n in steps)
+                continue
             count = staff.integer(key, minimum=0, maximum=1000)
             if count is not None:
                 staffing[key] = count
@@ -151,7 +187,31 @@ def load_scenario(path: str | Path, lines_override: str | Path | None = None) ->
         seats=seats,
         streams=tuple(streams),
         source=source.name,
+        shifts=shifts,
     )
+
+
+def _shifts(t: TableReader, key: str) -> tuple[tuple[float, int], ...] | None:
+    """``"110" = [[0, 3], [28800, 8], ...]``: from that second on, that many seats."""
+    raw = t.raw(key)
+    where = f"{dotted(t.path + (key,))}"
+    steps: list[tuple[float, int]] = []
+    ok = isinstance(raw, list) and bool(raw)
+    for item in raw if isinstance(raw, list) else []:
+        if (not isinstance(item, list) or len(item) != 2
+                or isinstance(item[0], bool) or not isinstance(item[0], int | float) or item[0] < 0
+                or isinstance(item[1], bool) or not isinstance(item[1], int) or not 0 <= item[1] <= 1000):
+            ok = False
+            break
+        steps.append((float(item[0]), int(item[1])))
+    if not ok:
+        t.problems.add(t.path + (key,), f"{where}: a number of seats (0-1000) or a list of "
+                       "[from_s, seats] pairs, e.g. [[0, 3], [28800, 8]]")
+        return None
+    if steps[0][0] != 0 or any(b[0] <= a[0] for a, b in itertools.pairwise(steps)):
+        t.problems.add(t.path + (key,), f"{where}: the first shift starts at 0 and times increase")
+        return None
+    return tuple(steps)
 
 
 def _check_lines(
@@ -249,11 +309,18 @@ def _stream(t: TableReader, names: set[str]) -> Stream | None:
 
 
 def _rates(t: TableReader) -> tuple[tuple[float, float], ...] | None:
+    hourly = t.raw("calls_per_hour")
     raw = t.raw("rate_per_min")
     where = f"{dotted(t.path)}.rate_per_min"
     path = t.path + ("rate_per_min",)
+    if hourly is not None:
+        if raw is not None:
+            t.problems.add(path, f"{where}: give rate_per_min or calls_per_hour, not both")
+            return None
+        return _hourly(t, hourly)
     if raw is None:
-        t.problems.add(path, f"{where}: missing; add `rate_per_min = [[0, 3.0], [3600, 3.0]]`")
+        t.problems.add(path, f"{where}: missing; add `rate_per_min = [[0, 3.0], [3600, 3.0]]` "
+                       "or `calls_per_hour = [12, 8, ...]`")
         return None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         if raw < 0:
@@ -285,3 +352,15 @@ def _rates(t: TableReader) -> tuple[tuple[float, float], ...] | None:
         t.problems.add(path, f"{where}: times must increase")
         return None
     return tuple(points)
+
+
+def _hourly(t: TableReader, raw: object) -> tuple[tuple[float, float], ...] | None:
+    """``calls_per_hour = [12, 8, ...]``: that many calls (on average) in hour 0, 1, ..."""
+    if (not isinstance(raw, list) or not 1 <= len(raw) <= MAX_HOURS
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100_000
+                       for v in raw)):
+        t.problems.add(t.path + ("calls_per_hour",),
+                       f"{dotted(t.path)}.calls_per_hour: a list of 1 to {MAX_HOURS} numbers of calls "
+                       "(0-100000), one per hour from the start")
+        return None
+    return hourly_rates(tuple(float(v) for v in raw))

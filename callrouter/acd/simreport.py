@@ -65,15 +65,16 @@ def format_text(scenario: Scenario, results: Sequence[SimResult], *, intervals: 
             out.append(f"  {label:<{label_w - 2}}" + "".join(fmt(r).rjust(col_w) for r in reports))
         if intervals:
             out.append(f"  {'service level by quarter hour':<{label_w - 2}}")
-            starts = sorted({s for rep in reports for s, _, _ in rep.intervals})
+            starts = sorted({iv.start_s for rep in reports for iv in rep.intervals})
             for start in starts:
                 cells = []
                 for rep in reports:
-                    row = next((iv for iv in rep.intervals if iv[0] == start), None)
-                    if row is None or row[1] == 0:
+                    row = next((iv for iv in rep.intervals if iv.start_s == start), None)
+                    if row is None or row.offered == 0:
                         cells.append("-".rjust(col_w))
                     else:
-                        cells.append(f"{100 * row[2] / row[1]:.0f} % of {row[1]}".rjust(col_w))
+                        cells.append(f"{100 * row.answered_in_target / row.offered:.0f} % of "
+                                     f"{row.offered}".rjust(col_w))
                 out.append(f"    {_clock(start):<{label_w - 4}}" + "".join(cells))
     out.append(
         f"{'wall time':<{label_w}}" + "".join(f"{r.wall_s:.2f} s".rjust(col_w) for r in results)

@@ -6,7 +6,14 @@ patience; seats answer after a drawn ring delay or not at all. Every input goes
 through :meth:`Acd.handle` exactly as the shell would send it, and the simulator plays
 the shell for the actions that come back. All randomness lives here, seeded: the same
 scenario and seed give the same arrivals, handle times and patience whatever the
-overflow policy, so policies are compared on identical traffic.
+overflow policy or the staffing, so policies and staffing plans are compared on
+identical traffic.
+
+Seats log in and out as the scenario's shifts say (a seat on a call finishes it
+first). The clock ticks every ``tick_s`` on a fixed grid, but a Tick that the core says
+cannot change anything (:meth:`Acd.tick_due`: nobody waiting or ringing, overflow off,
+no wrap-up ending) is skipped: the results are the same as ticking every time
+(``every_tick=True``), and a quiet day costs a fraction of the time.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from callrouter.acd.actions import (
     Action,
@@ -37,6 +44,7 @@ from callrouter.acd.events import (
     OfferAnswered,
     OfferFailed,
     SeatLogin,
+    SeatLogout,
     SeatRegistered,
     SeatResume,
     Tick,
@@ -45,11 +53,28 @@ from callrouter.acd.lines import LinesConfig, OverflowPolicyName
 from callrouter.acd.model import SeatState
 from callrouter.acd.scenario import Draw, Scenario, Stream
 
-# event kinds, in the order they run when they fall on the same instant
-_ARRIVE, _ANSWER, _NO_ANSWER, _END, _TRANSFER, _ABANDON, _RESUME, _TICK = range(8)
+# event kinds, in the order they run when they fall on the same instant: a shift change
+# before the callers of that instant, the Tick after everything else
+_STAFF, _ARRIVE, _ANSWER, _NO_ANSWER, _END, _TRANSFER, _ABANDON, _RESUME, _TICK = range(9)
 # share of a misrouted call spent with the first line's seat before the transfer
 _TRANSFER_TALK_SHARE = 0.3
-INTERVAL_S = 900  # the per-interval breakdown in the report: quarter hours
+INTERVAL_S = 900  # the per-interval breakdown in the report: quarter hours (run_simulation's default)
+
+
+class Interval(NamedTuple):
+    """The callers who joined a line in one interval, and what became of them."""
+
+    start_s: float
+    offered: int
+    answered_in_target: int
+    answered: int = 0
+    abandoned: int = 0
+    longest_wait_s: float = 0.0  # answered or abandoned, whichever waited longest
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start_s": self.start_s, "offered": self.offered,
+                "answered_in_target": self.answered_in_target, "answered": self.answered,
+                "abandoned": self.abandoned, "longest_wait_s": round(self.longest_wait_s, 1)}
 
 
 @dataclass
@@ -69,9 +94,14 @@ class _Caller:
     ring_rng: random.Random | None = None
 
 
+# an interval's running figures: offered, in target, answered, abandoned, longest wait
+_OFFERED, _IN_TARGET, _ANSWERED, _ABANDONED, _LONGEST = range(5)
+
+
 @dataclass
 class LineTally:
     target_s: float
+    interval_s: float = INTERVAL_S
     offered: int = 0
     answered: int = 0
     answered_in_target: int = 0
@@ -87,14 +117,24 @@ class LineTally:
     overflow_changed_at: float = 0.0
     overflow_activations: int = 0
     overflow_first_on_s: float | None = None
-    # quarter hour -> [offered, answered within target]
-    intervals: dict[int, list[int]] = field(default_factory=dict)
+    # interval index -> [offered, in target, answered, abandoned, longest wait]
+    intervals: dict[int, list[float]] = field(default_factory=dict)
 
     def joined(self, at: float) -> None:
         self.offered += 1
         self.waiting_now += 1
         self.peak_waiting = max(self.peak_waiting, self.waiting_now)
-        self.intervals.setdefault(int(at // INTERVAL_S), [0, 0])[0] += 1
+        self.intervals.setdefault(int(at // self.interval_s), [0, 0, 0, 0, 0.0])[_OFFERED] += 1
+
+    def left_queue(self, joined_at: float, wait_s: float, *, answered: bool) -> None:
+        row = self.intervals[int(joined_at // self.interval_s)]
+        if answered:
+            row[_ANSWERED] += 1
+            if wait_s <= self.target_s:
+                row[_IN_TARGET] += 1
+        else:
+            row[_ABANDONED] += 1
+        row[_LONGEST] = max(row[_LONGEST], wait_s)
 
     def overflow(self, at: float, active: bool, seats: int) -> None:
         span = at - self.overflow_changed_at
@@ -127,7 +167,7 @@ class LineReport:
     overflow_active_minutes: float
     overflow_activations: int
     overflow_first_on_s: float | None
-    intervals: tuple[tuple[int, int, int], ...]  # (start s, offered, in target)
+    intervals: tuple[Interval, ...]  # by the interval the callers joined the line in
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -147,10 +187,7 @@ class LineReport:
             "overflow_active_minutes": round(self.overflow_active_minutes, 1),
             "overflow_activations": self.overflow_activations,
             "overflow_first_on_s": self.overflow_first_on_s,
-            "intervals": [
-                {"start_s": s, "offered": o, "answered_in_target": a}
-                for s, o, a in self.intervals
-            ],
+            "intervals": [iv.as_dict() for iv in self.intervals],
         }
 
 
@@ -188,8 +225,16 @@ def run_simulation(
     seed: int | None = None,
     duration_s: float | None = None,
     lines: LinesConfig | None = None,
+    interval_s: float = INTERVAL_S,
+    every_tick: bool = False,
 ) -> SimResult:
-    """Run ``scenario`` once; ``policy`` overrides every line's overflow policy."""
+    """Run ``scenario`` once; ``policy`` overrides every line's overflow policy.
+
+    ``interval_s``: the length of the report's intervals. ``every_tick``: feed every
+    Tick of the grid, even those the core says change nothing (same results, slower).
+    """
+    if interval_s <= 0:
+        raise ValueError("interval_s must be > 0")
     config = lines if lines is not None else scenario.lines
     if policy is not None:
         config = config.with_policy(policy)
@@ -198,6 +243,8 @@ def run_simulation(
         config,
         scenario.seed if seed is None else seed,
         scenario.duration_s if duration_s is None else duration_s,
+        interval_s=interval_s,
+        every_tick=every_tick,
     )
     return run.go(policy or "as configured")
 
@@ -218,19 +265,24 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 class _Run:
     def __init__(
-        self, scenario: Scenario, config: LinesConfig, seed: int, duration_s: float
+        self, scenario: Scenario, config: LinesConfig, seed: int, duration_s: float, *,
+        interval_s: float = INTERVAL_S, every_tick: bool = False,
     ) -> None:
         self.scenario = scenario
         self.config = config
         self.seed = seed
         self.duration_s = duration_s
+        self.every_tick = every_tick
         self.acd = Acd(config)
         self.heap: list[tuple[float, int, int, str, str, int]] = []
         self.seq = 0
         self.callers: dict[str, _Caller] = {}
         self.live = 0
         self.events = 0
-        self.tally = {ln.id: LineTally(ln.target_s) for ln in config.lines}
+        self.tally = {ln.id: LineTally(ln.target_s, interval_s) for ln in config.lines}
+        self.logged_in: set[str] = set()  # seats the shifts logged in (and not out since)
+        self.tick_ks: set[int] = set()  # grid indexes of the Ticks in the heap that count
+        self.last_k = -1  # grid index of the last Tick fed
 
     def push(self, at: float, kind: int, a: str = "", b: str = "", n: int = 0) -> None:
         self.seq += 1
@@ -242,6 +294,9 @@ class _Run:
         for stream in self.scenario.streams:
             rng = random.Random(f"{self.seed}:{stream.name}")
             n = 0
+            if stream.callers is not None:
+                count += self._replay(stream, rng)
+                continue
             points = stream.rate_per_min
             for (a, ra), (b, rb) in itertools.pairwise(points):
                 b = min(b, self.duration_s)
@@ -273,31 +328,87 @@ class _Run:
             count += n
         return count
 
+    def _replay(self, stream: Stream, rng: random.Random) -> int:
+        """Callers given one by one (a recorded run), not drawn."""
+        n = 0
+        for at, handle_s, patience_s in stream.callers or ():
+            if at >= self.duration_s:
+                continue
+            n += 1
+            caller = _Caller(
+                id=f"{stream.name}#{n}", stream=stream, arrived_at=at, handle_s=handle_s,
+                patience_s=patience_s,
+                will_transfer=stream.transfer_to is not None
+                and rng.random() < stream.transfer_probability,
+                line=stream.line, joined_at=at,
+            )
+            self.callers[caller.id] = caller
+            self.push(at, _ARRIVE, caller.id)
+        return n
+
     def _staff(self) -> None:
+        """Push every shift change: the line's own seats, then the pool ("overflow")."""
         for line in self.config.lines:
-            wanted = self.scenario.staffing.get(line.id, len(line.seats))
-            for seat in line.seats[:wanted]:
-                self._feed(SeatRegistered(seat.id, True), 0.0)
-                self._feed(SeatLogin(seat.id), 0.0)
-        for pool_seat in self.config.pool[: self.scenario.staffing.get("overflow", 0)]:
-            self._feed(SeatRegistered(pool_seat.id, True), 0.0)
-            self._feed(SeatLogin(pool_seat.id), 0.0)
+            for at, count in self.scenario.shift(line.id, len(line.seats)):
+                self.push(at, _STAFF, line.id, "", count)
+        for at, count in self.scenario.shift("overflow", 0):
+            self.push(at, _STAFF, "overflow", "", count)
+
+    def _shift(self, key: str, count: int, now: float) -> None:
+        """The first ``count`` seats of ``key`` logged in, the others out."""
+        if key == "overflow":
+            ids = [seat.id for seat in self.config.pool]
+        else:
+            ids = [seat.id for seat in self.config.line(key).seats]
+        for i, seat in enumerate(ids):
+            if i < count and seat not in self.logged_in:
+                self.logged_in.add(seat)
+                self._feed(SeatRegistered(seat, True), now)
+                self._feed(SeatLogin(seat), now)
+            elif i >= count and seat in self.logged_in:
+                self.logged_in.discard(seat)
+                self._feed(SeatLogout(seat), now)  # after the call and wrap-up, if on one
+
+    def _want_tick(self, at: float, *, also: bool = False) -> None:
+        """A Tick at the first grid point at or after ``at`` (and after the last Tick).
+
+        Not when an earlier Tick is in the heap already (it decides about the next one),
+        unless ``also``: the Tick at the end of the traffic window, where ticking on
+        every grid point would stop the run.
+        """
+        tick = self.scenario.tick_s
+        k = max(math.ceil(at / tick - 1e-9), self.last_k + 1)
+        if k in self.tick_ks or (not also and self.tick_ks and min(self.tick_ks) <= k):
+            return
+        self.tick_ks.add(k)
+        self.push(k * tick, _TICK, "", "", k)
 
     # --- the loop -------------------------------------------------------------------
     def go(self, policy_label: str) -> SimResult:
         started = time.perf_counter()
         calls = self._generate()
         self._staff()
-        tick = self.scenario.tick_s
-        self.push(0.0, _TICK)
+        self._want_tick(0.0)
+        self._want_tick(self.duration_s, also=True)
         now = 0.0
         while self.heap:
             now, kind, _, a, b, n = heapq.heappop(self.heap)
             if kind == _TICK:
+                if n not in self.tick_ks:
+                    continue  # superseded by an earlier Tick
+                self.tick_ks.discard(n)
+                self.last_k = n
                 if now >= self.duration_s and self.live == 0:
                     break
-                self.push(now + tick, _TICK)
                 self._feed(Tick(), now)
+                due = -math.inf if self.every_tick else self.acd.tick_due()
+                if due < math.inf:
+                    self._want_tick(max(due, now))
+                continue
+            # every other event: the Tick that follows it on the grid always runs
+            self._want_tick(now)
+            if kind == _STAFF:
+                self._shift(a, n, now)
             elif kind == _ARRIVE:
                 caller = self.callers[a]
                 self.live += 1
@@ -381,7 +492,7 @@ class _Run:
             tally.waits.append(action.wait_s)
             if action.wait_s <= tally.target_s:
                 tally.answered_in_target += 1
-                tally.intervals[int(caller.joined_at // INTERVAL_S)][1] += 1
+            tally.left_queue(caller.joined_at, action.wait_s, answered=True)
             if caller.will_transfer and caller.line == caller.stream.line:
                 self.push(now + caller.handle_s * _TRANSFER_TALK_SHARE, _TRANSFER, caller.id)
             else:
@@ -404,6 +515,7 @@ class _Run:
             tally = self.tally[caller.line]
             tally.waiting_now -= 1
             tally.abandoned += 1
+            tally.left_queue(caller.joined_at, now - caller.joined_at, answered=False)
 
     def _transfer(self, caller: _Caller, now: float) -> None:
         target = caller.stream.transfer_to
@@ -439,6 +551,8 @@ class _Run:
             overflow_activations=t.overflow_activations,
             overflow_first_on_s=t.overflow_first_on_s,
             intervals=tuple(
-                (k * INTERVAL_S, v[0], v[1]) for k, v in sorted(t.intervals.items())
+                Interval(k * t.interval_s, int(v[_OFFERED]), int(v[_IN_TARGET]), int(v[_ANSWERED]),
+                         int(v[_ABANDONED]), v[_LONGEST])
+                for k, v in sorted(t.intervals.items())
             ),
         )

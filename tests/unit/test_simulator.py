@@ -154,7 +154,7 @@ def test_scenario_errors_name_file_and_line(tmp_path: Path) -> None:
         (f"{path}:{at('rate_per_min')}: traffic[1].rate_per_min: must be a number or a list "
         "of [time_s, calls_per_minute] pairs, both >= 0"),
         (f"{path}:{at('colour')}: traffic[1].colour: unknown key; expected one of "
-        "category, escalate, handle_distribution, handle_mean_s, handle_sigma, line, name, "
+        "calls_per_hour, category, escalate, handle_distribution, handle_mean_s, handle_sigma, line, name, "
         "patience_distribution, patience_mean_s, patience_sigma, priority, rate_per_min, "
         "transfer_probability, transfer_to"),
     ]
