@@ -58,12 +58,16 @@ class AriWatch:
         with self._lock:
             return [e for e in self._events if where(e)]
 
-    def channel_caller(self, channel_id: str) -> str:
-        """The caller number Asterisk showed for a channel in any event about it."""
+    def channels(self) -> dict[str, dict[str, Any]]:
+        """Every channel seen, by id: its latest snapshot (name, state, caller ...)."""
+        seen: dict[str, dict[str, Any]] = {}
         for e in self.events(lambda e: isinstance(e.get("channel"), dict)):
-            if e["channel"].get("id") == channel_id:
-                return str(e["channel"].get("caller", {}).get("number", ""))
-        return ""
+            seen[str(e["channel"].get("id"))] = e["channel"]
+        return seen
+
+    def channel_caller(self, channel_id: str) -> str:
+        """The caller number Asterisk showed for a channel."""
+        return str(self.channels().get(channel_id, {}).get("caller", {}).get("number", ""))
 
     def _main(self) -> None:
         try:
