@@ -90,7 +90,8 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/api/status": {"get": _op(
             "Per line: waiting, longest wait, seats by state, overflow, service level (an agent: its own seat "
-            "only)", "any", op_id="getStatus", errors=("401", "503"))},
+            "only); speech: transcription state, in use, refused over the limit, failures", "any",
+            op_id="getStatus", errors=("401", "503"))},
         "/api/seats/{seat}/{action}": {"parameters": [SEAT, _path(
             "action", "what to do", enum=["login", "logout", "pause", "resume", "wrapup_done"])], "post": _op(
             "Log a seat in or out, pause it (body reason), resume it, or end its wrap-up",

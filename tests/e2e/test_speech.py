@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from callrouter.config import Settings
+from callrouter.sim.leftovers import pbx_resources
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
 from callrouter.sim.speech import speak_scenario, speech_pcap
 from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
@@ -271,3 +272,40 @@ def test_the_pages_show_what_the_caller_said(engines: EngineFactory, speak: Spea
     engines.api("DELETE", f"/api/calls/{ticket_of(engines, caller)['channel_id']}")  # type: ignore[index]
     thread.join(timeout=30)
     assert out and out[0].calls[0].ok, out
+
+
+def side_parts(engines: EngineFactory) -> list[str]:
+    """What transcription made that Asterisk still holds: snoop and external media
+    channels, speech bridges."""
+    res = pbx_resources(engines.settings)
+    return ([str(c["name"]) for c in res.channels if str(c["name"]).startswith(("Snoop/", "UnicastRTP/"))]
+            + [str(b["id"]) for b in res.bridges if str(b["id"]).startswith("callrouter-speech-")])
+
+
+def test_what_transcription_made_goes_when_the_caller_hangs_up_or_the_engine_stops(
+        engines: EngineFactory, speak: Speak) -> None:
+    with_speech(engines)
+    start_ready(engines)
+    engine = engines.started[0]
+    # a caller who hangs up while being transcribed (3 s in), one who stays
+    leaving = CallSpec("12345", "13955500501", 3.0)
+    staying = CallSpec("12345", "13955500502", -1)
+    t1, out1 = call_in_background(engines, speak("민원"), [leaving])
+    t2, _ = call_in_background(engines, speak("수도 수리"), [staying])
+    wait_for(lambda: engine.log().count("event=speech_started") == 2, 20, "both callers transcribed")
+    assert len(side_parts(engines)) == 6, side_parts(engines)  # snoop, media, bridge each
+    t1.join(timeout=30)
+    assert out1 and out1[0].calls[0].ok
+    wait_for(lambda: len(side_parts(engines)) == 3, 10, "the leaving caller's snoop, media channel and bridge gone")
+    # SIGTERM: the engine removes what it made; the waiting caller stays with Asterisk
+    assert engine.stop() == 0
+    assert side_parts(engines) == [], "nothing of speech left after the engine stopped"
+    assert "event=speech_teardown" not in engine.log(), "no teardown failed or timed out"
+    # the next engine adopts the caller (not transcribed again) and hangs them up on request
+    engines.start()
+    wait_for(lambda: engines.api("GET", "/api/calls")[1], 10, "the caller adopted")
+    status, calls = engines.api("GET", "/api/calls")
+    assert status == 200 and isinstance(calls, list) and calls[0]["caller"] == staying.caller
+    assert engines.api("DELETE", f"/api/calls/{calls[0]['call_id']}")[0] == 200
+    t2.join(timeout=30)
+    assert side_parts(engines) == []
