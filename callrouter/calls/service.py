@@ -113,6 +113,13 @@ def is_mixing_bridge_of(bridge_id: str, call_id: str) -> bool:
     return bridge_id.startswith(f"{BRIDGE_PREFIX}call-{call_id}-")
 
 
+def announcement(position: int, minutes: int) -> list[str]:
+    """The sounds of a position and wait announcement: 您前面还有 N 位来电在等候 (N callers
+    ahead), or 您是下一位 for the first in line; then 预计等待时间约 M 分钟."""
+    where = ["position-next"] if position <= 1 else ["position-prefix", f"num-{position - 1}", "position-suffix"]
+    return [*where, "wait-prefix", f"num-{minutes}", "wait-suffix"]
+
+
 class CallService:
     def __init__(self, ari: AriClient, plan: NumberPlan, writer: TicketWriter, acd: Acd, *,
                  clock: Clock = utcnow, hold_shard_size: int = 40) -> None:
@@ -436,9 +443,7 @@ class CallService:
             return
         minutes = max(1, min(99, math.ceil(action.eta_s / 60)))
         position = max(1, min(99, action.position))
-        media = ",".join([f"sound:callrouter/{name}" for name in (
-            "position-prefix", f"num-{position - 1}", "position-suffix",
-            "wait-prefix", f"num-{minutes}", "wait-suffix")])
+        media = ",".join([f"sound:callrouter/{name}" for name in announcement(position, minutes)])
 
         async def play() -> None:
             if call.phase is CallPhase.TALKING:

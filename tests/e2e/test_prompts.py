@@ -75,14 +75,16 @@ def test_a_96345_caller_hears_position_and_wait_in_order(engines: EngineFactory,
         announce = next(evs for pid, evs in played.items() if pid.startswith("announce-"))
         # Asterisk plays a list of sounds as one playback: Started for each sound, Continuing
         # between two, Finished after the last
-        types = [e["type"] for e in announce]
-        assert types == ["PlaybackStarted"] + ["PlaybackContinuing", "PlaybackStarted"] * 5 + ["PlaybackFinished"], (
-            caller, [(e["type"], e["playback"].get("media_uri"), e["timestamp"]) for e in announce])
-        assert announce[-1]["playback"]["state"] == "done", announce[-1]
         # nobody serving: the core's ETA is position x AHT, announced in whole minutes
         minutes = max(1, min(99, math.ceil(round(position * aht_s) / 60)))
-        names = ["position-prefix", f"num-{position - 1}", "position-suffix", "wait-prefix", f"num-{minutes}",
-                 "wait-suffix"]
+        # the first in line is told so (您是下一位), the others how many callers are ahead
+        where = ["position-next"] if position == 1 else ["position-prefix", f"num-{position - 1}", "position-suffix"]
+        names = [*where, "wait-prefix", f"num-{minutes}", "wait-suffix"]
+        types = [e["type"] for e in announce]
+        assert types == (["PlaybackStarted"] + ["PlaybackContinuing", "PlaybackStarted"] * (len(names) - 1)
+                         + ["PlaybackFinished"]), (
+            caller, [(e["type"], e["playback"].get("media_uri"), e["timestamp"]) for e in announce])
+        assert announce[-1]["playback"]["state"] == "done", announce[-1]
         started = [e for e in announce if e["type"] == "PlaybackStarted"]
         assert [e["playback"]["media_uri"] for e in started] == [f"sound:callrouter/{n}" for n in names], caller
         # each sound played for as long as its file lasts: Asterisk found it and played it through
