@@ -201,6 +201,13 @@ def cmd_sim(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.failed == 0 else 1
 
 
+# ------------------------------------------------------------------ staffing
+def cmd_staffing(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.capacity.cli import staffing_main
+
+    return staffing_main(args, settings)
+
+
 # ------------------------------------------------------------------ engine control
 def _api(settings: Settings, method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
     """A request to the running engine's API (loopback, token from the secrets file)."""
@@ -411,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     # `callrouter simulate SCENARIO ...` is dispatched in main() before this parser
     sub.add_parser("simulate", help="capacity simulator on the ACD core: callrouter simulate --help")
+
+    sf = sub.add_parser("staffing", help="seats per hour per line and the overflow pool that meet the targets; "
+                                         "what-if (simulated on the ACD core)")
+    from callrouter.capacity.cli import add_arguments as add_staffing_arguments
+
+    add_staffing_arguments(sf)
+    sf.set_defaults(func=cmd_staffing)
 
     d = sub.add_parser("demo", help="bring everything up, run simulated traffic, summarise, stop")
     d.add_argument("--calls", type=int, default=60)

@@ -141,6 +141,11 @@ class Settings:
         return self.cel_state_file or (self.home / "cel-import.json")
 
     @property
+    def staffing_dir(self) -> Path:
+        """Where `callrouter staffing ... --publish` writes the plan the wallboard shows."""
+        return self.home / "staffing"
+
+    @property
     def api_url(self) -> str:
         return f"http://{self.api_bind}:{self.api_port}"
 

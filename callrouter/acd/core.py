@@ -78,6 +78,7 @@ class Acd:
                 _state.seats[seat.id] = seat
         self._s = _state
         self._fresh: list[Call] = []  # joined a queue during this handle()
+        self._pooled: tuple[LinesConfig | None, frozenset[str]] = (None, frozenset())  # tick_due's
 
     # --- public -------------------------------------------------------------------
     @property
@@ -182,7 +183,10 @@ class Acd:
         state is then not followed between events). The simulator skips the other
         Ticks (a day of them costs seconds); the engine simply ticks.
         """
-        pooled = {line for seat in self._s.config.pool for line in seat.lines}  # the seats' may_serve
+        config = self._s.config
+        if self._pooled[0] is not config:  # the pool seats' may_serve, once per configuration
+            self._pooled = (config, frozenset(line for seat in config.pool for line in seat.lines))
+        pooled = self._pooled[1]
         for line_id, line in self._s.lines.items():
             if line_id in pooled and (len(line.queue) or line.overflow.active):
                 return -math.inf
@@ -565,14 +569,16 @@ class Acd:
         own = dict.fromkeys(self._s.lines, 0)
         serving = dict.fromkeys(self._s.lines, 0)
         pool = dict.fromkeys(self._s.lines, 0)
+        logged_out, paused = SeatState.LOGGED_OUT, SeatState.PAUSED
         for seat in self._s.seats.values():
             # STAFFED by identity: hashing an enum member calls Python code, and this runs
             # for every seat on every Tick
-            staffed = seat.registered and seat.state is not SeatState.LOGGED_OUT and (
-                seat.state is not SeatState.PAUSED)
-            if seat.home is not None and seat.home in own:
-                own[seat.home] += staffed
-                serving[seat.home] += staffed
+            state, home = seat.state, seat.home
+            staffed = seat.registered and state is not logged_out and state is not paused
+            if home is not None and home in own:
+                if staffed:
+                    own[home] += 1
+                    serving[home] += 1
             else:
                 for line_id in seat.may_serve:
                     if line_id in pool:
@@ -609,8 +615,8 @@ class Acd:
                 seat.overflow_lines.discard(line_id)
             out.append(self._overflow_changed(line, decision.trigger))
             return
-        if not decision.state.active:
-            return
+        if not decision.state.active or (was_active and decision.wanted_seats <= 0):
+            return  # off, or on and wanting no more seats: nothing joins, nothing to report
         assigned = [s for s in self._s.seats.values() if line_id in s.overflow_lines]
         working = sum(1 for s in assigned if s.state in STAFFED and s.registered)
         grow = decision.wanted_seats - working

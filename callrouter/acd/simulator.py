@@ -13,7 +13,10 @@ Seats log in and out as the scenario's shifts say (a seat on a call finishes it
 first). The clock ticks every ``tick_s`` on a fixed grid, but a Tick that the core says
 cannot change anything (:meth:`Acd.tick_due`: nobody waiting or ringing, overflow off,
 no wrap-up ending) is skipped: the results are the same as ticking every time
-(``every_tick=True``), and a quiet day costs a fraction of the time.
+(``every_tick=True``), and a quiet day costs a fraction of the time. With
+``exact_wrap_up`` a seat's wrap-up ends exactly when due (WrapUpDone), not at the next
+Tick: the engine ticks every 0.5 s, so a coarser simulated tick (cheaper when the
+overflow policy is busy) then only delays the policy, never the seats.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from callrouter.acd.events import (
     SeatRegistered,
     SeatResume,
     Tick,
+    WrapUpDone,
 )
 from callrouter.acd.lines import LinesConfig, OverflowPolicyName
 from callrouter.acd.model import SeatState
@@ -55,9 +59,9 @@ from callrouter.acd.scenario import Draw, Scenario, Stream
 
 # event kinds, in the order they run when they fall on the same instant: a shift change
 # before the callers of that instant, the Tick after everything else
-_STAFF, _ARRIVE, _ANSWER, _NO_ANSWER, _END, _TRANSFER, _ABANDON, _RESUME, _TICK = range(9)
+_STAFF, _ARRIVE, _ANSWER, _NO_ANSWER, _END, _TRANSFER, _ABANDON, _RESUME, _WRAPPED, _TICK = range(10)
 # share of a misrouted call spent with the first line's seat before the transfer
-_TRANSFER_TALK_SHARE = 0.3
+TRANSFER_TALK_SHARE = 0.3
 INTERVAL_S = 900  # the per-interval breakdown in the report: quarter hours (run_simulation's default)
 
 
@@ -227,11 +231,13 @@ def run_simulation(
     lines: LinesConfig | None = None,
     interval_s: float = INTERVAL_S,
     every_tick: bool = False,
+    exact_wrap_up: bool = False,
 ) -> SimResult:
     """Run ``scenario`` once; ``policy`` overrides every line's overflow policy.
 
     ``interval_s``: the length of the report's intervals. ``every_tick``: feed every
     Tick of the grid, even those the core says change nothing (same results, slower).
+    ``exact_wrap_up``: seats end their wrap-up exactly when it is due, not at the Tick.
     """
     if interval_s <= 0:
         raise ValueError("interval_s must be > 0")
@@ -245,6 +251,7 @@ def run_simulation(
         scenario.duration_s if duration_s is None else duration_s,
         interval_s=interval_s,
         every_tick=every_tick,
+        exact_wrap_up=exact_wrap_up,
     )
     return run.go(policy or "as configured")
 
@@ -266,13 +273,16 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 class _Run:
     def __init__(
         self, scenario: Scenario, config: LinesConfig, seed: int, duration_s: float, *,
-        interval_s: float = INTERVAL_S, every_tick: bool = False,
+        interval_s: float = INTERVAL_S, every_tick: bool = False, exact_wrap_up: bool = False,
     ) -> None:
         self.scenario = scenario
         self.config = config
         self.seed = seed
         self.duration_s = duration_s
         self.every_tick = every_tick
+        self.exact_wrap_up = exact_wrap_up
+        self.seat_line: dict[str, str] = {}  # seat -> line of its last call (its wrap-up time)
+        self.wrap_ends: dict[str, float] = {}  # seat -> when its wrap-up is due (exact_wrap_up)
         self.acd = Acd(config)
         self.heap: list[tuple[float, int, int, str, str, int]] = []
         self.seq = 0
@@ -282,6 +292,7 @@ class _Run:
         self.tally = {ln.id: LineTally(ln.target_s, interval_s) for ln in config.lines}
         self.logged_in: set[str] = set()  # seats the shifts logged in (and not out since)
         self.tick_ks: set[int] = set()  # grid indexes of the Ticks in the heap that count
+        self.pooled = bool(config.pool)  # some line has pool seats: its overflow policy moves seats
         self.last_k = -1  # grid index of the last Tick fed
 
     def push(self, at: float, kind: int, a: str = "", b: str = "", n: int = 0) -> None:
@@ -355,19 +366,31 @@ class _Run:
             self.push(at, _STAFF, "overflow", "", count)
 
     def _shift(self, key: str, count: int, now: float) -> None:
-        """The first ``count`` seats of ``key`` logged in, the others out."""
+        """``count`` seats of ``key`` logged in from now on.
+
+        More: the first seats not logged in join (a seat still finishing its last call
+        stays). Fewer: free seats leave before seats on a call (those finish the call and
+        wrap-up first), the last seats of the list first: when the staffing drops, the
+        agent who is free goes, as in a real shift change.
+        """
         if key == "overflow":
             ids = [seat.id for seat in self.config.pool]
         else:
             ids = [seat.id for seat in self.config.line(key).seats]
-        for i, seat in enumerate(ids):
-            if i < count and seat not in self.logged_in:
-                self.logged_in.add(seat)
-                self._feed(SeatRegistered(seat, True), now)
-                self._feed(SeatLogin(seat), now)
-            elif i >= count and seat in self.logged_in:
-                self.logged_in.discard(seat)
-                self._feed(SeatLogout(seat), now)  # after the call and wrap-up, if on one
+        busy = (SeatState.RINGING, SeatState.ON_CALL, SeatState.WRAP_UP)
+        staffed = [seat for seat in ids if seat in self.logged_in]
+        if len(staffed) > count:
+            order = sorted(range(len(staffed)), key=lambda i: (self.acd.seat_state(staffed[i]) in busy, -i))
+            for i in order[: len(staffed) - count]:
+                self.logged_in.discard(staffed[i])
+                self._feed(SeatLogout(staffed[i]), now)  # after the call and wrap-up, if on one
+            return
+        free = [seat for seat in ids if seat not in self.logged_in]
+        free.sort(key=lambda seat: self.acd.seat_state(seat) not in busy)  # stable: list order within
+        for seat in free[: count - len(staffed)]:
+            self.logged_in.add(seat)
+            self._feed(SeatRegistered(seat, True), now)
+            self._feed(SeatLogin(seat), now)
 
     def _want_tick(self, at: float, *, also: bool = False) -> None:
         """A Tick at the first grid point at or after ``at`` (and after the last Tick).
@@ -405,8 +428,15 @@ class _Run:
                 if due < math.inf:
                     self._want_tick(max(due, now))
                 continue
-            # every other event: the Tick that follows it on the grid always runs
-            self._want_tick(now)
+            if self.pooled:
+                # the Tick that follows any event on the grid runs: it is what lets the
+                # predictive policy see a new arrival
+                self._want_tick(now)
+            else:
+                # no pool: a Tick only ends rings and wrap-ups (Acd.tick_due)
+                due = self.acd.tick_due()
+                if due < math.inf:
+                    self._want_tick(max(due, now))
             if kind == _STAFF:
                 self._shift(a, n, now)
             elif kind == _ARRIVE:
@@ -436,6 +466,10 @@ class _Run:
                 self._transfer(self.callers[a], now)
             elif kind == _RESUME and self.acd.seat_state(b) is SeatState.PAUSED:
                 self._feed(SeatResume(b), now)
+            elif (kind == _WRAPPED and self.wrap_ends.get(b) == now
+                  and self.acd.seat_state(b) is SeatState.WRAP_UP):
+                del self.wrap_ends[b]
+                self._feed(WrapUpDone(b), now)
         wall = time.perf_counter() - started
         for tally in self.tally.values():
             tally.overflow(now, tally.overflow_active, tally.overflow_seats_now)
@@ -483,6 +517,7 @@ class _Run:
             if caller.offer is not None and caller.offer[0] == action.seat:
                 caller.offer = None
         elif isinstance(action, Connect):
+            self.seat_line[action.seat] = action.line
             caller = self.callers[action.call_id]
             caller.waiting = False
             caller.offer = None
@@ -494,11 +529,16 @@ class _Run:
                 tally.answered_in_target += 1
             tally.left_queue(caller.joined_at, action.wait_s, answered=True)
             if caller.will_transfer and caller.line == caller.stream.line:
-                self.push(now + caller.handle_s * _TRANSFER_TALK_SHARE, _TRANSFER, caller.id)
+                self.push(now + caller.handle_s * TRANSFER_TALK_SHARE, _TRANSFER, caller.id)
             else:
                 self.push(now + caller.handle_s, _END, caller.id)
         elif isinstance(action, OverflowChanged):
             self.tally[action.line].overflow(now, action.active, len(action.seats))
+        elif (isinstance(action, SeatStateChanged) and action.state is SeatState.WRAP_UP
+              and self.exact_wrap_up and action.seat in self.seat_line):
+            due = now + self.config.line(self.seat_line[action.seat]).wrap_up_s
+            self.wrap_ends[action.seat] = due
+            self.push(due, _WRAPPED, "", action.seat)
         elif (
             isinstance(action, SeatStateChanged)
             and action.state is SeatState.PAUSED

@@ -529,7 +529,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
               outbox_lag: Callable[[], float] | None = None,
               relay_status: Callable[[], dict[str, Any]] | None = None,
               extra_metrics: Callable[[], str] | None = None,
-              speech_status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
+              speech_status: Callable[[], dict[str, Any]] | None = None,
+              staffing_dir: Path | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
@@ -575,4 +576,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_post("/api/seats/{seat}/{action}", seat_action)
     app.router.add_post("/api/lines/{line}/seats", add_seat)
     app.router.add_delete("/api/lines/{line}/seats/{seat}", remove_seat)
+    if staffing_dir is not None:  # the staffing plan `callrouter staffing --publish` wrote
+        from callrouter.api.staffing import add_routes
+
+        add_routes(app, staffing_dir)
     return app

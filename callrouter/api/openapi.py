@@ -74,6 +74,15 @@ def _with_links(op: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
+def _staffing(op_id: str, summary: str, content: dict[str, Any]) -> dict[str, Any]:
+    """A published staffing file: served as written, 404 until one is published."""
+    return {"operationId": op_id, "summary": summary, "description": "Role: supervisor.", "responses": {
+        "200": {"description": "as published", "content": content}, "401": _err("401"), "403": _err("403"),
+        "404": {"description": "no staffing plan published yet (callrouter staffing plan --publish)",
+                "content": {"application/json": {"schema": _ERR_REF}}},
+        "503": _err("503")}}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "callrouter engine API", "version": "0.2.0",
@@ -153,6 +162,14 @@ OPENAPI: dict[str, Any] = {
             errors=("400", "401", "503"), ok={"type": "object", "required": ["lines", "by_number", "by_category"],
                                                "properties": {"lines": JSON_OBJ, "by_number": JSON_OBJ,
                                                               "by_category": JSON_OBJ}})},
+        "/api/staffing": {"get": _staffing(
+            "getStaffingPlan", "The staffing plan `callrouter staffing plan|what-if --publish` wrote: seats per "
+            "hour per line, the overflow pool, predicted service level, abandons, longest wait",
+            {"application/json": {"schema": {"type": "object", "required": ["kind", "staffing", "goals", "rows"]}}})},
+        "/api/staffing/chart.svg": {"get": _staffing(
+            "getStaffingChart", "The published staffing plan as a chart: offered load, seats planned and "
+            "predicted service level per hour, both lines (the wallboard shows it)",
+            {"image/svg+xml": {"schema": S}})},
         "/api/tickets/{ticket}": {"parameters": [TICKET], "get": _op(
             "One ticket", "any (an agent: its seat's)", op_id="getTicket", errors=("401", "403", "404", "503"))},
         "/api/tickets/{ticket}/reclassify": {"parameters": [TICKET], "post": _op(

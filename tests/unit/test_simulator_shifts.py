@@ -168,3 +168,19 @@ def test_hourly_rates_is_a_step_curve() -> None:
 def test_interval_length_must_be_positive() -> None:
     with pytest.raises(ValueError):
         run_simulation(load_scenario(STORM), interval_s=0)
+
+
+def test_at_a_shift_change_the_free_seat_leaves_and_the_busy_one_finishes_its_call() -> None:
+    storm = load_scenario(STORM)
+    # two seats; one long call from t=0; at t=100 one seat leaves: the free one (s110-01 or
+    # s110-02, whichever is idle), never the one talking; the talking seat then serves
+    # the caller who arrives at 200 once its call and wrap-up are done
+    stream = dataclasses.replace(storm.streams[0], rate_per_min=(),
+                                 callers=((0.0, 1000.0, 1e7), (200.0, 30.0, 1e7)))
+    scenario = dataclasses.replace(storm, streams=(stream,), duration_s=300,
+                                   shifts={"110": ((0.0, 2), (100.0, 1))}, staffing={"96345": 0, "overflow": 0})
+    line = run_simulation(scenario, interval_s=3600).lines["110"]
+    # the second caller waits for the first call (1000 s talk after a 2-6 s ring) and the wrap-up
+    assert line.answered == 2 and line.intervals[0].longest_wait_s > 800
+    # had the talking seat been logged out instead, the second caller would have been answered at once
+
