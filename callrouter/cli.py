@@ -174,6 +174,34 @@ def _tickets_consume(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ recordings
+def cmd_recordings(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+    from datetime import UTC, datetime
+
+    from callrouter.recordings import purge_recordings
+    from callrouter.tickets import SetLegalHold, TicketStore
+
+    store = TicketStore(settings.database_url)
+    try:
+        store.create_schema()
+        if args.action == "purge":
+            report = purge_recordings(store, settings.recordings_path, dry_run=args.dry_run)
+            _print_json(report.to_json())
+            return 1 if report.failed else 0
+        if store.get(args.ticket) is None:
+            print(f"callrouter: no ticket {args.ticket}", file=sys.stderr)
+            return 1
+        by = f"cli:{os.environ.get('SUDO_USER') or os.environ.get('USER') or os.getuid()}"
+        store.apply([SetLegalHold(id=args.ticket, held=args.action == "hold", by=by, reason=args.reason,
+                                  at=datetime.now(UTC))])
+        row = store.get(args.ticket) or {}
+        _print_json({"ticket": args.ticket, "legal_hold": row.get("legal_hold"), "recording": row.get("recording")})
+        return 0
+    finally:
+        store.close()
+
+
 # ------------------------------------------------------------------ run
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.calls.engine import run_engine
@@ -357,6 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--max-events", type=int, default=None, help="exit after this many events")
     tk.add_argument("--stream", help="default <redis_prefix>:tickets")
     t.set_defaults(func=cmd_tickets)
+
+    rc = sub.add_parser("recordings", help="call recordings: purge past retention, legal hold")
+    rcsub = rc.add_subparsers(dest="action", required=True)
+    rp = rcsub.add_parser("purge", help="delete recordings past their line's retention, unless on legal hold; "
+                                        "each deletion is written to its ticket's events")
+    rp.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    for action, what in (("hold", "put a ticket on legal hold: its recording is never purged"),
+                         ("release", "release a ticket's legal hold")):
+        rh = rcsub.add_parser(action, help=what)
+        rh.add_argument("ticket")
+        rh.add_argument("--reason", required=True, help="e.g. the case or order number")
+    rc.set_defaults(func=cmd_recordings)
 
     ru = sub.add_parser("run", help="run the engine (ARI) until SIGTERM")
     ru.set_defaults(func=cmd_run)

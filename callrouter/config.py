@@ -109,6 +109,13 @@ class Settings:
     speech_max_s: int = 120
     speech_after_answer_s: int = 8
 
+    # Call recordings (callrouter.recordings): which lines record and for how long is in
+    # lines.toml; kept files live under recordings_dir (default home/recordings) by date.
+    # Below recording_min_free_mb free on Asterisk's recording directory or on
+    # recordings_dir, calls go on unrecorded (counted, on the wallboard).
+    recordings_dir: Path | None = None
+    recording_min_free_mb: int = 256
+
     log_level: str = "INFO"
 
     # --- derived paths -------------------------------------------------------------
@@ -123,6 +130,10 @@ class Settings:
     @property
     def lines_path(self) -> Path:
         return self.lines or (self.data_dir / "queues" / "lines.toml")
+
+    @property
+    def recordings_path(self) -> Path:
+        return self.recordings_dir or (self.home / "recordings")
 
     @property
     def keywords_path(self) -> Path:

@@ -50,6 +50,18 @@ class OverflowConfig:
 
 
 @dataclass(frozen=True)
+class RecordingPolicy:
+    """Whether a line's calls are recorded (wait, talk, transfers, until hang-up) and how
+    many days a recording is kept after its call ended (then purged unless on legal hold)."""
+
+    enabled: bool = False
+    retention_days: int = 90
+
+
+MAX_RETENTION_DAYS = 36500
+
+
+@dataclass(frozen=True)
 class SeatConfig:
     id: str
     endpoint: str
@@ -76,6 +88,8 @@ class LineConfig:
     # defaults to target_service_level
     staffing_measure: StaffingMeasure = "within_target"
     staffing_level: float | None = None
+    # [line.<id>.recording]: absent, the line's calls are not recorded
+    recording: RecordingPolicy = field(default_factory=RecordingPolicy)
 
     @property
     def staffing_goal(self) -> tuple[StaffingMeasure, float]:
@@ -266,6 +280,7 @@ def _parse_line(
     staffing_level: float | None = None
     if t.has("staffing_level"):
         staffing_level = t.number("staffing_level", above=0, maximum=0.999)
+    recording = _parse_recording(t.table("recording"))
     t.reject_unknown()
     if len(t.problems) > start:
         return None
@@ -282,6 +297,7 @@ def _parse_line(
         or aht is None
         or aht_alpha is None
         or overflow is None
+        or recording is None
         or not seats
     ):
         return None
@@ -303,7 +319,24 @@ def _parse_line(
         overflow=overflow,
         staffing_measure="connected" if measure == "connected" else "within_target",
         staffing_level=staffing_level,
+        recording=recording,
     )
+
+
+def _parse_recording(t: TableReader | None) -> RecordingPolicy | None:
+    if t is None:
+        return RecordingPolicy()
+    enabled = t.raw("enabled")
+    if not t.has("enabled"):
+        t.problems.add(t.path, f"{dotted(t.path)}.enabled: missing; add `enabled = true` (or false)")
+    elif not isinstance(enabled, bool):
+        t.problems.add(t.path + ("enabled",), f"{dotted(t.path)}.enabled: "
+                       f"must be true or false, got {enabled!r}")
+    days = t.integer("retention_days", minimum=1, maximum=MAX_RETENTION_DAYS)
+    t.reject_unknown()
+    if not isinstance(enabled, bool) or days is None:
+        return None
+    return RecordingPolicy(enabled=enabled, retention_days=days)
 
 
 def _parse_overflow(t: TableReader | None) -> OverflowConfig | None:

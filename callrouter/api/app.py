@@ -34,7 +34,8 @@ from callrouter.ari import AriError
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
 from callrouter.numberplan import PlanError, load_plan, normalise
-from callrouter.tickets import AddNote, Reclassify, TicketStore
+from callrouter.tickets import AddNote, Reclassify, RecordingAccessed, SetLegalHold, TicketStore
+from callrouter.tickets.models import RECORDING_FILE
 
 log = logging.getLogger("callrouter.api")
 
@@ -210,6 +211,8 @@ async def get_status(request: web.Request) -> web.Response:
     speech = request.app.get(SPEECH_KEY)
     if speech is not None:
         summary["speech"] = speech()  # transcription on/off, in use, refused, failures
+    if service.recorder is not None:
+        summary["recording"] = service.recorder.status()  # on/off, a full disk, failures
     return web.json_response(for_principal(summary, request[PRINCIPAL]))
 
 
@@ -463,6 +466,85 @@ async def reclassify_ticket(request: web.Request) -> web.Response:
     return web.json_response({"ticket": ticket_id, "category": category})
 
 
+def _who(principal: Principal) -> str:
+    """The token, as ticket events name it: role and seat (an agent) or name."""
+    return ":".join(p for p in (principal.role, principal.seat or principal.name) if p)
+
+
+def seats_who_took(ticket: dict[str, Any]) -> set[str]:
+    """Every seat that answered the call: the last one, and each that handed it on
+    (a transfer or a consult's hand-over names the seat it came from)."""
+    seats = {str(t.get("seat")) for t in ticket.get("transfers") or [] if t.get("seat")}
+    return seats | ({str(ticket["seat"])} if ticket.get("seat") else set())
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """Stream a call's recording (audio/wav; Range requests welcome) to a supervisor or
+    admin, or to an agent whose seat took the call; nobody else (403). Every access,
+    granted or refused, goes to the ticket's events (``recording_accessed`` /
+    ``recording_access_denied``, with the token and the optional ``reason``)."""
+    ticket_id = request.match_info["ticket"]
+    if not printable(ticket_id, 64):
+        return error(404, "unknown_ticket", "ticket ids are up to 64 printable characters")
+    reason = request.query.get("reason", "")
+    if not printable(reason, 200):
+        return error(400, "bad_reason", "reason: why the recording is listened to, up to 200 printable characters")
+    row = await asyncio.to_thread(request.app[STORE_KEY].get, ticket_id)
+    if row is None:
+        return error(404, "unknown_ticket", f"no ticket {ticket_id!r}")
+    principal: Principal = request[PRINCIPAL]
+    service = request.app[SERVICE_KEY]
+    allowed = principal.at_least("supervisor") or (principal.seat is not None and principal.seat in seats_who_took(row))
+    part = request.headers.get("Range", "")[:100]
+    if not allowed:
+        service.writer.submit(RecordingAccessed(id=ticket_id, at=datetime.now(UTC), by=_who(principal), granted=False,
+                                                reason=reason, part=part))
+        log.warning("event=recording_access_denied ticket=%s by=%s", ticket_id, _who(principal))
+        return error(403, "forbidden", "a recording is for supervisors and the seat that took the call")
+    recording = row.get("recording") or {}
+    live = any(c.ticket_id == ticket_id for c in service.calls.values())
+    if not recording.get("sha256"):
+        if live:
+            return error(409, "recording_in_progress", "the call is still on: its recording is kept when it ends")
+        why = f" ({recording['failed']}: {recording.get('detail', '')})" if recording.get("failed") else ""
+        return error(404, "not_recorded", f"ticket {ticket_id} has no recording{why}")
+    if recording.get("purged_at"):
+        return error(404, "purged", f"purged at {recording['purged_at']} after its retention")
+    recorder = service.recorder
+    rel = str(recording.get("file") or "")
+    if recorder is None or not RECORDING_FILE.fullmatch(rel):
+        return error(503, "unavailable", "this engine keeps no recordings")
+    path = recorder.store_dir / rel
+    if not await asyncio.to_thread(path.is_file):
+        log.error("event=recording_missing ticket=%s file=%s", ticket_id, path)
+        return error(404, "recording_missing", f"the recording of {ticket_id} is not in the store ({rel})")
+    service.writer.submit(RecordingAccessed(id=ticket_id, at=datetime.now(UTC), by=_who(principal), granted=True,
+                                            reason=reason, part=part))
+    log.info("event=recording_accessed ticket=%s by=%s part=%s", ticket_id, _who(principal), part or "all")
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav",
+                                           "Content-Disposition": f'inline; filename="{ticket_id}.wav"'})
+
+
+async def set_legal_hold(request: web.Request) -> web.Response:
+    """Put a ticket on legal hold (its recording is never purged) or release it."""
+    principal = require(request, "supervisor")
+    body = await _json(request)
+    held, reason = body.get("hold"), body.get("reason")
+    if not isinstance(held, bool):
+        return error(400, "bad_hold", 'body must be {"hold": true | false, "reason": "..."}')
+    if not isinstance(reason, str) or not clean_text(reason, 200).strip() or len(reason) > 200:
+        return error(400, "bad_reason", "reason: 1 to 200 characters, e.g. the case or order number")
+    ticket_id = request.match_info["ticket"]
+    if not printable(ticket_id, 64):
+        return error(404, "unknown_ticket", "ticket ids are up to 64 printable characters")
+    if await asyncio.to_thread(request.app[STORE_KEY].get, ticket_id) is None:
+        return error(404, "unknown_ticket", f"no ticket {ticket_id!r}")
+    request.app[SERVICE_KEY].writer.submit(SetLegalHold(id=ticket_id, held=held, by=_who(principal),
+                                                        reason=clean_text(reason, 200).strip(), at=datetime.now(UTC)))
+    log.info("event=legal_hold ticket=%s held=%s by=%s", ticket_id, held, _who(principal))
+    return web.json_response({"ticket": ticket_id, "legal_hold": held})
+
+
 async def get_plan(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE_KEY].plan.to_json_list())
 
@@ -548,6 +630,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
             text += relay_metrics_text(relay_status())
         if extra_metrics is not None:
             text += extra_metrics()  # Asterisk's security events, calls recorded from its CEL file
+        if service.recorder is not None:
+            text += service.recorder.metrics_text()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
     app[STORE_KEY] = store
     app.router.add_get("/api/events", feed.websocket)
@@ -556,6 +640,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_get("/api/tickets/{ticket}", get_ticket)
     app.router.add_post("/api/tickets/{ticket}/notes", add_note)
     app.router.add_post("/api/tickets/{ticket}/reclassify", reclassify_ticket)
+    app.router.add_get("/api/tickets/{ticket}/recording", get_recording)
+    app.router.add_post("/api/tickets/{ticket}/legal-hold", set_legal_hold)
     app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/me", get_me)
     for path in PAGES:

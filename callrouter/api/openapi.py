@@ -154,7 +154,8 @@ OPENAPI: dict[str, Any] = {
                 _query("caller", "caller number", CALLER_TEXT), _query("since", "arrived at or after", TIME),
                 _query("until", "arrived before", TIME),
                 _query("limit", "at most this many", {"type": "integer", "minimum": 1, "maximum": 1000})],
-            errors=("400", "401", "503")), _links("ticket", "/0/id", "getTicket", "reclassifyTicket", "addNote"))},
+            errors=("400", "401", "503")), _links("ticket", "/0/id", "getTicket", "reclassifyTicket", "addNote",
+                                                              "getRecording", "setLegalHold"))},
         "/api/today": {"get": _op(
             "Figures of the day from every ticket: per line offered, done, answered, within target, "
             "abandoned, service level, abandon rate; calls per legacy number and per category",
@@ -180,6 +181,34 @@ OPENAPI: dict[str, Any] = {
             "Write a note on the ticket", "agent (own seat's ticket), supervisor",
             body={"text": {"type": "string", "minLength": 1, "maxLength": 2000, "pattern": "[^\\s\\x00-\\x1f\\x7f-\\x9f]"}}, required=["text"],
             op_id="addNote", errors=("400", "401", "403", "404", "503"))},
+        "/api/tickets/{ticket}/recording": {"parameters": [TICKET], "get": {
+            "operationId": "getRecording",
+            "summary": "The call's recording (8 kHz 16-bit mono WAV; Range requests answered 206). Every access, "
+                       "granted or refused, is written to the ticket's events",
+            "description": "Role: supervisor, admin, or an agent whose seat took the call.",
+            "parameters": [_query("reason", "why it is listened to (kept in the ticket's events)",
+                                  {"type": "string", "maxLength": 200, "pattern": TEXT_PATTERN})],
+            "responses": {
+                "200": {"description": "the recording", "content": {"audio/wav": {
+                    "schema": {"type": "string", "format": "binary"}}}},
+                "206": {"description": "the part asked for with Range", "content": {"audio/wav": {
+                    "schema": {"type": "string", "format": "binary"}}}},
+                "400": _err("400"), "401": _err("401"), "403": _err("403"),
+                "404": {"description": "no such ticket, or no recording: not recorded (and why), purged after "
+                                       "its retention (error purged)",
+                        "content": {"application/json": {"schema": _ERR_REF}}},
+                "409": {"description": "the call is still on: the recording is kept when it ends",
+                        "content": {"application/json": {"schema": _ERR_REF}}},
+                "416": {"description": "a Range outside the file"},
+                "503": _err("503")}}},
+        "/api/tickets/{ticket}/legal-hold": {"parameters": [TICKET], "post": _op(
+            "Put the ticket on legal hold (its recording is never purged) or release it; written to its events",
+            "supervisor", body={"hold": {"type": "boolean"},
+                                "reason": {"type": "string", "minLength": 1, "maxLength": 200,
+                                           "pattern": "[^\\s\\x00-\\x1f\\x7f-\\x9f]"}},
+            required=["hold", "reason"], op_id="setLegalHold", errors=("400", "401", "403", "404", "503"),
+            ok={"type": "object", "required": ["ticket", "legal_hold"],
+                "properties": {"ticket": S, "legal_hold": {"type": "boolean"}}})},
         "/api/events": {"get": {
             "operationId": "events", "summary": "WebSocket: live queue, seat, call and ticket changes (an agent: "
             "its seat and its calls). Pages use the session cookie; other clients ?token= or the header",

@@ -29,7 +29,8 @@ from callrouter.calls.stasis import StasisRouter
 from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
-from callrouter.provision.asterisk import log_dir_on_host
+from callrouter.provision.asterisk import log_dir_on_host, recording_dir_on_host
+from callrouter.recordings.recorder import CallRecorder
 from callrouter.security_events import SecurityEvents
 from callrouter.shutdown import Signals, Watchdog, step
 from callrouter.speech import SpeechService
@@ -106,6 +107,11 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
         # what transcription made in Asterisk (snoop, external media, bridge) goes; callers stay
         await step("speech", speech.close(timeout=budget(1.0)), budget(1.5),
                    lambda: f"sessions={len(speech.sessions)}")
+    recorder = service.recorder
+    if recorder is not None:
+        # recordings of calls that ended and are not kept yet stay in the spool for the next engine
+        await step("recordings", recorder.close(timeout=budget(0.5)), budget(1.0),
+                   lambda: f"tasks={len(recorder.tasks)}")
     await step("call_tasks", service.tasks.shutdown(timeout=budget(1.0)), budget(1.5),
                lambda: f"tasks={len(service.tasks)}")
     await step("state_save", state.save(_state(service)), budget(1.0), lambda: f"live_calls={len(service.calls)}")
@@ -182,11 +188,16 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     unseen = UnseenCallImporter(asterisk_logs / CEL_FILE, settings.cel_state_path, plan, writer)
     service.listeners.append(unseen.on_event)
     security = SecurityEvents(asterisk_logs / "security.log")
+    # call recording (lines.toml [line.<id>.recording]): MixMonitor through [callrouter-record];
+    # files kept under recordings_dir; the API streams them (service.recorder)
+    recorder = service.recorder = CallRecorder(service, store, await asyncio.to_thread(recording_dir_on_host, settings),
+                                               settings.recordings_path, min_free_mb=settings.recording_min_free_mb)
 
     async def connected() -> None:
         connected_at = time.time()
         await reconcile(service)
         unseen.after_reconcile(service, connected_at)
+        recorder.after_reconcile()
     # an open event-feed WebSocket would hold aiohttp's shutdown for 60 s by default
     runner = web.AppRunner(shutdown_timeout=1.0, app=build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                                         settings.lines_path,
@@ -207,6 +218,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         asyncio.create_task(relay.run(), name="outbox-relay"),
         asyncio.create_task(unseen.run(service, max(1, settings.cel_import_s)), name="unseen-calls"),
         asyncio.create_task(security.run(), name="security-log"),
+        asyncio.create_task(recorder.run(), name="recordings"),
     }
     keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()

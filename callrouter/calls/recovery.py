@@ -77,6 +77,8 @@ async def reconcile(service: CallService) -> None:
 def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:
     """Calls the engine (or its snapshot) knew whose caller left during the gap."""
     for call in [c for c in service.calls.values() if c.id not in callers]:
+        if service.recorder is not None and service.recorder.detouring(call.id):
+            continue  # out of the application for its recording's start: back in a moment
         service.counters["lost_in_gap"] += 1
         talking = call.phase is CallPhase.TALKING
         service._finish(call, "completed" if talking else "abandoned", "ended while the engine was away")
@@ -135,17 +137,24 @@ async def _rehold(service: CallService, call_id: str, state: str) -> None:
     call = service.calls.get(call_id)
     if call is None:
         return
-    if state != "Up":
-        try:
-            await service.ari.answer(call_id)
-        except AriError:
-            return
     if call.greeting_playback:
         playback, call.greeting_playback = call.greeting_playback, ""
         try:
             await service.ari.stop_playback(playback)
         except AriError:
             pass  # none playing
+    recorder = service.recorder
+    if recorder is not None and recorder.should_record(call):
+        # held by the dialplan while the engine was away: recorded from now on
+        if await recorder.record(call):
+            state = "Up"
+        elif call.id not in service.calls:
+            return
+    if state != "Up":
+        try:
+            await service.ari.answer(call_id)
+        except AriError:
+            return
     await service._hold(call)
 
 

@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callrouter.acd import (
     Acd,
@@ -60,6 +60,9 @@ from callrouter.tickets import (
 )
 from callrouter.tickets.models import CALLER_MAX, CALLER_NAME_MAX, DIALLED_MAX, untrusted_text
 
+if TYPE_CHECKING:
+    from callrouter.recordings.recorder import CallRecorder
+
 log = logging.getLogger("callrouter.calls")
 
 Clock = Callable[[], datetime]
@@ -71,6 +74,8 @@ LEG_PREFIX = "cr-leg-"
 # channels a side feature (speech) makes beside a call (snoop, external media): they enter
 # the application too, but are nobody's caller or seat
 SIDE_PREFIX = "cr-side-"
+# Stasis(callrouter,recording): a caller back from [callrouter-record] (MixMonitor started)
+RECORDING_ARG = "recording"
 # keyed by a seat during a call (DTMF): hand the caller to that line
 IN_CALL_CODES = {"*1": "110", "*9": "96345"}
 # Q.850 causes of a seat leg that ended before answer
@@ -145,6 +150,8 @@ class CallService:
         # these alone and removes any other SIDE_PREFIX channel (a dead engine's)
         self.side_channels: set[str] = set()
         self.side_bridges: set[str] = set()
+        # call recording (callrouter.recordings), wired by the engine; None: nothing recorded
+        self.recorder: CallRecorder | None = None
 
     def _endpoint_map(self) -> dict[str, str]:
         cfg = self.acd.config
@@ -198,12 +205,16 @@ class CallService:
 
     # ------------------------------------------------------------ a caller arrives
     def call_arrived(self, channel: Channel, args: tuple[str, ...]) -> None:
+        if self.recorder is not None and self.recorder.back(channel):
+            return  # back from the recording detour (or from the fallback hold it fell into)
         if channel.id in self.calls:
             return  # a duplicate StasisStart after a reconcile already adopted it
+        if args[:1] == (RECORDING_ARG,):
+            args = ()  # back from a dead engine's detour: the dialled number is on the channel
         dialled = args[0] if args else channel.channelvars.get("CR_DIALLED", channel.exten)
         call = self._track(channel, dialled)
         self.counters["arrived"] += 1
-        self._lane(call, self._answer_and_greet(call, channel.state), "arrive")
+        self._lane(call, self._arrive(call, channel.state), "arrive")
         self.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
 
     def _track(self, channel: Channel, dialled: str) -> LiveCall:
@@ -228,8 +239,19 @@ class CallService:
                  "category=%s priority=%d listed=%s held_by_dialplan=%d", call.ticket_id, channel.id,
                  q(dialled), q(route.number), q(caller), route.line, route.category,
                  route.priority, route.listed, held)
+        if self.recorder is not None:
+            self.recorder.track(call, channel)  # recorded already by an earlier engine's detour?
         self._emit("call_arrived", call.summary())
         return call
+
+    async def _arrive(self, call: LiveCall, state: str) -> None:
+        # a line that records: MixMonitor starts first, in the dialplan, which answers too
+        if self.recorder is not None and self.recorder.should_record(call):
+            if await self.recorder.record(call):
+                state = "Up"
+            elif call.id not in self.calls:
+                return  # hung up meanwhile
+        await self._answer_and_greet(call, state)
 
     async def _answer_and_greet(self, call: LiveCall, state: str) -> None:
         try:
@@ -525,6 +547,8 @@ class CallService:
         self.holding.left(call.id)
         now = self.clock()
         self.writer.submit(CloseTicket(id=call.ticket_id, at=now, outcome=outcome))
+        if self.recorder is not None:
+            self.recorder.call_ended(call)  # the file is kept once Asterisk closed it
         self.counters["ended"] += 1
         log.info("event=call_ended ticket=%s channel=%s outcome=%s seat=%s duration_s=%.1f cause=%s",
                  call.ticket_id, call.id, outcome, call.seat or "-", (now - call.arrived_at).total_seconds(), q(cause))
@@ -588,6 +612,9 @@ class CallService:
         self._emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": seat, "reason": reason})
 
         async def move() -> None:
+            if self.recorder is not None and self.recorder.should_record(call, to_line):
+                # onto a line that records (an escalation to 110): recorded from here on
+                await self.recorder.record(call)
             # the caller first: into the target line's holding bridge, then the notice;
             # only then is the seat's leg hung up, so the caller never hears silence
             try:

@@ -45,6 +45,8 @@ class StasisRouter:
             if cid in service.legs:
                 service.leg_ended(cid, cause)
             elif cid in service.calls:
+                if service.recorder is not None and service.recorder.left(cid):
+                    return  # the caller left for the recording detour: back in a moment
                 service.caller_ended(cid, event.cause_txt if isinstance(event, ChannelDestroyed) else "hang-up")
         elif event.type == "ChannelTransfer":
             service.seat_refer(event.raw)

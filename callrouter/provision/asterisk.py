@@ -343,6 +343,12 @@ def render(settings: Settings, target: Target) -> None:
     for path in [*logs.iterdir(), *cel.iterdir()]:
         if path.is_file() and not path.is_symlink():
             path.chmod(path.stat().st_mode & 0o640)
+    # calls being recorded (MixMonitor): callers' voices, Asterisk and its group only; the
+    # engine (root, or in the asterisk group) moves each file out when its call has ended
+    recordings = target.host_path(paths.recording_dir)
+    recordings.mkdir(parents=True, exist_ok=True)
+    os.chown(recordings, uid, gid)
+    recordings.chmod(0o770)
 
 
 def rx(target: Target, command: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
@@ -522,6 +528,12 @@ def log_dir_on_host(settings: Settings) -> Path:
     """Asterisk's log directory (CEL file, security log) as the engine sees it."""
     target = select_target(settings)
     return target.host_path(target.paths.log_dir)
+
+
+def recording_dir_on_host(settings: Settings) -> Path:
+    """Where MixMonitor writes calls being recorded, as the engine sees it."""
+    target = select_target(settings)
+    return target.host_path(target.paths.recording_dir)
 
 
 @dataclass

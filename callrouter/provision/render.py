@@ -40,6 +40,11 @@ class AsteriskPaths:
     def sounds_dir(self) -> str:
         return f"{self.data_dir}/sounds/callrouter"
 
+    @property
+    def recording_dir(self) -> str:
+        """Where MixMonitor writes a call's recording until the engine keeps it."""
+        return f"{self.spool_dir}/callrouter-recording"
+
 
 def render_text(text: str, values: dict[str, str], source: str) -> str:
     missing: list[str] = []
@@ -141,6 +146,7 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
         **{k: getattr(paths, k) for k in ("etc_dir", "mod_dir", "varlib_dir", "data_dir",
                                           "spool_dir", "run_dir", "log_dir")},
         "moh_dir": paths.moh_dir,
+        "recording_dir": paths.recording_dir,
         "sip_bind": settings.sip_bind,
         "sip_port": str(settings.sip_port),
         "http_bind": settings.http_bind,

@@ -10,6 +10,8 @@ dispatch stream.
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -154,6 +156,14 @@ class Ticket(Base):
     # what the caller said while waiting, as the speech recogniser heard it (None: not
     # transcribed): {"model", "text", "flags", "keywords", "priority", "final", "at"}
     transcript: Mapped[dict[str, Any] | None] = mapped_column(_Json, nullable=True)
+    # the call's recording (None: not recorded): {"file" (relative to recordings_dir),
+    # "sha256", "size", "duration_s", "complete", "started_at", "retain_until"} and
+    # "purged_at" once purged; or {"failed": reason, "detail", "at"} when it could not be kept
+    recording: Mapped[dict[str, Any] | None] = mapped_column(_Json, nullable=True)
+    # when the recording may be purged; None without a recording and once purged
+    recording_retain_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # a supervisor's legal hold: the recording is never purged while it is set
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (
         Index("ix_tickets_arrived_at", "arrived_at"),
@@ -193,6 +203,8 @@ class Ticket(Base):
             "callback_attempts": self.callback_attempts or 0,
             "held_by_dialplan": bool(self.held_by_dialplan),
             "transcript": self.transcript,
+            "recording": self.recording,
+            "legal_hold": bool(self.legal_hold),
         }
 
 
@@ -526,10 +538,134 @@ class SetTranscript:
         _aware("at", self.at)
 
 
+# --- recordings (callrouter.recordings) -------------------------------------------------
+# a kept recording's file, relative to recordings_dir: YYYY/MM/DD/<ticket id>.wav
+RECORDING_FILE: Final = re.compile(r"[0-9]{4}/[0-9]{2}/[0-9]{2}/[A-Za-z0-9][A-Za-z0-9._-]{0,80}\.wav")
+SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+RECORDING_FAILURES: Final = ("disk_full", "read_only", "start_failed", "no_file", "store_failed")
+REASON_MAX: Final = 200
+
+
+def _number(name: str, value: object, *, integer: bool = False) -> None:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int))
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a non-negative {'integer' if integer else 'number'}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class AttachRecording:
+    """The call's recording was kept, once the call ended: its file (relative to the
+    recordings directory), checksum, size, duration, when it began and when it may be
+    purged. ``complete`` is False when it is shorter than the call (a disk that filled up)."""
+
+    id: str
+    file: str
+    sha256: str
+    size: int
+    duration_s: float
+    started_at: datetime
+    retain_until: datetime
+    at: datetime
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("id", "file", "sha256"):
+            _text(name, getattr(self, name))
+        if not RECORDING_FILE.fullmatch(self.file):
+            raise ValueError(f"file must be YYYY/MM/DD/<ticket>.wav, got {self.file!r}")
+        if not SHA256_HEX.fullmatch(self.sha256):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        _number("size", self.size, integer=True)
+        _number("duration_s", self.duration_s)
+        if not isinstance(self.complete, bool):
+            raise TypeError(f"complete must be bool, got {self.complete!r}")
+        for name in ("started_at", "retain_until", "at"):
+            _aware(name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingFailed:
+    """The call was to be recorded and is not (or not kept): ``reason`` is one of
+    RECORDING_FAILURES; the call itself went on."""
+
+    id: str
+    reason: str
+    at: datetime
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("id", "reason", "detail"):
+            _text(name, getattr(self, name))
+        if self.reason not in RECORDING_FAILURES:
+            raise ValueError(f"reason must be one of {RECORDING_FAILURES}, got {self.reason!r}")
+        object.__setattr__(self, "detail", untrusted_text(self.detail, REASON_MAX))
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class SetLegalHold:
+    """A supervisor puts the ticket on legal hold (its recording is never purged) or
+    releases it. ``by`` names the token (role and seat or name)."""
+
+    id: str
+    held: bool
+    by: str
+    reason: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("id", "by", "reason"):
+            _text(name, getattr(self, name))
+        if not isinstance(self.held, bool):
+            raise TypeError(f"held must be bool, got {self.held!r}")
+        object.__setattr__(self, "reason", untrusted_text(self.reason, REASON_MAX))
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRecording:
+    """The recording's file was deleted after its retention (``deleted`` False: it was
+    already gone). The ticket keeps what the file was (name, checksum, size)."""
+
+    id: str
+    at: datetime
+    deleted: bool = True
+
+    def __post_init__(self) -> None:
+        _text("id", self.id)
+        if not isinstance(self.deleted, bool):
+            raise TypeError(f"deleted must be bool, got {self.deleted!r}")
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingAccessed:
+    """Someone asked for the recording through the API: granted (streamed) or refused.
+    An audit record: it goes to the ticket's events, not to the dispatch stream."""
+
+    id: str
+    at: datetime
+    by: str
+    granted: bool
+    reason: str = ""
+    part: str = ""  # the Range asked for ("": the whole file)
+
+    def __post_init__(self) -> None:
+        for name in ("id", "by", "reason", "part"):
+            _text(name, getattr(self, name))
+        if not isinstance(self.granted, bool):
+            raise TypeError(f"granted must be bool, got {self.granted!r}")
+        object.__setattr__(self, "reason", untrusted_text(self.reason, REASON_MAX))
+        object.__setattr__(self, "part", untrusted_text(self.part, 100))
+        _aware("at", self.at)
+
+
 TicketOp = (OpenTicket | AnswerTicket | CloseTicket | SetSeat | Reclassify | AddTransfer
-            | RequestCallback | RecordCallback | AddNote | RecordUnseenCall | SetTranscript)
+            | RequestCallback | RecordCallback | AddNote | RecordUnseenCall | SetTranscript
+            | AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed)
 TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat, Reclassify, AddTransfer,
-                     RequestCallback, RecordCallback, AddNote, RecordUnseenCall, SetTranscript)
+                     RequestCallback, RecordCallback, AddNote, RecordUnseenCall, SetTranscript,
+                     AttachRecording, RecordingFailed, SetLegalHold, PurgeRecording, RecordingAccessed)
 
 
 def duration_between(start: datetime, end: datetime) -> float:

@@ -25,7 +25,7 @@ from .models import TICKET_OPS, TicketOp
 log = logging.getLogger("callrouter.tickets")
 
 _OPS: Final = {cls.__name__: cls for cls in TICKET_OPS}
-_TIME_FIELDS: Final = frozenset(("at", "arrived_at", "ended_at", "answered_at"))
+_TIME_FIELDS: Final = frozenset(("at", "arrived_at", "ended_at", "answered_at", "started_at", "retain_until"))
 
 
 def op_to_json(op: TicketOp) -> dict[str, Any]:

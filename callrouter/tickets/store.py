@@ -43,14 +43,19 @@ from .models import (
     AddNote,
     AddTransfer,
     AnswerTicket,
+    AttachRecording,
     Base,
     CloseTicket,
     OpenTicket,
     OutboxEvent,
+    PurgeRecording,
     Reclassify,
     RecordCallback,
+    RecordingAccessed,
+    RecordingFailed,
     RecordUnseenCall,
     RequestCallback,
+    SetLegalHold,
     SetSeat,
     SetTranscript,
     Ticket,
@@ -134,6 +139,11 @@ class TicketStore:
                     log.warning("adding column %s.%s to an older ticket database",
                                 table.name, column.name)
                     conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN {ddl}')
+                # an index of a column added later (recording_retain_until) is missing too
+                indexes = {i["name"] for i in present.get_indexes(table.name)}
+                for index in table.indexes:
+                    if index.name not in indexes:
+                        index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -178,13 +188,18 @@ class TicketStore:
             new: list[Ticket] = []
             events: list[TicketEvent] = []
             outbox: list[OutboxEvent] = []
+            audited = self._audited(session, [op for op in ops if isinstance(op, RecordingAccessed)])
             for op in ops:
+                if isinstance(op, RecordingAccessed) and (op.id, utc(op.at)) in audited:
+                    continue  # a retried batch: this access is on record already
                 for change in _apply_one(op, tickets, channel_owner, new, now):
                     # the changed ticket's id: a RecordUnseenCall may close a ticket the
                     # engine opened under another id
                     ticket_id = str(change.ticket["id"])
                     events.append(TicketEvent(ticket_id=ticket_id, at=change.at, kind=change.kind,
                                               data=change.data))
+                    if not change.outbox_kind:
+                        continue  # an audit record (a recording listened to): not for dispatch
                     outbox.append(OutboxEvent(
                         event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
                         at=change.at, created_at=now, payload=change.ticket))
@@ -411,6 +426,23 @@ class TicketStore:
         with self._sessions() as session:
             return [t.to_dict() for t in session.scalars(stmt)]
 
+    def recordings_due(self, now: datetime, limit: int = 200) -> TicketRows:
+        """Tickets whose recording is past its retention and not on legal hold, oldest
+        retention first (uses the recording_retain_until index)."""
+        stmt = (select(Ticket)
+                .where(Ticket.recording_retain_until.is_not(None), Ticket.recording_retain_until <= now,
+                       Ticket.legal_hold.is_(False))
+                .order_by(Ticket.recording_retain_until, Ticket.id).limit(max(0, limit)))
+        with self._sessions() as session:
+            return [t.to_dict() for t in session.scalars(stmt)]
+
+    def recordings_held_past_retention(self, now: datetime) -> int:
+        """Recordings past their retention that a legal hold keeps."""
+        with self._sessions() as session:
+            return session.scalar(select(func.count()).select_from(Ticket).where(
+                Ticket.recording_retain_until.is_not(None), Ticket.recording_retain_until <= now,
+                Ticket.legal_hold.is_(True))) or 0
+
     def count(self) -> int:
         with self._sessions() as session:
             return session.scalar(select(func.count()).select_from(Ticket)) or 0
@@ -423,6 +455,16 @@ class TicketStore:
             for ticket in session.scalars(select(Ticket).where(Ticket.id.in_(chunk))):
                 found[ticket.id] = ticket
         return found
+
+    @staticmethod
+    def _audited(session: Session, accesses: Sequence[RecordingAccessed]) -> set[tuple[str, datetime]]:
+        """(ticket, at) of the recording accesses among ``accesses`` already recorded."""
+        if not accesses:
+            return set()
+        rows = session.execute(select(TicketEvent.ticket_id, TicketEvent.at).where(
+            TicketEvent.ticket_id.in_(sorted({a.id for a in accesses})),
+            TicketEvent.kind.in_(("recording_accessed", "recording_access_denied"))))
+        return {(ticket_id, utc(at)) for ticket_id, at in rows}
 
     @staticmethod
     def _channel_owners(session: Session, channels: set[str]) -> dict[str, str]:
@@ -586,7 +628,51 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
         ticket.updated_at = now
         return [_change(ticket, "transcribed", op.at, said)]
 
+    if isinstance(op, AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed):
+        return _apply_recording(op, ticket, now)
+
     raise TypeError(f"not a ticket op: {op!r}")
+
+
+def _apply_recording(op: AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed,
+                     ticket: Ticket, now: datetime) -> list[_Change]:
+    """The recording ops (callrouter.recordings); idempotent like the others."""
+    kept: dict[str, Any] = dict(ticket.recording or {})
+    if isinstance(op, AttachRecording):
+        if kept.get("sha256") == op.sha256 or kept.get("purged_at"):
+            return []  # written already (a retried batch), or kept and purged since
+        recording = {"file": op.file, "sha256": op.sha256, "size": op.size, "duration_s": round(op.duration_s, 3),
+                     "complete": op.complete, "started_at": _iso(op.started_at),
+                     "retain_until": _iso(op.retain_until)}
+        ticket.recording = recording  # a new dict: JSON columns track assignment
+        ticket.recording_retain_until = op.retain_until
+        ticket.updated_at = now
+        return [_change(ticket, "recorded", op.at, recording)]
+    if isinstance(op, RecordingFailed):
+        if kept.get("sha256") or kept.get("failed") == op.reason:
+            return []  # a kept recording stands; this failure is written already
+        failure = {"failed": op.reason, "detail": op.detail, "at": _iso(op.at)}
+        ticket.recording = failure
+        ticket.updated_at = now
+        return [_change(ticket, "recording_failed", op.at, failure)]
+    if isinstance(op, SetLegalHold):
+        if bool(ticket.legal_hold) == op.held:
+            return []
+        ticket.legal_hold = op.held
+        ticket.updated_at = now
+        return [_change(ticket, "legal_hold", op.at, {"held": op.held, "by": op.by, "reason": op.reason})]
+    if isinstance(op, PurgeRecording):
+        if not kept.get("sha256") or kept.get("purged_at"):
+            return []
+        ticket.recording = {**kept, "purged_at": _iso(op.at)}
+        ticket.recording_retain_until = None
+        ticket.updated_at = now
+        data = {k: kept.get(k) for k in ("file", "sha256", "size", "retain_until")}
+        return [_change(ticket, "recording_purged", op.at,
+                        {**data, "deleted": op.deleted, "legal_hold": bool(ticket.legal_hold)})]
+    # RecordingAccessed: an audit record; the ticket itself does not change
+    kind = "recording_accessed" if op.granted else "recording_access_denied"
+    return [_Change(kind, "", op.at, {"by": op.by, "reason": op.reason, "part": op.part}, {"id": ticket.id})]
 
 
 def _record_unseen(op: RecordUnseenCall, tickets: dict[str, Ticket], channel_owner: dict[str, str],

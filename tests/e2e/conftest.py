@@ -204,6 +204,12 @@ class EngineFactory:
     def store(self) -> TicketStore:
         return TicketStore(self.db_url)
 
+    def recordings_settled(self) -> bool:
+        """No call being recorded and no recording still being kept: a ticket gets its
+        ``recorded`` change a moment after ``closed``; wait for this before counting changes."""
+        rec = self.status().get("recording") or {}
+        return rec.get("recording") == 0 and rec.get("keeping") == 0
+
     def closed_tickets(self, n: int) -> list[dict[str, Any]]:
         """Every ticket, once there are at least ``n`` and all are closed; else [] (for wait_for)."""
         store = self.store()

@@ -68,6 +68,7 @@ def test_callers_who_leave_while_the_engine_is_down_each_leave_one_ticket(engine
         assert float(ticket["duration_s"]) > 14.0, ticket
 
     # a second engine on the same database and Asterisk record adds nothing
+    wait_for(engines.recordings_settled, 10, "the 110 calls' recordings kept")
     engine.stop()
     events_before = len(TicketStore(engines.db_url).events())
     second = engines.start()

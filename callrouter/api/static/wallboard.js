@@ -46,6 +46,24 @@ function render() {
   }
   document.getElementById("lines").replaceChildren(...panels);
   renderSpeech();
+  renderRecording();
+}
+
+// call recording: on (which lines), suspended (disk full or read-only: new calls go on
+// unrecorded), failures so far by reason
+const RECORDING_ZH = {off: "录音：未启用", on: "录音：已启用", disk_full: "录音暂停：磁盘空间不足，新来电未录音",
+                      read_only: "录音暂停：录音目录不可写，新来电未录音"};
+const FAILURE_ZH = {disk_full: "磁盘满", read_only: "不可写", start_failed: "启动失败", no_file: "无文件",
+                    store_failed: "保存失败", incomplete: "不完整"};
+function renderRecording() {
+  const r = status && status.recording;
+  const node = document.getElementById("recording");
+  if (!node || !r) return;
+  const failures = Object.entries(r.failures || {}).filter(([, n]) => n > 0);
+  node.className = r.state === "on" || r.state === "off" ? (failures.length ? "alert" : "muted") : "alert";
+  node.dataset.state = r.state;
+  node.replaceChildren((RECORDING_ZH[r.state] || "录音：" + r.state) + (r.state === "on" ? `（${r.lines.join("、")}）· 录音中 ${r.recording}` : "") +
+    (failures.length ? " · 未录音/失败 " + failures.map(([k, n]) => `${FAILURE_ZH[k] || k} ${n}`).join("、") : ""));
 }
 
 // speech: transcription on/off/broken, in use, refused over the limit, failures; and the
