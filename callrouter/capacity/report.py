@@ -61,6 +61,8 @@ def format_text(report: StaffingReport) -> str:
         head = f"  {'from':>8} {'calls':>7} {'load':>6}"
         head += f" {'erlang':>6}" if plan else ""
         head += f" {'seats':>5} {'pool':>4} {'SL':>8} {'connected':>9} {'abandons':>8} {'longest':>8}"
+        if plan and report.check_seeds:
+            head += f" {'new callers':>11}"
         if plan and report.surge:
             head += f"   {f'+{100 * report.surge:g} % with pool':>18}"
         out.append(head)
@@ -70,6 +72,8 @@ def format_text(report: StaffingReport) -> str:
             line += f" {r.erlang_seats if r.erlang_seats is not None else '-':>6}" if plan else ""
             line += (f" {r.seats:>5} {r.pool:>4} {_pct(f.service_level):>8} {_pct(f.connected):>9} "
                      f"{f.per_run(f.abandoned):>8.1f} {f.longest_wait_s:>7.0f}s")
+            if plan and r.check is not None:
+                line += f" {_pct(goal.value(r.check)):>11}"
             if plan and r.surge is not None:
                 line += f"   {_pct(goal.value(r.surge)):>18}"
             if not goal.met(f):
@@ -84,6 +88,9 @@ def format_text(report: StaffingReport) -> str:
         serves = ", ".join(f"{i + 1}: {'+'.join(lines)}" for i, lines in enumerate(report.pool_lines))
         out += ["", (f"overflow pool (shared): {sum(report.pool) * report.period_s / 3600:.0f} seat-hours; "
                 f"pool seats serve {serves}")]
+    if plan and report.check_seeds:
+        out.append(f"new callers: the own seats on {len(report.check_seeds)} simulated days the search never saw "
+                   "(the search stops where its own days just meet the target; these are the forecast)")
     if plan and report.surge:
         out.append(f"the pool keeps the targets with {100 * report.surge:g} % more callers than forecast "
                    "(own seats as planned, the lines' overflow policy calling the pool in)")
@@ -95,8 +102,8 @@ def format_text(report: StaffingReport) -> str:
 
 
 CSV_FIELDS = ("line", "start", "start_s", "calls", "load_erl", "erlang_seats", "seats", "pool", "offered",
-              "service_level", "connected", "abandoned", "longest_wait_s", "meets_target", "surge_service_level",
-              "surge_connected", "surge_meets_target")
+              "service_level", "connected", "abandoned", "longest_wait_s", "meets_target", "check_service_level",
+              "check_connected", "surge_service_level", "surge_connected", "surge_meets_target")
 
 
 def format_csv(report: StaffingReport) -> str:
@@ -114,6 +121,8 @@ def format_csv(report: StaffingReport) -> str:
                 "service_level": _share(f.service_level), "connected": _share(f.connected),
                 "abandoned": round(f.per_run(f.abandoned), 2), "longest_wait_s": round(f.longest_wait_s, 1),
                 "meets_target": int(goal.met(f)),
+                "check_service_level": "" if r.check is None else _share(r.check.service_level),
+                "check_connected": "" if r.check is None else _share(r.check.connected),
                 "surge_service_level": "" if r.surge is None else _share(r.surge.service_level),
                 "surge_connected": "" if r.surge is None else _share(r.surge.connected),
                 "surge_meets_target": "" if r.surge is None else int(goal.met(r.surge))})
@@ -203,7 +212,9 @@ def _panel(report: StaffingReport, lid: str, rows: Sequence[PeriodRow], y0: floa
     # target and predicted share
     out.append(f'<line x1="{LEFT}" y1="{y_right(goal.level):.1f}" x2="{x_end}" y2="{y_right(goal.level):.1f}" '
                f'class="target" {LOOK["target"]}/>')
-    series: list[tuple[str, list[float | None]]] = [("sl", [goal.value(r.predicted) for r in rows])]
+    # the forecast: new callers where the plan was checked on them, else the run itself
+    shown = [r.check if r.check is not None else r.predicted for r in rows]
+    series: list[tuple[str, list[float | None]]] = [("sl", [goal.value(f) for f in shown])]
     if any(r.surge is not None for r in rows):
         series.append(("surge", [None if r.surge is None else goal.value(r.surge) for r in rows]))
     for cls, values in series:
@@ -217,7 +228,7 @@ def _panel(report: StaffingReport, lid: str, rows: Sequence[PeriodRow], y0: floa
             path.append(f"{'M' if pen_up else 'L'}{x:.1f},{y:.1f}")
             pen_up = False
             if cls == "sl":
-                miss = "" if goal.met(rows[i].predicted) else " miss"
+                miss = "" if goal.met(shown[i]) else " miss"
                 out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" class="sl{miss}" {LOOK["sl" + miss]}><title>'
                            f'{escape(_clock(rows[i].start_s))} {escape(measure)} {100 * value:.1f}%</title></circle>')
         if path:

@@ -24,6 +24,7 @@ from typing import Any
 from callrouter.config import Settings
 
 SCENARIO = "trunk-call.xml"
+SCENARIO_AT = "trunk-call-at.xml"  # each caller waits CallSpec.start_s before its INVITE
 # numbers no plan lists: they must still reach a person (line 96345, category unlisted)
 UNLISTED_SAMPLES = ("12399", "05786999999", "+86 578 6999998", "4001234567", "999")
 
@@ -38,6 +39,7 @@ class CallSpec:
     caller: str
     hold_s: float  # seconds after answer before the caller hangs up; < 0: wait for BYE
     caller_name: str = ""  # the From display name (default: the caller number); no '"' or ';'
+    start_s: float = 0.0  # with scenario SCENARIO_AT: seconds after launch before the INVITE
 
 
 @dataclass
@@ -181,7 +183,8 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
     longest_hold = max(s.hold_s for s in specs)
     if timeout_s is None:
         waits_bye = any(s.hold_s < 0 for s in specs)
-        timeout_s = len(specs) / rate + max(longest_hold, 0) + (120 if waits_bye else 30)
+        timeout_s = (len(specs) / rate + max(longest_hold, 0) + max(s.start_s for s in specs)
+                     + (120 if waits_bye else 30))
     with tempfile.TemporaryDirectory(prefix="callrouter-sim-") as tmpdir:
         tmp = Path(tmpdir)
         inf = tmp / "calls.csv"
@@ -192,7 +195,8 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                 hold_ms = -1 if spec.hold_s < 0 else int(spec.hold_s * 1000)
                 # SIPp fields cannot hold ';' and the URI user part no spaces
                 name = (spec.caller_name or spec.caller).replace(";", "").replace('"', "")
-                w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms, name])
+                w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms, name,
+                            max(0, int(spec.start_s * 1000))])
         logs, errs = tmp / "results.log", tmp / "errors.log"
         for attempt in range(3):
             cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),

@@ -281,6 +281,10 @@ def test_csv_json_and_text_are_complete(small_plan: tuple[Scenario, object]) -> 
     assert Staffing.from_dict(data) == plan.staffing()  # type: ignore[attr-defined]
     text = format_text(plan)  # type: ignore[arg-type]
     assert "line 110: target 90 % answered within 15 s" in text and "simulated days" in text
+    # checked on other simulated days than the search used: new callers, other figures
+    assert data["check_seeds"] == [1001, 1002] and "check" in data["rows"]["110"][0]
+    assert [r.check for r in plan.rows["110"]] != [r.predicted for r in plan.rows["110"]]  # type: ignore[attr-defined]
+    assert rows[0]["check_service_level"] and "new callers" in text
 
 
 def test_the_chart_is_well_formed_svg_with_a_panel_per_line(small_plan: tuple[Scenario, object]) -> None:
