@@ -64,7 +64,7 @@ def timing(scenario: Scenario, seeds: tuple[int, ...], repeat: int) -> dict[str,
         walls.append(time.perf_counter() - started)
     assert plan is not None
     return {"periods": plan.periods, "seeds": len(seeds), "wall_best_s": round(min(walls), 2),
-            "wall_median_s": round(statistics.median(walls), 2), "simulated_days": plan.simulations,
+            "wall_median_s": round(statistics.median(walls), 2), "simulated_runs": plan.simulations,
             "events": plan.events, "seat_hours": {lid: sum(r.seats for r in rows) for lid, rows in plan.rows.items()},
             "pool_seat_hours": sum(plan.pool), "notes": list(plan.notes)}
 

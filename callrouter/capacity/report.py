@@ -42,11 +42,18 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def _horizons(report: StaffingReport, n: int) -> str:
+    """``n`` simulated runs of the report's horizon, named by its length."""
+    span = report.periods * report.period_s
+    what = "day" if span == 86400 else "week" if span == 7 * 86400 else "run"
+    return f"{n} simulated {what}{'s' if n != 1 else ''}"
+
+
 def headline(report: StaffingReport) -> list[str]:
     what = "staffing plan" if report.kind == "plan" else "what-if"
     out = [(f"{what}: {report.scenario}, {report.periods} periods of {_span(report.period_s)}, "
-           f"seeds {', '.join(map(str, report.seeds))} (figures summed over {len(report.seeds)} simulated "
-           f"day{'s' if len(report.seeds) != 1 else ''} per candidate)")]
+           f"seeds {', '.join(map(str, report.seeds))} (figures summed over {_horizons(report, len(report.seeds))} "
+           "per candidate)")]
     if report.description:
         out.append(f"  {report.description}")
     return out
@@ -89,14 +96,14 @@ def format_text(report: StaffingReport) -> str:
         out += ["", (f"overflow pool (shared): {sum(report.pool) * report.period_s / 3600:.0f} seat-hours; "
                 f"pool seats serve {serves}")]
     if plan and report.check_seeds:
-        out.append(f"new callers: the own seats on {len(report.check_seeds)} simulated days the search never saw "
+        out.append(f"new callers: the own seats on {_horizons(report, len(report.check_seeds))} the search never saw "
                    "(the search stops where its own days just meet the target; these are the forecast)")
     if plan and report.surge:
         out.append(f"the pool keeps the targets with {100 * report.surge:g} % more callers than forecast "
                    "(own seats as planned, the lines' overflow policy calling the pool in)")
     for note in report.notes:
         out.append(f"note: {note}")
-    out += ["", (f"{report.simulations} simulated days, {report.events} events through the ACD core, "
+    out += ["", (f"{_horizons(report, report.simulations)}, {report.events} events through the ACD core, "
             f"{report.wall_s:.1f} s")]
     return "\n".join(out) + "\n"
 

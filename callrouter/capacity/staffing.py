@@ -555,7 +555,7 @@ class StaffingReport:
     configured: dict[str, int]  # seats in lines.toml per line, "overflow": the pool
     seeds: tuple[int, ...]
     surge: float
-    simulations: int  # simulated days (runs of the horizon, one per seed)
+    simulations: int  # simulated runs of the whole horizon (one per seed and candidate)
     events: int  # events through the ACD core, all runs
     wall_s: float
     notes: tuple[str, ...] = ()

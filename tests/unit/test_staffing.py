@@ -280,7 +280,7 @@ def test_csv_json_and_text_are_complete(small_plan: tuple[Scenario, object]) -> 
     assert len(data["rows"]["110"]) == 3 and data["staffing"]["seats"]["110"] == [r.seats for r in plan.rows["110"]]  # type: ignore[attr-defined]
     assert Staffing.from_dict(data) == plan.staffing()  # type: ignore[attr-defined]
     text = format_text(plan)  # type: ignore[arg-type]
-    assert "line 110: target 90 % answered within 15 s" in text and "simulated days" in text
+    assert "line 110: target 90 % answered within 15 s" in text and "simulated runs" in text
     # checked on other simulated days than the search used: new callers, other figures
     assert data["check_seeds"] == [1001, 1002] and "check" in data["rows"]["110"][0]
     assert [r.check for r in plan.rows["110"]] != [r.predicted for r in plan.rows["110"]]  # type: ignore[attr-defined]
