@@ -207,7 +207,8 @@ def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[s
 
 async def get_status(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]  # every role reads the lines' occupancy
-    summary = status_summary({"acd": service.acd.snapshot(service.now_ts()), "engine": dict(service.counters)})
+    summary = status_summary({"acd": service.acd.snapshot(service.now_ts()),
+                              "engine": {**service.counters, "tickets_pending": service.writer.pending}})
     speech = request.app.get(SPEECH_KEY)
     if speech is not None:
         summary["speech"] = speech()  # transcription on/off, in use, refused, failures

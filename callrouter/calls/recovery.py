@@ -143,18 +143,16 @@ async def _rehold(service: CallService, call_id: str, state: str) -> None:
             await service.ari.stop_playback(playback)
         except AriError:
             pass  # none playing
-    recorder = service.recorder
-    if recorder is not None and recorder.should_record(call):
-        # held by the dialplan while the engine was away: recorded from now on
-        if await recorder.record(call):
-            state = "Up"
-        elif call.id not in service.calls:
-            return
     if state != "Up":
         try:
             await service.ari.answer(call_id)
         except AriError:
             return
+    recorder = service.recorder
+    # held by the dialplan while the engine was away: recorded from now on
+    if (recorder is not None and recorder.should_record(call) and not await recorder.record(call)
+            and call.id not in service.calls):
+        return  # hung up meanwhile
     await service._hold(call)
 
 

@@ -245,11 +245,16 @@ class CallService:
         return call
 
     async def _arrive(self, call: LiveCall, state: str) -> None:
-        # a line that records: MixMonitor starts first, in the dialplan, which answers too
         if self.recorder is not None and self.recorder.should_record(call):
-            if await self.recorder.record(call):
-                state = "Up"
-            elif call.id not in self.calls:
+            # a line that records: answered first (the answer never waits for a recording),
+            # then MixMonitor through the dialplan, on the channel before any audio flows
+            if state != "Up":
+                try:
+                    await self.ari.answer(call.id)
+                    state = "Up"
+                except AriError:
+                    pass  # answered again below, where a failure is handled
+            if not await self.recorder.record(call) and call.id not in self.calls:
                 return  # hung up meanwhile
         await self._answer_and_greet(call, state)
 

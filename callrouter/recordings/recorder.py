@@ -4,13 +4,14 @@ and keeping each file once its call has ended.
 How a call comes to be recorded. ARI cannot start MixMonitor, and ARI's own channel
 recording refuses a bridged channel; MixMonitor, an audiohook on the caller's channel,
 follows it through every bridge (hold, seat, transfer, consult) until hang-up. So a caller
-of a line that records (``[line.<id>.recording]`` in lines.toml) is sent, once, instead of
-being answered over ARI, through the dialplan context ``[callrouter-record]``:
-``MixMonitor`` then ``Answer`` then ``Stasis(callrouter,recording)``. One ARI request, as
-the answer it replaces; the caller is back in the application a millisecond or two later
-and the call goes on as any other. Measured here against a snoop channel recorded over
-ARI (the other way that follows a bridged channel): MixMonitor costs Asterisk about half
-the CPU per recorded caller and no extra channel or events (docs: recording-docs).
+of a line that records (``[line.<id>.recording]`` in lines.toml) is answered over ARI as
+any other (the answer never waits) and then sent, once, through the dialplan context
+``[callrouter-record]``: ``MixMonitor`` then ``Stasis(callrouter,recording)``. The caller
+is back in the application a millisecond or two later, before their phone sends its first
+audio, and the call goes on as any other. (An ``Answer()`` in that context would wait up
+to 500 ms for the caller's first audio.) Measured here against a snoop channel recorded
+over ARI (the other way that follows a bridged channel): MixMonitor costs Asterisk about
+half the CPU per recorded caller and no extra channel or events.
 
 The detour runs in the call's lane, so every later request of that call (greeting, hold,
 the seat's bridge) waits for the caller's return. Asterisk sends nothing about a channel
@@ -142,11 +143,11 @@ class CallRecorder:
 
     # ------------------------------------------------------------ the detour
     async def record(self, call: LiveCall) -> bool:
-        """Send the caller through ``[callrouter-record]``; run in the call's lane.
+        """Send the (answered) caller through ``[callrouter-record]``; run in the call's lane.
 
-        True once the caller is back in the application, recorded and answered; False
-        when the recording could not be started (the caller goes on unrecorded) or the
-        caller hung up meanwhile (then their call is ended here)."""
+        True once the caller is back in the application, recorded; False when the
+        recording could not be started (the caller goes on unrecorded) or the caller hung
+        up meanwhile (then their call is ended here)."""
         back = asyncio.Event()
         rec = Recording(call.id, call.ticket_id, call.arrived_at, call.line, back=back)
         self.active[call.id] = rec

@@ -205,10 +205,13 @@ class EngineFactory:
         return TicketStore(self.db_url)
 
     def recordings_settled(self) -> bool:
-        """No call being recorded and no recording still being kept: a ticket gets its
-        ``recorded`` change a moment after ``closed``; wait for this before counting changes."""
-        rec = self.status().get("recording") or {}
-        return rec.get("recording") == 0 and rec.get("keeping") == 0
+        """No call being recorded, no recording still being kept and every ticket change
+        written: a ticket gets its ``recorded`` change a moment after ``closed``; wait for
+        this before counting a ticket's changes."""
+        status = self.status()
+        rec = status.get("recording") or {}
+        return (rec.get("recording") == 0 and rec.get("keeping") == 0
+                and status.get("engine", {}).get("tickets_pending") == 0)
 
     def closed_tickets(self, n: int) -> list[dict[str, Any]]:
         """Every ticket, once there are at least ``n`` and all are closed; else [] (for wait_for)."""
