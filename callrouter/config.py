@@ -93,6 +93,9 @@ class Settings:
 
     api_bind: str = "127.0.0.1"
     api_port: int = 8080
+    # where `callrouter staffing ... --publish` writes the plan the wallboard shows
+    # (default home/staffing)
+    staffing_dir: Path | None = None
 
     # What callers say while they wait, transcribed by vosk (callrouter.speech). Empty: off.
     # A path to an unpacked vosk model directory, never a model name (vosk would try to
@@ -152,9 +155,8 @@ class Settings:
         return self.cel_state_file or (self.home / "cel-import.json")
 
     @property
-    def staffing_dir(self) -> Path:
-        """Where `callrouter staffing ... --publish` writes the plan the wallboard shows."""
-        return self.home / "staffing"
+    def staffing_path(self) -> Path:
+        return self.staffing_dir or (self.home / "staffing")
 
     @property
     def api_url(self) -> str:

@@ -205,7 +205,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                                         relay_status=relay.metrics,
                                         extra_metrics=lambda: (security.metrics_text() + unseen.metrics_text()
                                                                + speech.metrics_text()),
-                                        speech_status=speech.status, staffing_dir=settings.staffing_dir),
+                                        speech_status=speech.status, staffing_dir=settings.staffing_path),
                            access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)

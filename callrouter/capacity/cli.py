@@ -222,7 +222,7 @@ def staffing_main(args: argparse.Namespace, settings: Settings, out: TextIO | No
     if args.svg:
         Path(args.svg).write_text(svg, encoding="utf-8")
     if args.publish:
-        _publish(report, svg, settings.staffing_dir)
-        print(f"published to {settings.staffing_dir} (the wallboard's chart)", file=err)
+        _publish(report, svg, settings.staffing_path)
+        print(f"published to {settings.staffing_path} (the wallboard's chart)", file=err)
     return 0
 

@@ -169,6 +169,11 @@ def _steps(xs: Sequence[float], ys: Sequence[float], x_end: float) -> str:
     return " ".join(parts)
 
 
+def _text_width(text: str, size: float = 11) -> float:
+    """About how wide ``text`` is drawn: a CJK character is a full em, others about half."""
+    return sum(size if ord(c) > 0x2E7F else size * 0.56 for c in text)
+
+
 def _label_every(periods: int) -> int:
     for every in (1, 2, 3, 4, 6, 12, 24, 48):
         if periods / every <= 12:
@@ -262,7 +267,7 @@ def _panel(report: StaffingReport, lid: str, rows: Sequence[PeriodRow], y0: floa
         else:
             out.append(f'<line x1="{x}" y1="{ly - 4}" x2="{x + 14}" y2="{ly - 4}" class="{cls}" {LOOK[cls]}/>')
         out.append(f'<text x="{x + 18}" y="{ly}" class="legend" {LOOK["legend"]}>{escape(text)}</text>')
-        x += 24 + 7 * len(text)
+        x += 28 + _text_width(text)
     out.append("</g>")
     return out
 
