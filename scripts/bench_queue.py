@@ -74,18 +74,38 @@ def summarise(name: str, waits: dict[str, list[float]], abandoned: dict[str, int
             "engine_cpu": cpu[0], "asterisk_cpu": cpu[1], "seconds": seconds, "by_pool": by_pool}
 
 
-def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
+def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.Namespace,  # type: ignore[no-untyped-def]
+                   speech: int = 0) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-queue-cr-"))
     engine = BenchEngine(settings, tmp)
     engine.env["CALLROUTER_LINES"] = str(lines)
+    if speech:
+        # the same surge with up to `speech` waiting callers transcribed (vosk, the packaged
+        # Korean model): what transcription costs the call path
+        from bench_speech import korean_model
+        engine.env.update({"CALLROUTER_SPEECH_MODEL": str(korean_model()),
+                           "CALLROUTER_SPEECH_MAX_CONCURRENT": str(speech)})
     seats = None
     try:
         engine.start()
+        if speech:
+            deadline = time.monotonic() + 90
+            while "event=speech_ready" not in engine.log():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"speech never became ready; log {engine.log_path}")
+                time.sleep(0.5)
         seats = start_seats(engine.settings, seat_specs(args), seed=args.seed)
         engine.login(*SEATS_110, *SEATS_96345, *POOL)
+        scenario = {}
+        if speech:
+            # every caller says a sentence once answered (G.722 from a pcap), as in bench_speech
+            from callrouter.sim.speech import speak_scenario, speech_pcap
+            pcap = tmp / "surge-speech.pcap"
+            speech_pcap(engine.settings, "화재 신고 구급차 수도 수리 민원", pcap, speed=150, lead_s=2.0, tail_s=1.0)
+            scenario = {"scenario": str(speak_scenario(engine.settings, pcap, tmp))}
         eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
         t0 = time.monotonic()
-        report = run_calls(engine.settings, specs, rate=len(specs) / args.within)
+        report = run_calls(engine.settings, specs, rate=len(specs) / args.within, **scenario)
         seconds = time.monotonic() - t0
         cpu = (eng.percent(), ast.percent())
         time.sleep(3)  # the last tickets are written
@@ -110,8 +130,10 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
             by_pool += str(r["seat"]).startswith("ovf-")
         else:
             abandoned[line] += 1
-    print(f"callrouter: {len(rows)} tickets, logs {tmp}", file=sys.stderr)
-    return summarise("callrouter", waits, abandoned, offered, report.failed, cpu, seconds, by_pool)
+    transcribed = sum(1 for r in rows if r.get("transcript"))
+    print(f"callrouter: {len(rows)} tickets ({transcribed} with a transcript), logs {tmp}", file=sys.stderr)
+    name = f"callrouter + speech (limit {speech}, {transcribed} transcribed)" if speech else "callrouter"
+    return summarise(name, waits, abandoned, offered, report.failed, cpu, seconds, by_pool)
 
 
 def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
@@ -157,7 +179,8 @@ def main() -> int:
     ap.add_argument("--answer-delay", type=float, default=1.0)
     ap.add_argument("--talk", type=float, default=6.0, help="mean talk time (exponential)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--order", default="callrouter,app_queue")
+    ap.add_argument("--order", default="callrouter,app_queue",
+                    help="paths in order: callrouter, app_queue, speechN (callrouter transcribing up to N callers)")
     ap.add_argument("--markdown")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-queue-"))
@@ -172,8 +195,11 @@ def main() -> int:
     specs = [CallSpec(NUMBERS[i % len(NUMBERS)], f"1371{i:07d}", args.patience) for i in range(args.callers)]
     results = []
     for path in args.order.split(","):
-        results.append(run_callrouter(settings, lines, specs, args) if path == "callrouter"
-                       else run_app_queue(settings, specs, args))
+        if path == "callrouter" or path.startswith("speech"):
+            results.append(run_callrouter(settings, lines, specs, args, speech=int(path.removeprefix("speech") or 0)
+                                          if path != "callrouter" else 0))
+        else:
+            results.append(run_app_queue(settings, specs, args))
         r = results[-1]
         print({k: v if k != "waits" else {ln: (len(w), pct(w, 50), pct(w, 90)) for ln, w in v.items()}
                for k, v in r.items()}, file=sys.stderr)
