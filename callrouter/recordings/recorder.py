@@ -117,7 +117,8 @@ class CallRecorder:
         self.last_failure: dict[str, Any] | None = None
         self._finalizing: set[str] = set()
         self._store_failed: set[str] = set()  # counted once; the sweep retries them
-        self._unowned: set[str] = set()  # spool files no ticket of ours names: logged once
+        self._unowned: set[str] = set()  # spool files no ticket of ours claims: logged once
+        self.unclaimed = 0  # such files at the last sweep
         self._next_sweep: float | None = None  # none before the first reconciliation
 
     # ------------------------------------------------------------ policy
@@ -356,6 +357,7 @@ class CallRecorder:
         database by channel; how many it kept. Files no such ticket names stay (another
         database's, or a ticket not closed yet: tried again at the next sweep)."""
         kept = 0
+        unclaimed: set[str] = set()
         for path, age in await self._run(self._spool_files):
             channel_id = channel_of(path)
             if (channel_id is None or channel_id in self.active or channel_id in self.service.calls
@@ -374,16 +376,14 @@ class CallRecorder:
             except SQLAlchemyError as exc:  # the database is away: the next sweep tries again
                 log.warning("event=recording_sweep_deferred error=%r", str(exc)[:200])
                 return kept
-            if ticket is None or not ticket.get("ended_at"):
+            if ticket is None or not ticket.get("ended_at") or (ticket.get("recording") or {}).get("sha256"):
+                unclaimed.add(channel_id)
                 if channel_id not in self._unowned:
                     self._unowned.add(channel_id)
-                    log.info("event=recording_unclaimed file=%s: no closed ticket of this engine's database names "
-                             "channel %s; left in place", path, channel_id)
-                continue
-            if (ticket.get("recording") or {}).get("sha256"):
-                log.warning("event=recording_duplicate file=%s ticket=%s: the ticket has a recording; left in place",
-                            path, ticket["id"])
-                self._unowned.add(channel_id)
+                    why = "has a recording already" if ticket and ticket.get("ended_at") else "is not closed"
+                    log.warning("event=recording_unclaimed file=%s: %s; left in place", path,
+                                f"ticket {ticket['id']} {why}" if ticket else
+                                f"no ticket of this engine's database names channel {channel_id}")
                 continue
             if info is None or not info.finished:
                 try:
@@ -403,6 +403,8 @@ class CallRecorder:
             finally:
                 self._finalizing.discard(channel_id)
             kept += 1
+        self.unclaimed = len(unclaimed)
+        self._unowned &= unclaimed
         return kept
 
     def _spool_files(self) -> list[tuple[Path, float]]:
@@ -433,7 +435,8 @@ class CallRecorder:
         lines = self.recording_lines()
         state = "off" if not lines else (self.trouble[0] if self.trouble else "on")
         return {"state": state, "lines": lines, "detail": self.trouble[1] if self.trouble else "",
-                "recording": len(self.active), "keeping": len(self._finalizing), "started": self.started,
+                "recording": len(self.active), "keeping": len(self._finalizing), "unclaimed": self.unclaimed,
+                "started": self.started,
                 "kept": self.kept,
                 "failures": dict(self.failures), "last_failure": self.last_failure,
                 "free_mb": {name: disk.free_bytes // 2**20 for name, disk in self.disks.items()},
@@ -452,7 +455,10 @@ class CallRecorder:
                "# TYPE callrouter_recording_failures_total counter"]
         reasons = ("disk_full", "read_only", "start_failed", "no_file", "store_failed", "incomplete")
         out += [f'callrouter_recording_failures_total{{reason="{r}"}} {self.failures.get(r, 0)}' for r in reasons]
-        out += ["# HELP callrouter_recording_suspended New calls go unrecorded (disk full or read-only): 1.",
+        out += [("# HELP callrouter_recordings_unclaimed Files in Asterisk's recording directory no closed ticket "
+                "of this engine claims (another database's, or a ticket lost): left for an operator."),
+                "# TYPE callrouter_recordings_unclaimed gauge", f"callrouter_recordings_unclaimed {self.unclaimed}",
+                "# HELP callrouter_recording_suspended New calls go unrecorded (disk full or read-only): 1.",
                 "# TYPE callrouter_recording_suspended gauge",
                 f"callrouter_recording_suspended {int(self.trouble is not None)}",
                 "# HELP callrouter_recording_free_bytes Free space where recordings are written and kept.",
