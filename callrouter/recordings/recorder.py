@@ -80,7 +80,6 @@ DISK_CHECK_S = 5.0
 SWEEP_S = 60.0
 SWEEP_AFTER_CONNECT_S = 3.0
 ORPHAN_AGE_S = 60.0  # a spool file Asterisk never closed, untouched this long: Asterisk died
-SHORT_SLACK_S = 3.0  # a recording this much shorter than its call is incomplete
 
 
 @dataclass
@@ -237,13 +236,13 @@ class CallRecorder:
             if info is None:
                 self._fail(rec.ticket_id, "no_file", f"Asterisk left no recording at {src}")
                 return
-            await self._keep(rec.call_id, rec.ticket_id, rec.arrived_at, rec.started_at, ended_at, lines, src, info)
+            await self._keep(rec.call_id, rec.ticket_id, rec.arrived_at, rec.started_at, ended_at, lines, src, *info)
         finally:
             self._finalizing.discard(rec.call_id)
 
-    async def _wait_finished(self, src: Path) -> WavInfo | None:
-        """The file's header once Asterisk closed it; a header repaired from the file when
-        Asterisk never closes it (it died; a write failed); None when there is no file."""
+    async def _wait_finished(self, src: Path) -> tuple[WavInfo, bool] | None:
+        """The file's header once Asterisk closed it (and False); a header repaired from
+        the file when Asterisk never closes it (it died; and True); None: no file."""
         started = time.monotonic()
         while True:
             try:
@@ -257,18 +256,19 @@ class CallRecorder:
                 return None
             else:
                 if info is not None and info.finished:
-                    return info
+                    return info, False
                 if time.monotonic() - started > FINISH_WAIT_S:
                     log.warning("event=recording_not_closed file=%s: header repaired from the file", src)
                     try:
-                        return await self._run(repair_header, src)
+                        repaired = await self._run(repair_header, src)
+                        return None if repaired is None else (repaired, True)
                     except OSError as exc:
                         log.warning("event=recording_repair_failed file=%s error=%r", src, exc)
                         return None
             await asyncio.sleep(0.2)
 
     async def _keep(self, call_id: str, ticket_id: str, arrived_at: datetime, started_at: datetime | None,
-                    ended_at: datetime, lines: Iterable[str], src: Path, info: WavInfo) -> None:
+                    ended_at: datetime, lines: Iterable[str], src: Path, info: WavInfo, repaired: bool) -> None:
         relpath = store_relpath(ticket_id, arrived_at)
         try:
             kept = await self._run(keep, src, self.store_dir, relpath)
@@ -279,11 +279,15 @@ class CallRecorder:
             return
         self._store_failed.discard(call_id)
         duration = info.duration_s
-        complete = started_at is None or duration >= (ended_at - started_at).total_seconds() - SHORT_SLACK_S
+        # Asterisk writes the header when the call's channel is gone: a file it never closed
+        # (it died mid-call) may lack the end of the call. (The length alone says nothing:
+        # MixMonitor writes audio frames, and a stretch where neither side sends any, as
+        # with silence suppression, is not in the file.)
+        complete = not repaired
         if not complete:
             self.failures["incomplete"] += 1
-            log.warning("event=recording_incomplete ticket=%s duration_s=%.1f call_s=%.1f", ticket_id, duration,
-                        (ended_at - (started_at or arrived_at)).total_seconds())
+            log.warning("event=recording_incomplete ticket=%s duration_s=%.1f call_s=%.1f: Asterisk never closed "
+                        "the file", ticket_id, duration, (ended_at - (started_at or arrived_at)).total_seconds())
         days = max(self.policy(line).retention_days for line in lines)
         self.service.writer.submit(AttachRecording(
             id=ticket_id, file=kept.relpath, sha256=kept.sha256, size=kept.size, duration_s=duration,
@@ -385,7 +389,8 @@ class CallRecorder:
                                 f"ticket {ticket['id']} {why}" if ticket else
                                 f"no ticket of this engine's database names channel {channel_id}")
                 continue
-            if info is None or not info.finished:
+            repaired = info is None or not info.finished
+            if repaired:
                 try:
                     info = await self._run(repair_header, path)
                 except OSError as exc:
@@ -399,7 +404,7 @@ class CallRecorder:
             self._finalizing.add(channel_id)
             try:
                 await self._keep(channel_id, str(ticket["id"]), arrived, started,
-                                 datetime.fromisoformat(str(ticket["ended_at"])), lines, path, info)
+                                 datetime.fromisoformat(str(ticket["ended_at"])), lines, path, info, repaired)
             finally:
                 self._finalizing.discard(channel_id)
             kept += 1

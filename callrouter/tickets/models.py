@@ -556,7 +556,8 @@ def _number(name: str, value: object, *, integer: bool = False) -> None:
 class AttachRecording:
     """The call's recording was kept, once the call ended: its file (relative to the
     recordings directory), checksum, size, duration, when it began and when it may be
-    purged. ``complete`` is False when it is shorter than the call (a disk that filled up)."""
+    purged. ``complete`` is False when Asterisk never closed the file (it died mid-call):
+    the end of the call may be missing."""
 
     id: str
     file: str

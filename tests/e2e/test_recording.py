@@ -238,20 +238,28 @@ def test_a_recording_asterisk_cannot_write_costs_no_call(engines: EngineFactory,
     assert "event=recording_failed" in engine.log() and "reason=no_file" in engine.log()
 
 
-def test_a_call_that_ends_while_the_engine_is_dead_keeps_its_recording(engines: EngineFactory, tone: Path,
-                                                                       tmp_path: Path) -> None:
+def test_recordings_outlive_a_killed_engine(engines: EngineFactory, tone: Path, tmp_path: Path) -> None:
+    """kill -9 with two recorded callers waiting: one hangs up while no engine runs (the next
+    engine keeps its file), the other is still there (adopted: recorded once, whole)."""
     store_dir = keep_in(engines, tmp_path)
     first = engines.start()
-    thread, out = calling(engines, tone, [CallSpec("110", "13970000005", 6.0)])
-    wait_for(lambda: "event=recording_started" in first.log(), 10, "the recording to start")
+    short, long = CallSpec("110", "13970000005", 6.0), CallSpec("110", "13970000006", 14.0)
+    thread, out = calling(engines, tone, [short, long])
+    wait_for(lambda: first.log().count("event=recording_started") == 2, 10, "both recordings to start")
     time.sleep(1.0)
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(timeout=10)
-    thread.join(timeout=30)  # the caller hangs up while no engine runs
-    assert out and out[0].calls[0].outcome == "completed"
+    time.sleep(6.0)  # the first caller hangs up while no engine runs
     second = engines.start()
-    [ticket] = wait_for(lambda: recorded(engines), 30, "the next engine to keep the recording")
-    rec = ticket["recording"]
-    assert rec.get("sha256") and abs(rec["duration_s"] - 6.0) < 1.0, rec
-    assert hashlib.sha256((store_dir / rec["file"]).read_bytes()).hexdigest() == rec["sha256"]
-    assert "event=recording_kept" in second.log()
+    thread.join(timeout=30)
+    assert out and [c.outcome for c in out[0].calls] == ["completed", "completed"], out[0].to_json()
+    rows = wait_for(lambda: (r := recorded(engines)) and len(r) == 2 and r, 30, "both recordings kept")
+    by_caller = {r["caller"]: r for r in rows}
+    for spec in (short, long):
+        rec = by_caller[spec.caller]["recording"]
+        assert rec.get("sha256") and abs(rec["duration_s"] - spec.hold_s) < 1.0, (spec, rec)
+        assert hashlib.sha256((store_dir / rec["file"]).read_bytes()).hexdigest() == rec["sha256"]
+    log = second.log()
+    assert f"event=recording_adopted ticket={by_caller[long.caller]['id']}" in log
+    assert "event=recording_started" not in log, "the adopted caller was not recorded a second time"
+    assert log.count("event=recording_kept") == 2
