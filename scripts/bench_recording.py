@@ -168,7 +168,8 @@ def main() -> int:
             time.sleep(3.0)  # the last recordings kept
             store = TicketStore(engine.db_url)
             try:
-                rows = [r for r in store.list(limit=10_000) if r["line"] == "110"]
+                # this run's 110 callers only (the engine also files calls it finds in Asterisk's CEL record)
+                rows = [r for r in store.list(limit=10_000) if r["caller"].startswith("1391")]
             finally:
                 store.close()
         finally:
