@@ -332,3 +332,24 @@ async def test_a_ticket_without_a_recording_says_why(api: Api) -> None:
     assert status == 200 and body["recording"]["state"] == "on" and body["recording"]["lines"] == ["110"]
     status, (_, _, text) = await _get(api, "/metrics", supervisor)
     assert b'callrouter_recording_failures_total{reason="disk_full"} 0' in text
+
+
+def test_an_older_ticket_database_gains_the_recording_columns_and_index(make_store: MakeStore, backend: str,
+                                                                       tmp_path: Path) -> None:
+    from sqlalchemy import inspect, text
+
+    store, _ = make_store(backend)
+    now = datetime.now(UTC)
+    call = a_call(store, 1, now - timedelta(days=200))
+    with store.engine.begin() as conn:  # as a database made before recordings
+        conn.execute(text("DROP INDEX ix_tickets_recording_retain_until"))
+        for column in ("recording", "recording_retain_until", "legal_hold"):
+            conn.execute(text(f"ALTER TABLE tickets DROP COLUMN {column}"))
+    store.create_schema()
+    present = inspect(store.engine)
+    assert {"recording", "recording_retain_until", "legal_hold"} <= {c["name"] for c in present.get_columns("tickets")}
+    assert "ix_tickets_recording_retain_until" in {i["name"] for i in present.get_indexes("tickets")}
+    ticket = store.get(call.ticket) or {}
+    assert ticket["recording"] is None and ticket["legal_hold"] is False, "old tickets read as not recorded"
+    record(store, tmp_path, call, days=180)
+    assert [f["ticket"] for f in purge_recordings(store, tmp_path, now).deleted] == [call.ticket]
