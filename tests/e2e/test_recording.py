@@ -164,6 +164,35 @@ def test_a_110_call_with_a_transfer_is_one_recording_of_the_whole_call(engines: 
     assert "event=recording_started" in engine.log() and "event=recording_kept" in engine.log()
 
 
+def test_a_three_way_consult_is_in_the_callers_one_recording(engines: EngineFactory, seats: list[SeatSims],
+                                                             tone: Path, tmp_path: Path) -> None:
+    store_dir = keep_in(engines, tmp_path)
+    engines.use_lines(wrap_up_s=1)
+    engine = engines.start()
+    seats.append(start_seats(engines.settings, [
+        SeatSpec("s110-01", answer_delay_s=0.3, talk_s=4.0, talk_dist="fixed"),  # leaves after 4 s
+        SeatSpec("s96345-01", answer_delay_s=0.3, talk_s=0)]))  # keeps the caller until they hang up
+    engines.login("s110-01", "s96345-01")
+    thread, out = calling(engines, tone, [CallSpec("110", "13970000007", 9.0)])
+    wait_for(lambda: "event=call_connected" in engine.log(), 15, "the 110 seat to answer")
+    status, calls = engines.api("GET", "/api/calls")
+    assert status == 200 and isinstance(calls, list) and len(calls) == 1
+    status, body = engines.api("POST", f"/api/calls/{calls[0]['call_id']}/consult", {"line": "96345"})
+    assert status == 200, body
+    wait_for(lambda: "event=consult_joined" in engine.log(), 10, "three in one bridge")
+    wait_for(lambda: "event=consult_handover" in engine.log(), 10, "the first seat to leave")
+    thread.join(timeout=30)
+    assert out and out[0].calls[0].outcome == "completed"
+    [ticket] = wait_for(lambda: recorded(engines), 30, "the ticket with its recording")
+    rec = ticket["recording"]
+    assert ticket["seat"] == "s96345-01" and [t["reason"] for t in ticket["transfers"]] == ["three-way consult"]
+    assert sorted(p for p in store_dir.rglob("*.wav")) == [store_dir / rec["file"]]
+    call_s = (datetime.fromisoformat(ticket["ended_at"]) - datetime.fromisoformat(ticket["answered_at"])).total_seconds()
+    assert abs(rec["duration_s"] - call_s) < 1.0 and rec["retain_until"], (rec, call_s)
+    levels = tone_levels(store_dir / rec["file"])
+    assert all(level >= TONE_AMPLITUDE / 4 for level in levels), levels
+
+
 class Mounted:
     """A filesystem mounted over Asterisk's recording directory for one test (root)."""
 
