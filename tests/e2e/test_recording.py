@@ -193,6 +193,38 @@ def test_a_three_way_consult_is_in_the_callers_one_recording(engines: EngineFact
     assert all(level >= TONE_AMPLITUDE / 4 for level in levels), levels
 
 
+def test_a_96345_call_escalated_to_110_is_recorded_from_the_transfer(engines: EngineFactory, seats: list[SeatSims],
+                                                                      tone: Path, tmp_path: Path) -> None:
+    store_dir = keep_in(engines, tmp_path)
+    engines.use_lines(wrap_up_s=1)
+    engine = engines.start()
+    seats.append(start_seats(engines.settings, [
+        SeatSpec("s96345-01", answer_delay_s=0.3, talk_s=0),
+        SeatSpec("s110-01", answer_delay_s=0.3, talk_s=3.0, talk_dist="fixed")]))
+    engines.login("s96345-01")
+    thread, out = calling(engines, tone, [CallSpec("12345", "13970000008", -1)])
+    wait_for(lambda: "event=call_connected" in engine.log(), 15, "the 96345 seat to answer")
+    assert "event=recording_started" not in engine.log(), "96345 does not record"
+    time.sleep(2.0)
+    status, calls = engines.api("GET", "/api/calls")
+    assert status == 200 and isinstance(calls, list) and len(calls) == 1
+    status, body = engines.api("POST", f"/api/calls/{calls[0]['call_id']}/transfer",
+                               {"to": "110", "reason": "燃气泄漏", "priority": 1})
+    assert status == 200, body
+    wait_for(lambda: "event=recording_started" in engine.log(), 10, "the recording to start at the escalation")
+    engines.login("s110-01")
+    thread.join(timeout=60)
+    assert out and out[0].calls[0].outcome == "completed_by_far_end", "the escalated caller stayed on"
+    [ticket] = wait_for(lambda: recorded(engines), 30, "the ticket with its recording")
+    rec = ticket["recording"]
+    assert ticket["line"] == "110" and ticket["seat"] == "s110-01" and rec.get("sha256"), ticket
+    escalated = datetime.fromisoformat(ticket["transfers"][0]["at"])
+    since_s = (datetime.fromisoformat(ticket["ended_at"]) - escalated).total_seconds()
+    assert abs(rec["duration_s"] - since_s) < 1.0, (rec, since_s)
+    assert all(level >= TONE_AMPLITUDE / 4 for level in tone_levels(store_dir / rec["file"]))
+    assert engine.log().count("event=recording_started") == 1
+
+
 class Mounted:
     """A filesystem mounted over Asterisk's recording directory for one test (root)."""
 
