@@ -136,6 +136,9 @@ class BenchEngine:
         self.log_path = tmp / "engine.log"
         self.env = {**os.environ, "CALLROUTER_DB_URL": self.db_url,
                     "CALLROUTER_STATE_FILE": str(tmp / "state.json"),
+                    # an earlier engine's open CEL calls and spooled changes are not this run's
+                    "CALLROUTER_CEL_STATE_FILE": str(tmp / "cel-import.json"),
+                    "CALLROUTER_SPOOL_FILE": str(tmp / "tickets-spool.jsonl"),
                     "CALLROUTER_REDIS_PREFIX": f"crbench-{secrets.token_hex(4)}",
                     "CALLROUTER_API_PORT": str(api_port), "CALLROUTER_LOG_LEVEL": log_level}
         if lines:
@@ -147,6 +150,14 @@ class BenchEngine:
         host, port = self.settings.api_bind, self.settings.api_port
         if not wait_port_free(host, port, 5.0):
             raise SystemExit(f"API port {host}:{port} is taken (an engine left running?): not starting another")
+        # Asterisk's record of earlier runs' calls (other benchmarks, the other path of this
+        # one) would become tickets of this engine (it records trunk calls it never saw)
+        from callrouter.calls.unseen import CEL_FILE
+        from callrouter.provision.asterisk import log_dir_on_host
+
+        cel = log_dir_on_host(self.settings) / CEL_FILE
+        for path in (cel, cel.with_name(cel.name + ".importing")):
+            path.unlink(missing_ok=True)
         # ended whatever happens next (an exception before the caller's try, a seat that
         # fails to bind): never an engine left running after the benchmark
         atexit.register(self.stop)
