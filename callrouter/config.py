@@ -70,6 +70,7 @@ class Settings:
     fallback_hold_s: int = 2
 
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
+    categories: Path | None = None  # default data_dir/queues/categories.toml (Chinese labels)
     lines: Path | None = None  # default data_dir/queues/lines.toml
     db_url: str = ""  # default sqlite under home
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -129,6 +130,10 @@ class Settings:
     @property
     def numberplan_path(self) -> Path:
         return self.numberplan or (self.data_dir / "queues" / "numberplan.csv")
+
+    @property
+    def categories_path(self) -> Path:
+        return self.categories or (self.data_dir / "queues" / "categories.toml")
 
     @property
     def lines_path(self) -> Path:
