@@ -284,12 +284,12 @@ def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
 
     store = TokenStore(settings.home / "tokens.json", settings.secret("api_token"))
     try:
-        token = store.create(args.role, args.seat, args.name)
+        token = store.create(args.role, args.seat, args.name, unit=args.unit)
     except TokenError as exc:
         print(f"callrouter tokens: {exc}", file=sys.stderr)
         return 2
     _print_json({"token": token, "role": args.role, "seat": args.seat,
-                 "note": "shown once; only its SHA-256 is kept"})
+                 **({"unit": args.unit} if args.unit else {}), "note": "shown once; only its SHA-256 is kept"})
     return 0
 
 
@@ -437,8 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     tk = sub.add_parser("tokens", help="API tokens with roles (stored hashed)")
     tksub = tk.add_subparsers(dest="action", required=True)
     tc = tksub.add_parser("create", help="print a new token once")
-    tc.add_argument("--role", required=True, choices=["agent", "supervisor", "admin"])
+    tc.add_argument("--role", required=True, choices=["agent", "supervisor", "admin", "unit"])
     tc.add_argument("--seat", help="the seat an agent token acts on")
+    tc.add_argument("--unit", help="the unit (id in queues/units.toml) a unit token acts for")
     tc.add_argument("--name", default="", help="who holds it (for the record)")
     tk.set_defaults(func=cmd_tokens)
 

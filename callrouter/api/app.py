@@ -117,6 +117,8 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     if from_cookie and origin is not None and origin != _origin(request):
         # the cookie is the pages' own: another origin's page does not get to use it
         return error(403, "cross_origin", f"requests from {origin[:100]!r} do not carry this engine's session")
+    if not principal.may_reach(request.path):  # a unit (or intake) token: its own endpoints only
+        return error(403, "forbidden", f"a {principal.role} token reaches only its own endpoints")
     request[PRINCIPAL] = principal
     try:
         return await handler(request)
@@ -405,7 +407,8 @@ async def get_ticket(request: web.Request) -> web.Response:
 
 async def get_me(request: web.Request) -> web.Response:
     principal: Principal = request[PRINCIPAL]
-    return web.json_response({"role": principal.role, "seat": principal.seat, "name": principal.name})
+    return web.json_response({"role": principal.role, "seat": principal.seat, "name": principal.name,
+                              "unit": principal.unit})
 
 
 async def page(request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,11 @@ only its SHA-256 in ``<home>/tokens.json`` (mode 0600). Roles:
     agent       its own seat (log in/out, pause, resume) and the calls on that seat
     supervisor  reads everything, controls every seat and the lines' runtime seats
     admin       all of that, and reloads the configuration (lines, number plan)
+    unit        one dispatch unit (``--unit <id>``): its own orders (read, acknowledge,
+                report) and their events on the feed; nothing else
+
+The first three form a ladder (each may do what the one below may). A role outside it
+reaches only its own endpoints (``OWN_PATHS``), whatever else the API has.
 
 The bootstrap token in secrets.json (``api_token``, used by the CLI) is an admin token.
 The engine re-reads the file when it changes, so a token works as soon as it is created.
@@ -17,12 +22,19 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROLES = ("agent", "supervisor", "admin")
+ROLES = ("agent", "supervisor", "admin")  # the ladder
+# roles outside the ladder: the paths (and what lies under them) each may reach
+OWN_PATHS: dict[str, tuple[str, ...]] = {
+    "unit": ("/api/orders", "/api/events", "/api/me"),
+}
+ALL_ROLES = (*ROLES, *OWN_PATHS)
+UNIT_ID_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # a unit's slug in queues/units.toml
 MAX_TOKEN = 256  # ours are 43 characters (token_urlsafe(32)); the bootstrap one similar
 
 
@@ -35,9 +47,18 @@ class Principal:
     role: str
     seat: str | None = None
     name: str = ""
+    unit: str | None = None  # a unit token's unit
 
     def at_least(self, role: str) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(role)
+        """On the ladder at ``role`` or above; a role outside the ladder never is."""
+        return self.role in ROLES and ROLES.index(self.role) >= ROLES.index(role)
+
+    def may_reach(self, path: str) -> bool:
+        """Whether the token may call ``path`` at all (each route then checks its own rule):
+        the ladder's roles everything, the others only their own paths."""
+        if self.role in ROLES:
+            return True
+        return any(path == own or path.startswith(own + "/") for own in OWN_PATHS.get(self.role, ()))
 
 
 def _digest(token: str) -> str:
@@ -60,7 +81,8 @@ class TokenStore:
         if mtime == self._mtime:
             return
         data = json.loads(self.path.read_text())
-        self._by_digest = {d: Principal(v["role"], v.get("seat"), v.get("name", "")) for d, v in data.items()}
+        self._by_digest = {d: Principal(v["role"], v.get("seat"), v.get("name", ""), v.get("unit"))
+                           for d, v in data.items()}
         self._mtime = mtime
 
     def lookup(self, token: str) -> Principal | None:
@@ -73,16 +95,22 @@ class TokenStore:
         self._load()
         return self._by_digest.get(_digest(token))
 
-    def create(self, role: str, seat: str | None = None, name: str = "") -> str:
-        if role not in ROLES:
-            raise TokenError(f"role {role!r}: use one of {', '.join(ROLES)}")
+    def create(self, role: str, seat: str | None = None, name: str = "", unit: str | None = None) -> str:
+        if role not in ALL_ROLES:
+            raise TokenError(f"role {role!r}: use one of {', '.join(ALL_ROLES)}")
         if role == "agent" and not seat:
             raise TokenError("an agent token needs --seat: it acts only on its own seat")
+        if role == "unit" and not (unit and UNIT_ID_RE.fullmatch(unit)):
+            raise TokenError("a unit token needs --unit <unit id> (a slug of queues/units.toml): "
+                             "it acts only on its own unit's orders")
+        if role != "unit" and unit:
+            raise TokenError("--unit is for --role unit only")
         token = secrets.token_urlsafe(32)
         data: dict[str, dict[str, object]] = {}
         if self.path.exists():
             data = json.loads(self.path.read_text())
-        data[_digest(token)] = {"role": role, "seat": seat, "name": name, "created": time.time()}
+        data[_digest(token)] = {"role": role, "seat": seat, "name": name, "created": time.time(),
+                                **({"unit": unit} if unit else {})}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
