@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from callrouter.tickets.models import RECORDING_FILE
+from callrouter.tickets.spool import fsync_dir
 
 SUFFIX: Final = ".wav"
 _CHANNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}")
@@ -181,7 +182,7 @@ def keep(src: Path, store_dir: Path, relpath: str) -> Kept:
             tmp.replace(dest)
             src.unlink()
         dest.chmod(0o600)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         digest, size = sha256_of(dest)
     except OSError as exc:
         raise KeepError(exc.errno, f"{dest}: {exc.strerror or exc}") from exc
@@ -221,10 +222,3 @@ def check_disk(path: Path, min_free_bytes: int) -> Disk:
         return Disk(DiskState.READ_ONLY, free)
     return Disk(DiskState.FULL if free < min_free_bytes else DiskState.OK, free)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -94,7 +94,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         if created:
-            _fsync_dir(self.path.parent)  # the new file's directory entry must survive too
+            fsync_dir(self.path.parent)  # the new file's directory entry must survive too
 
     def clear(self) -> None:
         """Empty the file: everything in it is written to the database."""
@@ -107,7 +107,8 @@ class Spool:
             pass
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a new or renamed directory entry in ``path`` survive a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
