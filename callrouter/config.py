@@ -71,6 +71,19 @@ class Settings:
 
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
     categories: Path | None = None  # default data_dir/queues/categories.toml (Chinese labels)
+    # Dispatch (callrouter.dispatch): the units that act on tickets (default
+    # data_dir/queues/units.toml); an intake request of the same contact and category within
+    # intake_window_s links to the open ticket. dispatch_ack_max_s > 0 caps every unit's time
+    # to acknowledge (drills, tests). Webhooks: each attempt times out after
+    # dispatch_webhook_timeout_s; a failing endpoint is retried with backoff up to
+    # dispatch_retry_max_s apart, forever; a dispatcher holds a claimed delivery or order for
+    # dispatch_lease_s (another takes it over after that, e.g. after kill -9).
+    units: Path | None = None
+    intake_window_s: int = 86400
+    dispatch_ack_max_s: int = 0
+    dispatch_webhook_timeout_s: int = 10
+    dispatch_retry_max_s: int = 300
+    dispatch_lease_s: int = 60
     lines: Path | None = None  # default data_dir/queues/lines.toml
     db_url: str = ""  # default sqlite under home
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -134,6 +147,10 @@ class Settings:
     @property
     def categories_path(self) -> Path:
         return self.categories or (self.data_dir / "queues" / "categories.toml")
+
+    @property
+    def units_path(self) -> Path:
+        return self.units or (self.data_dir / "queues" / "units.toml")
 
     @property
     def lines_path(self) -> Path:
