@@ -437,10 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     tk = sub.add_parser("tokens", help="API tokens with roles (stored hashed)")
     tksub = tk.add_subparsers(dest="action", required=True)
     tc = tksub.add_parser("create", help="print a new token once")
-    tc.add_argument("--role", required=True, choices=["agent", "supervisor", "admin", "unit"])
+    tc.add_argument("--role", required=True, choices=["agent", "supervisor", "admin", "unit", "intake"])
     tc.add_argument("--seat", help="the seat an agent token acts on")
     tc.add_argument("--unit", help="the unit (id in queues/units.toml) a unit token acts for")
-    tc.add_argument("--name", default="", help="who holds it (for the record)")
+    tc.add_argument("--name", default="", help="who holds it (for the record; an intake token: the channel system)")
     tk.set_defaults(func=cmd_tokens)
 
     ca = sub.add_parser("calls", help="live calls of the running engine: list, transfer, hang up")

@@ -8,6 +8,8 @@ only its SHA-256 in ``<home>/tokens.json`` (mode 0600). Roles:
     admin       all of that, and reloads the configuration (lines, number plan)
     unit        one dispatch unit (``--unit <id>``): its own orders (read, acknowledge,
                 report) and their events on the feed; nothing else
+    intake      a channel system (``--name``: the web form, the WeChat account, the forum):
+                ``POST /api/intake`` only, a citizen's request into a ticket
 
 The first three form a ladder (each may do what the one below may). A role outside it
 reaches only its own endpoints (``OWN_PATHS``), whatever else the API has.
@@ -32,6 +34,7 @@ ROLES = ("agent", "supervisor", "admin")  # the ladder
 # roles outside the ladder: the paths (and what lies under them) each may reach
 OWN_PATHS: dict[str, tuple[str, ...]] = {
     "unit": ("/api/orders", "/api/events", "/api/me"),
+    "intake": ("/api/intake", "/api/me"),
 }
 ALL_ROLES = (*ROLES, *OWN_PATHS)
 UNIT_ID_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # a unit's slug in queues/units.toml
@@ -105,6 +108,8 @@ class TokenStore:
                              "it acts only on its own unit's orders")
         if role != "unit" and unit:
             raise TokenError("--unit is for --role unit only")
+        if role == "intake" and not name.strip():
+            raise TokenError("an intake token needs --name <the channel system that sends requests, e.g. web-form>")
         token = secrets.token_urlsafe(32)
         data: dict[str, dict[str, object]] = {}
         if self.path.exists():
