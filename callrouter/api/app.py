@@ -50,7 +50,7 @@ SPEECH_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("speech_status
 CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{1,39}")
 SEAT_ACTIONS = ("login", "logout", "pause", "resume", "wrapup_done")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-PAGES = {"/wallboard": "wallboard.html", "/agent": "agent.html"}
+PAGES = {"/wallboard": "wallboard.html", "/agent": "agent.html", "/unit": "unit.html"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSION_COOKIE = "callrouter_session"
 SESSION_MAX_AGE_S = 12 * 3600  # a shift; then the page is opened with ?token= again
@@ -173,7 +173,10 @@ def printable(value: str, limit: int = 200) -> bool:
 
 
 def for_principal(summary: dict[str, Any], principal: Principal) -> dict[str, Any]:
-    """An agent sees the lines' occupancy and its own seat, not the other seats."""
+    """An agent sees the lines' occupancy and its own seat, not the other seats; a role
+    outside the ladder (a unit) none of it."""
+    if not principal.at_least("agent"):
+        return {"at": summary.get("at")}
     if principal.role != "agent":
         return summary
     return {**summary, "seats": {k: v for k, v in summary.get("seats", {}).items() if k == principal.seat}}

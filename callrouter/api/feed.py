@@ -7,6 +7,11 @@ later" so its page knows to reconnect) and keeps the counters /metrics reports.
 
 An agent's feed carries its own seat and the calls on it; line-wide changes (overflow)
 too; never another seat's callers.
+
+Dispatch orders' changes (``order_opened``, ``order_acknowledged``, ``order_reported``,
+``order_escalated``) come from the outbox relay (:meth:`Feed.on_outbox_row`), whichever
+process (the dispatcher, another engine) wrote them: a unit's feed carries its own
+unit's orders and nothing else; supervisors and admins get every order; agents none.
 """
 
 from __future__ import annotations
@@ -31,22 +36,54 @@ CLIENT_QUEUE = 1000
 SEAT_KEYS = ("seat", "by_seat", "consult_seat")
 
 
-def visible_to(seat: str | None, message: dict[str, Any]) -> bool:
-    """Whether a client limited to ``seat`` (an agent; None: everything) gets ``message``:
-    changes of its seat and of calls on it, and changes that name no seat and no call."""
-    if seat is None:
-        return True
+ORDER_KINDS = ("order_opened", "order_acknowledged", "order_reported", "order_escalated")
+
+
+class FeedClient:
+    def __init__(self, role: str, seat: str | None = None, unit: str | None = None) -> None:
+        self.role = role
+        self.seat = seat  # an agent's seat: what it may see
+        self.unit = unit  # a unit's id: its orders are all it sees
+        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
+        self.dropped = False
+
+
+def visible_to(client: FeedClient, message: dict[str, Any]) -> bool:
+    """Whether ``client`` gets ``message``. Orders: a unit its own, supervisors and admins
+    all, agents none. The rest: an agent the changes of its seat and of calls on it, and
+    changes that name no seat and no call; supervisors and admins everything; a role
+    outside the ladder (a unit) nothing."""
     data = message.get("data") or {}
-    if any(data.get(k) == seat for k in SEAT_KEYS):
+    if message.get("type") in ORDER_KINDS:
+        if client.role == "unit":
+            return client.unit is not None and data.get("unit") == client.unit
+        return client.role in ("supervisor", "admin")
+    if client.role in ("supervisor", "admin"):
+        return True
+    if client.role != "agent" or client.seat is None:
+        return False
+    if any(data.get(k) == client.seat for k in SEAT_KEYS):
         return True
     return not any(data.get(k) for k in SEAT_KEYS) and "call_id" not in data and "caller" not in data
 
 
-class FeedClient:
-    def __init__(self, seat: str | None) -> None:
-        self.seat = seat  # an agent's seat: what it may see; None: everything
-        self.queue: asyncio.Queue[str] = asyncio.Queue(CLIENT_QUEUE)
-        self.dropped = False
+def order_message(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The feed message of a published outbox row, if it is a dispatch order's change: the
+    order (``order_id``, ``unit``, ``ticket_id``, state...) as its data; None for the rest."""
+    if row.get("kind") not in ORDER_KINDS:
+        return None
+    raw = row.get("ticket")
+    payload: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    nested = payload.get("order")
+    order: dict[str, Any] = nested if isinstance(nested, dict) else payload
+    data = {k: v for k, v in order.items() if not isinstance(v, dict | list)}  # no nested ticket facts
+    data.setdefault("order_id", order.get("id"))
+    data.setdefault("unit", order.get("unit_id"))
+    data.setdefault("ticket_id", row.get("ticket_id"))
+    if not data.get("order_id") or not data.get("unit"):
+        log.warning("event=feed_order_row_unreadable kind=%s event_id=%s", row.get("kind"), row.get("event_id"))
+        return None
+    return {"type": row["kind"], "at": row.get("at"), "data": data}
 
 
 class Feed:
@@ -68,10 +105,17 @@ class Feed:
             self.wait_sum += wait
         self.publish({"type": kind, "at": time.time(), "data": data})
 
+    def on_outbox_row(self, row: dict[str, Any]) -> None:
+        """The outbox relay's listener: dispatch orders' changes go to the clients allowed
+        to see them (the page then reads the order over the API)."""
+        message = order_message(row)
+        if message is not None:
+            self.publish(message)
+
     def publish(self, message: dict[str, Any]) -> None:
         text = json.dumps(message, ensure_ascii=False, default=str)
         for client in list(self.clients):
-            if not visible_to(client.seat, message):
+            if not visible_to(client, message):
                 continue
             try:
                 client.queue.put_nowait(text)
@@ -81,7 +125,8 @@ class Feed:
                 client.dropped = True
                 self.clients.discard(client)
                 self.dropped_total += 1
-                log.warning("event=feed_client_dropped reason=queue_full seat=%s", client.seat)
+                log.warning("event=feed_client_dropped reason=queue_full role=%s seat=%s unit=%s", client.role,
+                            client.seat, client.unit)
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         from callrouter.api.app import PRINCIPAL, for_principal, status_summary
@@ -89,7 +134,8 @@ class Feed:
         principal: Principal = request[PRINCIPAL]
         ws = web.WebSocketResponse(heartbeat=20.0)
         await ws.prepare(request)
-        client = FeedClient(principal.seat if principal.role == "agent" else None)
+        client = FeedClient(principal.role, principal.seat if principal.role == "agent" else None,
+                            principal.unit if principal.role == "unit" else None)
         self.clients.add(client)
         await ws.send_str(json.dumps({"type": "status", "at": time.time(), "data": for_principal(status_summary(
             {"acd": self.service.acd.snapshot(self.service.now_ts())}), principal)}, default=str))

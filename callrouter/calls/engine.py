@@ -20,6 +20,7 @@ from aiohttp import web
 
 from callrouter.acd import Acd, LinesConfig, SnapshotError, load_lines
 from callrouter.api import build_app
+from callrouter.api.app import FEED_KEY
 from callrouter.api.tokens import TokenStore
 from callrouter.ari import AriClient
 from callrouter.calls.recovery import reconcile
@@ -199,14 +200,16 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         unseen.after_reconcile(service, connected_at)
         recorder.after_reconcile()
     # an open event-feed WebSocket would hold aiohttp's shutdown for 60 s by default
-    runner = web.AppRunner(shutdown_timeout=1.0, app=build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
-                                        settings.lines_path,
-                                        settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
-                                        relay_status=relay.metrics,
-                                        extra_metrics=lambda: (security.metrics_text() + unseen.metrics_text()
-                                                               + speech.metrics_text()),
-                                        speech_status=speech.status, staffing_dir=settings.staffing_path),
-                           access_log=None)
+    app = build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
+                    settings.lines_path,
+                    settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
+                    relay_status=relay.metrics,
+                    extra_metrics=lambda: (security.metrics_text() + unseen.metrics_text()
+                                           + speech.metrics_text()),
+                    speech_status=speech.status, staffing_dir=settings.staffing_path)
+    # dispatch orders' changes (written by the dispatcher) reach the pages as the relay publishes them
+    relay.listeners.append(app[FEED_KEY].on_outbox_row)
+    runner = web.AppRunner(shutdown_timeout=1.0, app=app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()

@@ -8,7 +8,9 @@ backs off, exponentially up to a cap, and drops nothing: the rows wait in the ou
 
 Delivery is at least once: a relay that dies between XADD and marking the rows sent, or
 a pipeline that fails half-way, sends some events again. Consumers dedupe by
-``event_id`` (docs/DISPATCH.md). Database work runs in threads (``asyncio.to_thread``);
+``event_id`` (docs/DISPATCH.md). ``listeners`` are called with every row once it is on
+the stream (the API's live feed forwards dispatch orders' changes from there, whichever
+process wrote them). Database work runs in threads (``asyncio.to_thread``);
 Redis calls are async with timeouts, so the event loop is never blocked.
 
 Bounded growth: with ``maxlen`` every XADD trims the stream to about that many entries
@@ -31,6 +33,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -101,6 +104,9 @@ class OutboxRelay:
         self._clock_offset_ms = 0  # Redis TIME - our clock: MINID is in Redis's time
         self._wake = asyncio.Event()
         self.groups_behind: list[GroupBehind] = []  # at the last housekeeping round
+        # called (on the event loop) with every row once it is on the stream; a listener
+        # that raises is logged and costs no other listener or row
+        self.listeners: list[Callable[[OutboxRow], None]] = []
         self.purged = 0  # sent outbox rows deleted since start
         # our own backoff decides when to try again: no hidden retries inside redis-py
         self._redis: Redis = Redis.from_url(
@@ -205,8 +211,18 @@ class OutboxRelay:
         # Published. If marking fails now, remember the ids and mark them before claiming
         # again, rather than re-claiming and sending them twice.
         self._unmarked = [row["event_id"] for row in rows]
+        self._tell(rows)
         await self._mark(self._unmarked)
         return len(rows) >= self._batch_max
+
+    def _tell(self, rows: list[OutboxRow]) -> None:
+        for listener in self.listeners:
+            for row in rows:
+                try:
+                    listener(row)
+                except Exception:  # a listener's bug must not stop publishing
+                    log.exception("event=relay_listener_failed kind=%s event_id=%s", row.get("kind"),
+                                  row.get("event_id"))
 
     async def _mark(self, event_ids: list[str]) -> None:
         marked = await asyncio.to_thread(self._store.mark_sent, self.owner, event_ids)

@@ -343,3 +343,25 @@ def test_consume_command_prints_and_acknowledges(tmp_path: Any, make_store: Make
     assert [e["event_id"] for e in events] == produced
     assert events[0]["kind"] == "opened" and events[0]["ticket"]["id"] == events[0]["ticket_id"]
     assert {"stream_id", "at", "seq", "deliveries"} <= events[0].keys()
+
+
+async def test_listeners_get_every_published_row_and_a_failing_one_stops_nothing(
+        make_store: MakeStore, private_redis: PrivateRedis) -> None:
+    store, _ = make_store("sqlite")
+    heard: list[dict[str, Any]] = []
+
+    def broken(row: dict[str, Any]) -> None:
+        raise RuntimeError("a listener's bug")
+
+    async with running(store, private_redis.url) as (writer, relay):
+        relay.listeners += [broken, heard.append]
+        for n in range(3):
+            for op in call_ops(n):
+                writer.submit(op)
+        assert await writer.drain(timeout=10)
+        assert await relay.drain(timeout=10)
+        await eventually(lambda: len(heard) == 12, 5, "every row to the listener")
+    rows = store.outbox()
+    assert [r["event_id"] for r in heard] == [r["event_id"] for r in rows]
+    assert all(r["sent_at"] is not None for r in rows), "published and marked in spite of the broken listener"
+    assert heard[0]["kind"] == "opened" and heard[0]["ticket"]["caller"] == "13800138000"
