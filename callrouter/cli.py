@@ -283,6 +283,19 @@ def cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.api.tokens import TokenError, TokenStore
 
     store = TokenStore(settings.home / "tokens.json", settings.secret("api_token"))
+    if args.role == "unit" and args.unit and settings.units_path.exists():
+        from callrouter.dispatch.units import UnitsError, load_units
+        from callrouter.numberplan import PlanError, load_plan
+
+        try:
+            units = load_units(settings.units_path, load_plan(settings.numberplan_path))
+        except (UnitsError, PlanError) as exc:
+            print(f"callrouter tokens: {exc}", file=sys.stderr)
+            return 2
+        if units.unit(args.unit) is None:
+            print(f"callrouter tokens: no unit {args.unit!r} in {settings.units_path} (the [[unit]] ids there)",
+                  file=sys.stderr)
+            return 2
     try:
         token = store.create(args.role, args.seat, args.name, unit=args.unit)
     except TokenError as exc:

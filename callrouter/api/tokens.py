@@ -37,7 +37,7 @@ OWN_PATHS: dict[str, tuple[str, ...]] = {
     "intake": ("/api/intake", "/api/me"),
 }
 ALL_ROLES = (*ROLES, *OWN_PATHS)
-UNIT_ID_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")  # a unit's slug in queues/units.toml
+UNIT_ID_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")  # a unit's slug in queues/units.toml (dispatch.units.SLUG)
 MAX_TOKEN = 256  # ours are 43 characters (token_urlsafe(32)); the bootstrap one similar
 
 
