@@ -18,6 +18,10 @@ from .models import (
     AttachRecording,
     Base,
     CloseTicket,
+    FollowUpDone,
+    MarkDispatched,
+    MarkSolved,
+    OpenIntake,
     OpenTicket,
     OutboxEvent,
     PurgeRecording,
@@ -27,8 +31,11 @@ from .models import (
     RecordingFailed,
     RecordUnseenCall,
     RequestCallback,
+    RequestFollowUp,
+    SendToDispatch,
     SetLegalHold,
     SetSeat,
+    SetTown,
     SetTranscript,
     Ticket,
     TicketEvent,
@@ -36,7 +43,7 @@ from .models import (
     new_ticket_id,
     ticket_id_for_channel,
 )
-from .store import TicketDict, TicketStore
+from .store import IntakeResult, TicketDict, TicketStore
 from .writer import TicketWriter
 
 __all__ = [
@@ -49,6 +56,11 @@ __all__ = [
     "AttachRecording",
     "Base",
     "CloseTicket",
+    "FollowUpDone",
+    "IntakeResult",
+    "MarkDispatched",
+    "MarkSolved",
+    "OpenIntake",
     "OpenTicket",
     "OutboxEvent",
     "PurgeRecording",
@@ -58,8 +70,11 @@ __all__ = [
     "RecordingAccessed",
     "RecordingFailed",
     "RequestCallback",
+    "RequestFollowUp",
+    "SendToDispatch",
     "SetLegalHold",
     "SetSeat",
+    "SetTown",
     "SetTranscript",
     "Ticket",
     "TicketDict",

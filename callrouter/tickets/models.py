@@ -164,6 +164,18 @@ class Ticket(Base):
     recording_retain_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
     # a supervisor's legal hold: the recording is never purged while it is set
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Dispatch (callrouter.dispatch). ``channel``: how the request came in (a call, or
+    # POST /api/intake from the web, WeChat, the forum); ``contact``: the citizen's contact
+    # for a request without a call; ``town``: the caller's town (a town id of units.toml),
+    # set by the seat; ``dispatched_at``: the first order was opened; ``solved_at``: the
+    # matter is solved; ``follow_up``: None, 'pending' (a 96345 unit reported: a seat calls
+    # the citizen back) or 'done'.
+    channel: Mapped[str] = mapped_column(String(16), default="phone", server_default=text("'phone'"))
+    contact: Mapped[str] = mapped_column(String, default="", server_default=text("''"))
+    town: Mapped[str | None] = mapped_column(String(40))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    solved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    follow_up: Mapped[str | None] = mapped_column(String(16))
 
     __table_args__ = (
         Index("ix_tickets_arrived_at", "arrived_at"),
@@ -205,6 +217,12 @@ class Ticket(Base):
             "transcript": self.transcript,
             "recording": self.recording,
             "legal_hold": bool(self.legal_hold),
+            "channel": self.channel or "phone",
+            "contact": self.contact or "",
+            "town": self.town,
+            "dispatched_at": _iso(self.dispatched_at),
+            "solved_at": _iso(self.solved_at),
+            "follow_up": self.follow_up,
         }
 
 
@@ -661,12 +679,188 @@ class RecordingAccessed:
         _aware("at", self.at)
 
 
+# --- dispatch (callrouter.dispatch) -----------------------------------------------------
+CHANNELS: Final = ("phone", "web", "wechat", "forum")
+FOLLOW_UP_OUTCOMES: Final = CALLBACK_OUTCOMES  # reached | no_answer
+CONTACT_MAX: Final = 64
+INTAKE_TEXT_MAX: Final = TRANSCRIPT_MAX
+BY_MAX: Final = 80
+TOWN_ID: Final = re.compile(r"[a-z][a-z0-9_]{0,39}")
+CATEGORY_SLUG: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _by(op: Any) -> None:
+    _text("by", op.by)
+    object.__setattr__(op, "by", untrusted_text(op.by, BY_MAX))
+
+
+@dataclass(frozen=True, slots=True)
+class SetTown:
+    """The seat sets the caller's town (a town id of units.toml; None: unknown)."""
+
+    ticket_id: str
+    town: str | None
+    by: str
+    at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.ticket_id
+
+    def __post_init__(self) -> None:
+        _text("ticket_id", self.ticket_id)
+        if self.town is not None and (not isinstance(self.town, str) or not TOWN_ID.fullmatch(self.town)):
+            raise ValueError(f"town must be a town id (a lowercase slug) or None, got {self.town!r}")
+        _by(self)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class SendToDispatch:
+    """A seat sends the ticket to dispatch now (the dispatcher opens its order)."""
+
+    ticket_id: str
+    by: str
+    at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.ticket_id
+
+    def __post_init__(self) -> None:
+        _text("ticket_id", self.ticket_id)
+        _by(self)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkSolved:
+    """The matter is solved (a 110 unit reported it solved, or a supervisor says so)."""
+
+    ticket_id: str
+    by: str
+    at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.ticket_id
+
+    def __post_init__(self) -> None:
+        _text("ticket_id", self.ticket_id)
+        _by(self)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFollowUp:
+    """A 96345 unit reported: a seat calls the citizen back (回访) before it is solved."""
+
+    ticket_id: str
+    at: datetime
+    order_id: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.ticket_id
+
+    def __post_init__(self) -> None:
+        _text("ticket_id", self.ticket_id)
+        _text("order_id", self.order_id)
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpDone:
+    """A seat called the citizen back: ``reached`` ends the follow-up and solves the
+    ticket; ``no_answer`` leaves it pending."""
+
+    ticket_id: str
+    outcome: str
+    by: str
+    note: str
+    at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.ticket_id
+
+    def __post_init__(self) -> None:
+        for name in ("ticket_id", "outcome", "note"):
+            _text(name, getattr(self, name))
+        if self.outcome not in FOLLOW_UP_OUTCOMES:
+            raise ValueError(f"outcome must be one of {FOLLOW_UP_OUTCOMES}, got {self.outcome!r}")
+        _by(self)
+        object.__setattr__(self, "note", untrusted_text(self.note, REASON_MAX * 5))
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkDispatched:
+    """The dispatcher opened the ticket's first order (sets ``dispatched_at`` once)."""
+
+    ticket_id: str
+    order_id: str
+    unit: str
+    at: datetime
+
+    @property
+    def id(self) -> str:
+        return self.ticket_id
+
+    def __post_init__(self) -> None:
+        for name in ("ticket_id", "order_id", "unit"):
+            _text(name, getattr(self, name))
+        _aware("at", self.at)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIntake:
+    """A request from another channel (web, WeChat, the forum; or a phone system without a
+    call) opens a ticket of the same model, with ``contact`` instead of a caller number
+    and no call fields; or, when the same contact asked about the same category within
+    ``window_s`` and that ticket is not solved, links to it (event ``linked``).
+    Applied by :meth:`TicketStore.open_intake`, which says which ticket and whether linked.
+    ``id`` (the new ticket's) is drawn when not given."""
+
+    channel: str
+    contact: str
+    line: str
+    category: str
+    town: str | None
+    text: str
+    at: datetime
+    window_s: float
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("channel", "contact", "line", "category", "text", "id"):
+            _text(name, getattr(self, name))
+        if self.channel not in CHANNELS:
+            raise ValueError(f"channel must be one of {CHANNELS}, got {self.channel!r}")
+        _line("line", self.line)
+        if not CATEGORY_SLUG.fullmatch(self.category):
+            raise ValueError(f"category must be a category slug, got {self.category!r}")
+        if self.town is not None and (not isinstance(self.town, str) or not TOWN_ID.fullmatch(self.town)):
+            raise ValueError(f"town must be a town id (a lowercase slug) or None, got {self.town!r}")
+        contact = untrusted_text(self.contact, CONTACT_MAX).strip()
+        if not contact:
+            raise ValueError("an intake request needs a contact")
+        object.__setattr__(self, "contact", contact)
+        object.__setattr__(self, "text", untrusted_text(self.text, INTAKE_TEXT_MAX))
+        _number("window_s", self.window_s)
+        _aware("at", self.at)
+        if not self.id:
+            object.__setattr__(self, "id", new_ticket_id(self.at))
+
+
 TicketOp = (OpenTicket | AnswerTicket | CloseTicket | SetSeat | Reclassify | AddTransfer
             | RequestCallback | RecordCallback | AddNote | RecordUnseenCall | SetTranscript
-            | AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed)
+            | AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed
+            | SetTown | SendToDispatch | MarkSolved | RequestFollowUp | FollowUpDone | MarkDispatched)
 TICKET_OPS: Final = (OpenTicket, AnswerTicket, CloseTicket, SetSeat, Reclassify, AddTransfer,
                      RequestCallback, RecordCallback, AddNote, RecordUnseenCall, SetTranscript,
-                     AttachRecording, RecordingFailed, SetLegalHold, PurgeRecording, RecordingAccessed)
+                     AttachRecording, RecordingFailed, SetLegalHold, PurgeRecording, RecordingAccessed,
+                     SetTown, SendToDispatch, MarkSolved, RequestFollowUp, FollowUpDone, MarkDispatched)
 
 
 def duration_between(start: datetime, end: datetime) -> float:

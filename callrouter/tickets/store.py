@@ -11,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateColumn
 
+from . import orders as _orders  # noqa: F401 - the order tables join Base.metadata for create_schema
 from .models import (
     CALLER_MAX,
     CALLER_NAME_MAX,
@@ -46,6 +48,10 @@ from .models import (
     AttachRecording,
     Base,
     CloseTicket,
+    FollowUpDone,
+    MarkDispatched,
+    MarkSolved,
+    OpenIntake,
     OpenTicket,
     OutboxEvent,
     PurgeRecording,
@@ -55,8 +61,11 @@ from .models import (
     RecordingFailed,
     RecordUnseenCall,
     RequestCallback,
+    RequestFollowUp,
+    SendToDispatch,
     SetLegalHold,
     SetSeat,
+    SetTown,
     SetTranscript,
     Ticket,
     TicketEvent,
@@ -69,6 +78,16 @@ from .models import (
 log = logging.getLogger("callrouter.tickets")
 
 TicketDict: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    """What :meth:`TicketStore.open_intake` did: the ticket, and whether it was linked to an
+    open one rather than opened."""
+
+    ticket_id: str
+    linked: bool
+
 TicketRows: TypeAlias = list[TicketDict]
 OutboxRow: TypeAlias = dict[str, Any]  # OutboxEvent.to_dict()
 
@@ -113,6 +132,11 @@ class TicketStore:
     @property
     def engine(self) -> Engine:
         return self._engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory (callrouter.dispatch reads the order tables with it)."""
+        return self._sessions
 
     def __repr__(self) -> str:
         return f"TicketStore({self._engine.url.render_as_string(hide_password=True)!r})"
@@ -171,11 +195,24 @@ class TicketStore:
         if not ops:
             return
         now = datetime.now(UTC)
+        with self.transaction() as session:
+            self.apply_in(session, ops, now)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction (SQLite: the write lock taken at BEGIN), committed on exit.
+
+        For callrouter.dispatch, whose order changes and ticket changes commit together."""
         with self._sessions() as session, session.begin():
             if self.backend == "sqlite":
                 # take the write lock up front: a read transaction upgraded to a write one
                 # fails at once with SQLITE_BUSY instead of waiting out the busy timeout
                 session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+            yield session
+
+    def apply_in(self, session: Session, ops: Sequence[TicketOp], now: datetime) -> None:
+        """:meth:`apply` inside the caller's transaction ``session``."""
+        if ops:
             tickets = self._load(session, {op.id for op in ops})
             channel_owner = self._channel_owners(
                 session, {op.channel_id for op in ops if isinstance(op, (OpenTicket, RecordUnseenCall))})
@@ -208,6 +245,60 @@ class TicketStore:
             session.flush()
             session.add_all(events)
             session.add_all(outbox)
+
+    def open_intake(self, op: OpenIntake) -> IntakeResult:
+        """Apply ``op`` in its own transaction: open a ticket (event ``opened``, outbox
+        ``intake``) or link to the open ticket of the same contact (or caller number) and
+        category that arrived within ``op.window_s`` (event and outbox ``linked``).
+
+        Idempotent: the op applied again (a retried request whose answer was lost) finds
+        the ticket it opened, or links again without a second ticket. On PostgreSQL a
+        transaction-scoped advisory lock on (contact, category) keeps two requests at once
+        from both opening a ticket; SQLite's write lock does the same.
+        """
+        now = datetime.now(UTC)
+        since = op.at - timedelta(seconds=op.window_s)
+        with self.transaction() as session:
+            if self.backend == "postgresql":
+                session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"intake:{op.contact}:{op.category}"))))
+            if session.get(Ticket, op.id) is not None:
+                return IntakeResult(op.id, False)
+            found = session.scalars(
+                select(Ticket).where(or_(Ticket.contact == op.contact, Ticket.caller == op.contact),
+                                     Ticket.category == op.category, Ticket.solved_at.is_(None),
+                                     Ticket.arrived_at >= since, Ticket.arrived_at <= op.at + timedelta(seconds=60))
+                .order_by(Ticket.arrived_at.desc(), Ticket.id.desc()).limit(1)).first()
+            if found is not None:
+                record = {"channel": op.channel, "contact": op.contact, "text": op.text, "at": _iso(op.at)}
+                found.updated_at = now
+                change = _change(found, "linked", op.at, record)
+                self._record(session, [change], now)
+                return IntakeResult(found.id, True)
+            said: dict[str, Any] = {"model": f"intake:{op.channel}", "text": op.text, "flags": [], "keywords": [],
+                    "priority": None, "final": True, "at": _iso(op.at)}
+            opened = Ticket(
+                id=op.id, dialled="", number="", caller="", caller_name="", line=op.line, category=op.category,
+                department="", priority=2 if op.line == "110" else 5, listed=True,
+                channel_id=f"{op.channel}:{op.id}", arrived_at=op.at, answered_at=None, seat=None,
+                seat_answered_at=None, ended_at=None, outcome=None, duration_s=None, updated_at=now,
+                reclassified_at=None, transfers=[], notes=[], callback_requested=False, callback_attempts=0,
+                held_by_dialplan=False, transcript=said, legal_hold=False, channel=op.channel,
+                contact=op.contact, town=op.town)
+            session.add(opened)
+            session.flush()
+            data = {k: v for k, v in opened.to_dict().items() if k in _OPENED_FIELDS | _INTAKE_FIELDS}
+            self._record(session, [_change(opened, "opened", op.at, data, outbox_kind="intake")], now)
+            return IntakeResult(opened.id, False)
+
+    @staticmethod
+    def _record(session: Session, changes: Sequence[_Change], now: datetime) -> None:
+        """The ticket_events and outbox rows of ``changes`` (tickets already flushed)."""
+        for change in changes:
+            ticket_id = str(change.ticket["id"])
+            session.add(TicketEvent(ticket_id=ticket_id, at=change.at, kind=change.kind, data=change.data))
+            if change.outbox_kind:
+                session.add(OutboxEvent(event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
+                                        at=change.at, created_at=now, payload=change.ticket))
 
     # --- the outbox (used by the relay) ---------------------------------------------------
     def claim_outbox(self, owner: str, limit: int, lease_s: float) -> list[OutboxRow]:
@@ -373,7 +464,9 @@ class TicketStore:
         seated = Ticket.seat_answered_at.is_not(None)
         in_target = or_(*(and_(Ticket.line == line, waited <= t) for line, t in targets.items()),
                         and_(Ticket.line.not_in(list(targets)), waited <= 15.0))
-        window = [Ticket.arrived_at >= since] + ([Ticket.arrived_at < until] if until is not None else [])
+        # calls only: a request from the web or WeChat waits for no seat
+        window = ([Ticket.arrived_at >= since, Ticket.channel == "phone"]
+                  + ([Ticket.arrived_at < until] if until is not None else []))
 
         def count_if(cond: Any) -> Any:
             return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
@@ -631,6 +724,9 @@ def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str
     if isinstance(op, AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed):
         return _apply_recording(op, ticket, now)
 
+    if isinstance(op, SetTown | SendToDispatch | MarkSolved | RequestFollowUp | FollowUpDone | MarkDispatched):
+        return _apply_dispatch(op, ticket, now)
+
     raise TypeError(f"not a ticket op: {op!r}")
 
 
@@ -675,6 +771,53 @@ def _apply_recording(op: AttachRecording | RecordingFailed | SetLegalHold | Purg
     return [_Change(kind, "", op.at, {"by": op.by, "reason": op.reason, "part": op.part}, {"id": ticket.id})]
 
 
+def _apply_dispatch(op: SetTown | SendToDispatch | MarkSolved | RequestFollowUp | FollowUpDone | MarkDispatched,
+                    ticket: Ticket, now: datetime) -> list[_Change]:
+    """The dispatch ops (callrouter.dispatch); idempotent like the others."""
+    if isinstance(op, SetTown):
+        if ticket.town == op.town:
+            return []
+        previous, ticket.town = ticket.town, op.town
+        ticket.updated_at = now
+        return [_change(ticket, "town_set", op.at, {"from": previous, "to": op.town, "by": op.by})]
+    if isinstance(op, SendToDispatch):
+        if ticket.dispatched_at is not None:
+            return []  # its order is open already
+        return [_change(ticket, "dispatch_requested", op.at, {"by": op.by})]
+    if isinstance(op, MarkDispatched):
+        if ticket.dispatched_at is not None:
+            return []
+        ticket.dispatched_at = op.at
+        ticket.updated_at = now
+        return [_change(ticket, "dispatched", op.at, {"order_id": op.order_id, "unit": op.unit})]
+    if isinstance(op, MarkSolved):
+        return _solve(ticket, op.at, op.by, now)
+    if isinstance(op, RequestFollowUp):
+        if ticket.follow_up is not None or ticket.solved_at is not None:
+            return []
+        ticket.follow_up = "pending"
+        ticket.updated_at = now
+        return [_change(ticket, "follow_up_requested", op.at, {"order_id": op.order_id})]
+    # FollowUpDone
+    if ticket.follow_up != "pending":
+        return []  # none asked, or done already (a retried batch)
+    ticket.updated_at = now
+    record = {"outcome": op.outcome, "by": op.by, "note": op.note, "at": _iso(op.at)}
+    changes = [_change(ticket, "follow_up_done", op.at, record)]
+    if op.outcome == "reached":
+        ticket.follow_up = "done"
+        changes = [_change(ticket, "follow_up_done", op.at, record), *_solve(ticket, op.at, op.by, now)]
+    return changes
+
+
+def _solve(ticket: Ticket, at: datetime, by: str, now: datetime) -> list[_Change]:
+    if ticket.solved_at is not None:
+        return []
+    ticket.solved_at = at
+    ticket.updated_at = now
+    return [_change(ticket, "solved", at, {"by": by, "solved_at": _iso(at)})]
+
+
 def _record_unseen(op: RecordUnseenCall, tickets: dict[str, Ticket], channel_owner: dict[str, str],
                    new: list[Ticket], now: datetime) -> list[_Change]:
     """Open (if the channel has no ticket) and close a call Asterisk recorded."""
@@ -701,6 +844,8 @@ def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[_Chan
     ticket.updated_at = now
     return [_change(ticket, "callback_requested", at, {"callback_requested_at": _iso(at)})]
 
+
+_INTAKE_FIELDS: Final = frozenset(("channel", "contact", "town"))
 
 # what an "opened" ticket event records (as before the dispatch columns were added)
 _OPENED_FIELDS: Final = frozenset((
