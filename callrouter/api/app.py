@@ -651,6 +651,9 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_post("/api/tickets/{ticket}/legal-hold", set_legal_hold)
     app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/me", get_me)
+    from callrouter.api.dispatch import add_order_routes  # imports this module
+
+    add_order_routes(app)  # dispatch orders: read by their unit and supervisors, acknowledged and reported by the unit
     for path in PAGES:
         app.router.add_get(path, page)
     app.router.add_static("/static/", STATIC_DIR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from callrouter.acd.lines import SEAT_ID
+from callrouter.api.tokens import ALL_ROLES
 
 _ERR_REF = {"$ref": "#/components/schemas/Error"}
 _WHY = {
@@ -58,6 +59,8 @@ SEAT = _path("seat", "a seat id, e.g. s110-01", pattern=f"^{SEAT_ID.pattern}$", 
 LINE = _path("line", "a line", enum=["110", "96345"])
 CALL = _path("call", "a live call's id (Asterisk channel id), from GET /api/calls", examples=["1764394381.42"])
 TICKET = _path("ticket", "a ticket id, e.g. T20261129-053301-1764394381.42", examples=["T20261129-053301-1.1"])
+ORDER = _path("order", "a dispatch order's id, O<ticket id>-<attempt>", maxLength=100,
+              examples=["OT20261129-053301-1.1-1"])
 TIME = {"type": "string", "format": "date-time", "examples": ["2026-11-29T08:00:00+08:00"]}
 LINE_ID = {"type": "string", "enum": ["110", "96345"]}
 # no control characters in query values (refused with 400: NUL is not text to PostgreSQL)
@@ -122,8 +125,9 @@ OPENAPI: dict[str, Any] = {
         "/api/plan": {"get": _op("The number plan: number, line, category, department, priority", "any",
                                  ok={"type": "array", "items": JSON_OBJ}, op_id="getPlan", errors=("401",))},
         "/api/me": {"get": _op("The token's role and seat", "any", op_id="getMe", errors=("401",), ok={
-            "type": "object", "properties": {"role": {"type": "string", "enum": ["agent", "supervisor", "admin"]},
-                                             "seat": {"type": ["string", "null"]}, "name": S}})},
+            "type": "object", "properties": {"role": {"type": "string", "enum": list(ALL_ROLES)},
+                                             "seat": {"type": ["string", "null"]}, "name": S,
+                                             "unit": {"type": ["string", "null"]}}})},
         "/api/plan/reload": {"post": _op("Validate the number plan and use it for new calls", "admin",
                                          op_id="reloadPlan")},
         "/api/calls": {"get": _with_links(_op(
@@ -209,10 +213,41 @@ OPENAPI: dict[str, Any] = {
             required=["hold", "reason"], op_id="setLegalHold", errors=("400", "401", "403", "404", "503"),
             ok={"type": "object", "required": ["ticket", "legal_hold"],
                 "properties": {"ticket": S, "legal_hold": {"type": "boolean"}}})},
+        "/api/orders": {"get": _with_links(_op(
+            "Dispatch orders, each with its ticket's facts (number dialled, category and its label, town, "
+            "transcript, caller or contact). A unit token: its own unit's; supervisors: every unit's",
+            "unit (own orders), supervisor, admin", ok={"type": "array", "items": JSON_OBJ}, op_id="listOrders",
+            query=[_query("unit", "only this unit's (a unit token: its own only)",
+                          {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,39}$"}),
+                   _query("open", "1: open orders only (default), 0: every order", {"type": "string",
+                                                                                    "enum": ["0", "1"]}),
+                   _query("limit", "at most this many (default 200)",
+                          {"type": "integer", "minimum": 1, "maximum": 1000})],
+            errors=("400", "401", "403", "503")), _links("order", "/0/id", "getOrder", "ackOrder", "reportOrder"))},
+        "/api/orders/{order}": {"parameters": [ORDER], "get": _op(
+            "One dispatch order with its ticket's facts (another unit's order: 404 to a unit token)",
+            "unit (own orders), supervisor, admin", op_id="getOrder", errors=("401", "403", "404", "503"))},
+        "/api/orders/{order}/ack": {"parameters": [ORDER], "post": {**_op(
+            "The unit acknowledges the order (in time, or late: then it counts as overdue)", "unit (own orders)",
+            body={"by": {"type": "string", "maxLength": 100, "description": "who at the unit acknowledges"}},
+            op_id="ackOrder", errors=("400", "401", "403", "404", "409", "503")), "description":
+            "Role: unit (own orders). 409: the order was already acknowledged, reported or escalated to "
+            "the next unit."}},
+        "/api/orders/{order}/report": {"parameters": [ORDER], "post": {**_op(
+            "The unit reports back: what was done and whether the matter is solved (110: the ticket is solved; "
+            "96345: the seats call the citizen back first)", "unit (own orders)",
+            body={"result": {"type": "string", "minLength": 1, "maxLength": 2000,
+                             "pattern": "[^\\s\\x00-\\x1f\\x7f-\\x9f]"},
+                  "solved": {"type": "boolean"}},
+            required=["result", "solved"], op_id="reportOrder", errors=("400", "401", "403", "404", "409", "503")),
+            "description": "Role: unit (own orders). A report without an acknowledgement acknowledges too. "
+                           "409: already reported, or escalated to the next unit."}},
         "/api/events": {"get": {
             "operationId": "events", "summary": "WebSocket: live queue, seat, call and ticket changes (an agent: "
-            "its seat and its calls). Pages use the session cookie; other clients ?token= or the header",
-            "description": "Role: any. A client that reads too slowly is closed with 1013 and should reconnect.",
+            "its seat and its calls) and dispatch orders' changes (order_opened, order_acknowledged, "
+            "order_reported, order_escalated: a unit its own orders and nothing else, supervisors all, agents "
+            "none). Pages use the session cookie; other clients ?token= or the header",
+            "description": "Role: any, unit. A client that reads too slowly is closed with 1013 and should reconnect.",
             "parameters": [_query("token", "a token, for WebSocket clients that cannot send headers", S)],
             "responses": {"101": {"description": "switching protocols"}, "400": _err("400"), "401": _err("401"),
                           "403": _err("403")}}},
