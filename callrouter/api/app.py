@@ -619,7 +619,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
               relay_status: Callable[[], dict[str, Any]] | None = None,
               extra_metrics: Callable[[], str] | None = None,
               speech_status: Callable[[], dict[str, Any]] | None = None,
-              staffing_dir: Path | None = None) -> web.Application:
+              staffing_dir: Path | None = None, categories_path: Path | None = None,
+              units_path: Path | None = None, intake_window_s: int = 86400) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
@@ -676,4 +677,12 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
         from callrouter.api.staffing import add_routes
 
         add_routes(app, staffing_dir)
+    # the seats' and the wallboard's side of dispatch, and the other channels' requests
+    # (category labels and units default to the files beside the number plan)
+    from callrouter.api.dispatch_seat import add_seat_routes
+    from callrouter.api.intake import add_intake_routes
+
+    add_seat_routes(app, plan_path=plan_path, categories_path=categories_path or plan_path.with_name("categories.toml"),
+                    units_path=units_path or plan_path.with_name("units.toml"))
+    add_intake_routes(app, intake_window_s=intake_window_s)
     return app

@@ -86,6 +86,78 @@ def _staffing(op_id: str, summary: str, content: dict[str, Any]) -> dict[str, An
         "503": _err("503")}}
 
 
+def _status(op: dict[str, Any], code: str, description: str, *, also_200: bool = False) -> dict[str, Any]:
+    """``op`` answering ``code`` (201 created, 202 accepted) instead of 200, or besides it."""
+    responses = dict(op["responses"])
+    ok = responses["200"] if also_200 else responses.pop("200")
+    responses[code] = {**ok, "description": description}
+    return {**op, "responses": responses}
+
+
+_TOWN_ID = {"type": ["string", "null"], "pattern": "^[a-z][a-z0-9_]{0,39}$"}
+_FOLLOW_UP = {"outcome": {"type": "string", "enum": ["reached", "no_answer"]},
+              "note": {"type": "string", "maxLength": 500}}
+_INTAKE = {"channel": {"type": "string", "enum": ["web", "wechat", "forum"]},
+           "contact": {"type": "string", "minLength": 1, "maxLength": 64,
+                       "description": "how to reach the citizen: telephone, WeChat id, e-mail"},
+           "category": {"type": "string", "pattern": "^[a-z][a-z0-9_]{1,39}$",
+                        "description": "a slug of GET /api/categories"},
+           "town": {**_TOWN_ID, "description": "a town id of GET /api/units; null: unknown"},
+           "text": {"type": "string", "minLength": 1, "maxLength": 2000}}
+# the seats' and the wallboard's side of dispatch (callrouter/api/dispatch_seat.py, intake.py)
+SEAT_DISPATCH_PATHS: dict[str, Any] = {
+    "/api/categories": {"get": _op(
+        "Every category a ticket may carry with its Chinese label and line, in plan order",
+        "agent, supervisor, admin", op_id="listCategories", errors=("401", "403"), ok={
+            "type": "array", "items": {"type": "object", "required": ["slug", "label", "line"],
+                                       "properties": {"slug": S, "label": S, "line": LINE_ID}}})},
+    "/api/units": {"get": _op(
+        "The towns (the console's list) and the units that act on tickets (liaisons: supervisors and admins)",
+        "agent, supervisor, admin", op_id="listUnits", errors=("401", "403", "503"), ok={
+            "type": "object", "required": ["towns", "units"],
+            "properties": {"towns": {"type": "array", "items": JSON_OBJ}, "units": {"type": "array",
+                                                                                     "items": JSON_OBJ}}})},
+    "/api/tickets/{ticket}/town": {"parameters": [TICKET], "post": _op(
+        "Set the caller's town (the dispatcher chooses that town's unit; null: unknown, county-wide)",
+        "agent (tickets its seat took), supervisor, admin", body={"town": _TOWN_ID}, required=["town"],
+        op_id="setTown", errors=("400", "401", "403", "404", "409", "503"))},
+    "/api/tickets/{ticket}/dispatch": {"parameters": [TICKET], "post": _status(_op(
+        "Send the ticket to dispatch now (the dispatcher opens the order for the unit its category and "
+        "town choose)", "agent (tickets its seat took), supervisor, admin", body={}, op_id="sendToDispatch",
+        errors=("400", "401", "403", "404", "409", "503")), "202", "accepted: the dispatcher opens the order")},
+    "/api/follow-ups": {"get": _op(
+        "96345 tickets whose unit reported, waiting for the seats' call to the citizen (回访), with the "
+        "unit's report", "agent (tickets its seat took and those no seat took), supervisor, admin",
+        op_id="listFollowUps", ok={"type": "array", "items": JSON_OBJ},
+        query=[_query("limit", "at most this many (default 200)", {"type": "integer", "minimum": 1,
+                                                                    "maximum": 1000})])},
+    "/api/tickets/{ticket}/follow-up": {"parameters": [TICKET], "post": _op(
+        "The follow-up call was made: reached solves the ticket, no_answer leaves it on the list",
+        "agent (tickets its seat took, or no seat took), supervisor, admin", body=_FOLLOW_UP,
+        required=["outcome"], op_id="followUpDone", errors=("400", "401", "403", "404", "409", "503"))},
+    "/api/dispatch/summary": {"get": _op(
+        "The wallboard's dispatch figures: open and overdue orders per unit (overdue first) and the month's "
+        "accountability per unit (orders, acknowledged in time, overdue, median time to acknowledge and to "
+        "solve, follow-ups done)", "supervisor, admin", op_id="dispatchSummary",
+        query=[_query("month", "YYYY-MM (default: this month)", {"type": "string",
+                                                                "pattern": "^20[0-9]{2}-(0[1-9]|1[0-2])$"})],
+        ok={"type": "object", "required": ["units", "month", "accountability"]})},
+    "/api/history": {"get": _op(
+        "Per line and minute (kept in memory since the engine started, a day at most): the most callers "
+        "waiting, offered, answered, abandoned, answered within target, service level",
+        "agent, supervisor, admin", op_id="lineHistory",
+        query=[_query("minutes", "the last this many minutes (default 60)", {"type": "integer", "minimum": 1,
+                                                                             "maximum": 1440})],
+        ok={"type": "object", "required": ["minute_s", "lines"]})},
+    "/api/intake": {"post": {**_status(_op(
+        "A request from the web, WeChat or the forum: a ticket of its own (201), or linked to the open ticket "
+        "of the same contact and category within the intake window (200)", "intake, admin", body=_INTAKE,
+        required=["channel", "contact", "category", "text"], op_id="intake",
+        ok={"type": "object", "required": ["ticket_id", "linked"]}), "201", "a new ticket", also_200=True),
+        "description": "Role: intake (callrouter tokens create --role intake --name SYSTEM), admin. 200: "
+                       "linked to the open ticket; 201: a new ticket."}},
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "callrouter engine API", "version": "0.2.0",
@@ -167,6 +239,7 @@ OPENAPI: dict[str, Any] = {
             errors=("400", "401", "503"), ok={"type": "object", "required": ["lines", "by_number", "by_category"],
                                                "properties": {"lines": JSON_OBJ, "by_number": JSON_OBJ,
                                                               "by_category": JSON_OBJ}})},
+        **SEAT_DISPATCH_PATHS,
         "/api/staffing": {"get": _staffing(
             "getStaffingPlan", "The staffing plan `callrouter staffing plan|what-if --publish` wrote: seats per "
             "hour per line, the overflow pool, predicted service level, abandons, longest wait",

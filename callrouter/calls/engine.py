@@ -206,7 +206,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                     relay_status=relay.metrics,
                     extra_metrics=lambda: (security.metrics_text() + unseen.metrics_text()
                                            + speech.metrics_text()),
-                    speech_status=speech.status, staffing_dir=settings.staffing_path)
+                    speech_status=speech.status, staffing_dir=settings.staffing_path,
+                    categories_path=settings.categories_path, units_path=settings.units_path,
+                    intake_window_s=settings.intake_window_s)
     # dispatch orders' changes (written by the dispatcher) reach the pages as the relay publishes them
     relay.listeners.append(app[FEED_KEY].on_outbox_row)
     runner = web.AppRunner(shutdown_timeout=1.0, app=app, access_log=None)

@@ -1,0 +1,290 @@
+"""The seats' and the wallboard's side of dispatch (issue 10) over the API, in-process
+(aiohttp on loopback) with a real ticket store and its writer, no Asterisk: category
+labels, units and towns, the caller's town, sending to dispatch, the follow-up list, the
+wallboard's summary and history, and intake requests from the other channels."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from callrouter.acd import Acd, load_lines
+from callrouter.api.app import build_app
+from callrouter.api.intake import contact_key
+from callrouter.api.tokens import TokenStore
+from callrouter.ari import AriClient
+from callrouter.calls.service import CallService
+from callrouter.config import load_settings
+from callrouter.dispatch.store import DispatchStore
+from callrouter.dispatch.units import load_units
+from callrouter.numberplan import load_plan
+from callrouter.tickets import (
+    AnswerTicket,
+    CloseTicket,
+    OpenTicket,
+    RequestFollowUp,
+    SetSeat,
+    TicketStore,
+    TicketWriter,
+)
+
+pytestmark = pytest.mark.integration
+
+ADMIN = "integration-admin-token-0123456789"
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+MakeStore = Callable[..., tuple[TicketStore, Any]]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Api:
+    def __init__(self, base: str, store: TicketStore, writer: TicketWriter, tokens: dict[str, str]) -> None:
+        self.base, self.store, self.writer, self.tokens = base, store, writer, tokens
+
+    async def call(self, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
+        async with aiohttp.ClientSession(headers=headers) as http, \
+                http.request(method, self.base + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+    def call_ticket(self, n: int, seat: str, *, line: str = "110", category: str = "fire") -> str:
+        """A call's ticket, answered at ``seat`` and closed."""
+        tid = f"T{T0:%Y%m%d-%H%M%S}-{n}.1"
+        at = T0 + timedelta(seconds=n)
+        self.store.apply([
+            OpenTicket(id=tid, dialled="119" if line == "110" else "12345", number="119", caller=f"1395000{n:04d}",
+                       caller_name="", line=line, category=category, department="x", priority=1, listed=True,
+                       channel_id=f"1764500000.{n}", arrived_at=at),
+            AnswerTicket(tid, at + timedelta(seconds=1)), SetSeat(tid, seat, at + timedelta(seconds=2)),
+            CloseTicket(tid, at + timedelta(seconds=30), "completed")])
+        return tid
+
+    async def written(self) -> None:
+        assert await self.writer.drain(timeout=10), "the ticket writer wrote what the API submitted"
+
+
+@pytest.fixture
+async def api(tmp_path: Path, make_store: MakeStore) -> AsyncIterator[Callable[..., Any]]:
+    settings = load_settings()
+    started: list[tuple[TestServer, AriClient, asyncio.Task[None]]] = []
+
+    async def make(backend: str = "sqlite") -> Api:
+        store, _ = make_store(backend)
+        ari = AriClient(f"http://127.0.0.1:{_closed_port()}/ari", "u", "p", "callrouter")
+        writer = TicketWriter(store)
+        service = CallService(ari, load_plan(settings.numberplan_path), writer, Acd(load_lines(settings.lines_path)))
+        tokens = TokenStore(tmp_path / "tokens.json", ADMIN)
+        app = build_app(service, tokens, store, settings.lines_path, settings.numberplan_path,
+                        categories_path=settings.categories_path, units_path=settings.units_path, intake_window_s=3600)
+        server = TestServer(app, host="127.0.0.1", port=0)
+        await server.start_server()
+        task = asyncio.create_task(writer.run())
+        started.append((server, ari, task))
+        names = {"admin": ADMIN, "supervisor": tokens.create("supervisor"),
+                 "agent1": tokens.create("agent", "s110-01"), "agent2": tokens.create("agent", "s110-02"),
+                 "agent96": tokens.create("agent", "s96345-01"), "intake": tokens.create("intake", name="web-form"),
+                 "unit": tokens.create("unit", unit="fire_zhukou")}
+        return Api(f"http://127.0.0.1:{server.port}", store, writer, names)
+
+    yield make
+    for server, ari, task in started:
+        await server.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await ari.close()
+
+
+async def test_categories_and_units_for_the_seats(api: Any) -> None:
+    a = await api()
+    status, cats = await a.call("agent1", "GET", "/api/categories")
+    assert status == 200
+    by_slug = {c["slug"]: c for c in cats}
+    assert by_slug["fire"] == {"slug": "fire", "label": "火警", "line": "110"}
+    assert by_slug["ambulance"]["label"] == "医疗急救" and by_slug["unlisted"]["line"] == "96345"
+    assert all(c["label"] != c["slug"] for c in cats), "every category has its Chinese label"
+    status, units = await a.call("agent1", "GET", "/api/units")
+    assert status == 200 and len(units["towns"]) == 19
+    assert {"id": "huangtian", "name": "黄田镇"} in units["towns"]
+    assert units["units"] and all("liaison" not in u for u in units["units"]), "no liaison phones for agents"
+    status, units = await a.call("supervisor", "GET", "/api/units")
+    assert status == 200 and all(u["liaison"]["phone"] for u in units["units"])
+    for who in ("intake", "unit"):  # outside the ladder: their own endpoints only
+        for path in ("/api/categories", "/api/units", "/api/follow-ups", "/api/history", "/api/dispatch/summary"):
+            status, body = await a.call(who, "GET", path)
+            assert status == 403, (who, path, body)
+
+
+async def test_an_agent_sets_the_town_and_sends_its_own_ticket_to_dispatch(api: Any) -> None:
+    a = await api()
+    tid = a.call_ticket(1, "s110-01")
+    path = f"/api/tickets/{tid}"
+    for body, reason in (({"town": "atlantis"}, "bad_town"), ({"town": 5}, "bad_town"), ({}, "bad_town"),
+                         ({"town": "huangtian", "x": 1}, "bad_request"), ([1], "bad_request")):
+        status, answer = await a.call("agent1", "POST", path + "/town", body)
+        assert status == 400 and answer["error"] == reason, (body, answer)
+    status, answer = await a.call("agent2", "POST", path + "/town", {"town": "huangtian"})
+    assert status == 403, "an agent acts only on tickets its seat took"
+    status, answer = await a.call("agent1", "POST", "/api/tickets/T-nope/town", {"town": "huangtian"})
+    assert status == 404
+    status, answer = await a.call("agent1", "POST", path + "/town", {"town": "huangtian"})
+    assert status == 200 and answer == {"ticket": tid, "town": "huangtian", "town_name": "黄田镇"}
+    await a.written()
+    ticket = a.store.get(tid)
+    assert ticket is not None and ticket["town"] == "huangtian"
+
+    status, answer = await a.call("agent1", "POST", path + "/dispatch", {"unit": "x"})
+    assert status == 400, "the body of a dispatch request is {}"
+    status, answer = await a.call("agent2", "POST", path + "/dispatch", {})
+    assert status == 403
+    status, answer = await a.call("agent1", "POST", path + "/dispatch", {})
+    units = load_units(load_settings().units_path, load_plan(load_settings().numberplan_path))
+    first = units.choose("fire", "huangtian")[0]
+    assert status == 202 and answer["unit"] == first.id and answer["unit_name"] == first.name, answer
+    assert first.area == "huangtian", "the town's own fire unit first"
+    await a.written()
+    kinds = [e["kind"] for e in a.store.events(tid)]
+    assert "dispatch_requested" in kinds, kinds
+    assert any(row["kind"] == "dispatch_requested" and row["ticket_id"] == tid for row in a.store.outbox())
+    # a supervisor may act on any ticket; the town may be cleared (unknown: county-wide units)
+    status, answer = await a.call("supervisor", "POST", path + "/town", {"town": None})
+    assert status == 200 and answer["town"] is None
+
+
+async def test_follow_ups_are_listed_and_completed_by_the_seat_that_took_the_call(api: Any) -> None:
+    a = await api()
+    mine = a.call_ticket(2, "s96345-01", line="96345", category="water_repair")
+    other = a.call_ticket(3, "s96345-02", line="96345", category="gas_repair")
+    a.store.apply([RequestFollowUp(mine, T0 + timedelta(minutes=2)), RequestFollowUp(other, T0 + timedelta(minutes=2))])
+    status, rows = await a.call("agent96", "GET", "/api/follow-ups")
+    assert status == 200 and [r["id"] for r in rows] == [mine], rows
+    assert rows[0]["category_label"] == "供水抢修"
+    status, rows = await a.call("supervisor", "GET", "/api/follow-ups")
+    assert status == 200 and {r["id"] for r in rows} == {mine, other}
+    status, _ = await a.call("agent96", "GET", "/api/follow-ups?limit=0")
+    assert status == 400
+    path = f"/api/tickets/{mine}/follow-up"
+    for body in ({"outcome": "maybe"}, {"outcome": "reached", "note": 5}, {"outcome": "reached", "note": "x" * 501},
+                 {"outcome": "reached", "by": "me"}):
+        status, answer = await a.call("agent96", "POST", path, body)
+        assert status == 400, (body, answer)
+    status, _ = await a.call("agent96", "POST", f"/api/tickets/{other}/follow-up", {"outcome": "reached"})
+    assert status == 403
+    status, answer = await a.call("agent96", "POST", path, {"outcome": "no_answer", "note": "无人接听"})
+    assert status == 200 and answer["follow_up"] == "pending"
+    await a.written()
+    assert (a.store.get(mine) or {}).get("follow_up") == "pending"
+    status, answer = await a.call("agent96", "POST", path, {"outcome": "reached", "note": "市民满意"})
+    assert status == 200 and answer["follow_up"] == "done"
+    await a.written()
+    ticket = a.store.get(mine)
+    assert ticket is not None and ticket["follow_up"] == "done" and ticket["solved_at"], ticket
+    status, answer = await a.call("agent96", "POST", path, {"outcome": "reached"})
+    assert status == 409 and answer["error"] == "no_follow_up"
+    status, rows = await a.call("agent96", "GET", "/api/follow-ups")
+    assert rows == []
+
+
+async def test_wallboard_summary_and_history(api: Any) -> None:
+    a = await api()
+    tid = a.call_ticket(4, "s110-01")
+    settings = load_settings()
+    units = load_units(settings.units_path, load_plan(settings.numberplan_path))
+    order = DispatchStore(a.store, units=units).open_order(tid, T0 + timedelta(seconds=40))
+    assert order is not None
+    status, body = await a.call("supervisor", "GET", "/api/dispatch/summary")
+    assert status == 200, body
+    (row,) = [u for u in body["units"] if u["unit"] == order["unit"]]
+    assert row["open"] == 1 and row["unit_name"] == units.unit(order["unit"]).name  # type: ignore[union-attr]
+    assert body["month"] == datetime.now().astimezone().strftime("%Y-%m")
+    status, body = await a.call("supervisor", "GET", f"/api/dispatch/summary?month={T0:%Y-%m}")
+    assert status == 200 and [u["orders"] for u in body["accountability"] if u["unit"] == order["unit"]] == [1]
+    for query in ("?month=2026-13", "?month=26-01", "?month=x"):
+        status, _ = await a.call("supervisor", "GET", "/api/dispatch/summary" + query)
+        assert status == 400, query
+    status, _ = await a.call("agent1", "GET", "/api/dispatch/summary")
+    assert status == 403, "the wallboard's dispatch figures are for supervisors"
+
+    status, body = await a.call("agent1", "GET", "/api/history?minutes=60")
+    assert status == 200 and body["minute_s"] == 60
+    assert set(body["lines"]) == {"110", "96345"}, "the sampler looked at both lines when the app started"
+    (sample,) = body["lines"]["110"]
+    assert sample["waiting"] == 0 and sample["service_level"] is None
+    for query in ("?minutes=0", "?minutes=1441", "?minutes=abc", "?minutes=-5"):
+        status, _ = await a.call("agent1", "GET", "/api/history" + query)
+        assert status == 400, query
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_intake_opens_one_ticket_and_links_the_duplicate(api: Any, backend: str) -> None:
+    a = await api(backend)
+    body = {"channel": "web", "contact": "138 0013 8000", "category": "water_repair", "town": "zhukou",
+            "text": "自来水管爆裂，水漫进屋里"}
+    status, first = await a.call("intake", "POST", "/api/intake", body)
+    assert status == 201 and first["linked"] is False and first["category_label"] == "供水抢修", first
+    ticket = a.store.get(first["ticket_id"])
+    assert ticket is not None
+    assert (ticket["channel"], ticket["contact"], ticket["line"], ticket["category"], ticket["town"]) == \
+        ("web", "13800138000", "96345", "water_repair", "zhukou")
+    # the same citizen again (another way of writing the number, another channel): linked
+    status, again = await a.call("intake", "POST", "/api/intake",
+                                 {**body, "channel": "wechat", "contact": "+86 138-0013-8000", "text": "还没人来"})
+    assert status == 200 and again == {**first, "linked": True}, again
+    # another category is another matter
+    status, other = await a.call("intake", "POST", "/api/intake", {**body, "category": "gas_repair"})
+    assert status == 201 and other["ticket_id"] != first["ticket_id"]
+    assert sum(1 for row in a.store.outbox() if row["kind"] == "intake") == 2, "two tickets go to dispatch"
+    assert a.store.list(limit=10, category="water_repair") and len(a.store.list(limit=10, category="water_repair")) == 1
+
+
+async def test_intake_bodies_are_checked(api: Any) -> None:
+    a = await api()
+    good = {"channel": "forum", "contact": "wx_openid_ABC", "category": "urban_management", "text": "路灯坏了"}
+    bad: list[Any] = [
+        {**good, "channel": "phone"}, {**good, "channel": None}, {**good, "contact": ""}, {**good, "contact": "x" * 65},
+        {**good, "contact": "\x00\x01"}, {**good, "category": "unknown_thing"}, {**good, "category": 7},
+        {**good, "town": "atlantis"}, {**good, "town": 3}, {**good, "text": ""}, {**good, "text": " \n "},
+        {**good, "text": "x" * 2001}, {**good, "priority": 1}, [good], "text",
+    ]
+    for body in bad:
+        status, answer = await a.call("intake", "POST", "/api/intake", body)
+        assert status == 400, (body, answer)
+    for who in ("agent1", "supervisor", "unit"):
+        status, _ = await a.call(who, "POST", "/api/intake", good)
+        assert status == 403, who
+    status, answer = await a.call("intake", "POST", "/api/intake", {**good, "town": None})
+    assert status == 201, answer
+    assert (a.store.get(answer["ticket_id"]) or {}).get("contact") == "wx_openid_abc"
+    assert a.store.count() == 1, "no rejected request left a ticket"
+
+
+def test_contacts_are_compared_in_one_form() -> None:
+    assert contact_key("+86 138 0013 8000") == contact_key("13800138000") == "13800138000"
+    assert contact_key("0578-6123456") == contact_key("6123456") == "05786123456"
+    assert contact_key("  Wx_OpenID  ") == "wx_openid"
+    assert contact_key("a@Example.org") == "a@example.org"
+
+
+async def test_the_seat_routes_are_in_the_openapi_document(api: Any) -> None:
+    a = await api()
+    status, doc = await a.call("agent1", "GET", "/api/openapi.json")
+    assert status == 200
+    expected = {("/api/categories", "get"), ("/api/units", "get"), ("/api/tickets/{ticket}/town", "post"),
+                ("/api/tickets/{ticket}/dispatch", "post"), ("/api/follow-ups", "get"),
+                ("/api/tickets/{ticket}/follow-up", "post"), ("/api/dispatch/summary", "get"),
+                ("/api/history", "get"), ("/api/intake", "post")}
+    for path, method in expected:
+        assert method in doc["paths"].get(path, {}), (path, method)
+    assert "201" in doc["paths"]["/api/intake"]["post"]["responses"]
+    assert "202" in doc["paths"]["/api/tickets/{ticket}/dispatch"]["post"]["responses"]
