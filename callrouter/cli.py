@@ -340,6 +340,54 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ dispatch
+def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.acd.errors import ConfigFileError
+    from callrouter.dispatch import dispatcher, report
+    from callrouter.numberplan import PlanError, load_plan
+
+    try:
+        if args.action == "run":
+            done = asyncio.run(dispatcher.serve(settings, name=args.name, idle_claim_ms=args.claim_idle_ms))
+            _print_json(done.status())
+            return 0
+        if args.action == "report":
+            from callrouter.dispatch.store import month_bounds
+
+            month_bounds(args.month)  # a bad month is a usage error before any database is opened
+            store = dispatcher.open_store(settings)
+            try:
+                rows = store.monthly_report(args.month)
+            finally:
+                store.tickets.close()
+            if args.json:
+                _print_json(rows)
+            else:
+                sys.stdout.write(report.to_csv(rows) if args.csv else report.to_text(rows))
+            return 0
+        from callrouter.dispatch.units import load_units
+
+        path = Path(args.file) if getattr(args, "file", None) else settings.units_path
+        units = load_units(path, load_plan(settings.numberplan_path))
+        if args.action == "secret":
+            unit = units.unit(args.unit)
+            if unit is None:
+                print(f"callrouter: no unit {args.unit!r} in {path}", file=sys.stderr)
+                return 1
+            if unit.webhook is None:
+                print(f"callrouter: note: unit {unit.id} has no webhook (notify.webhook) in {path}", file=sys.stderr)
+            print(dispatcher.unit_secret(settings, unit.id))
+            return 0
+        print(f"{path}: ok, {len(units.towns)} towns, {len(units.units)} units")
+        return 0
+    except (ConfigFileError, PlanError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a month that is not YYYY-MM
+        print(f"callrouter: {exc}", file=sys.stderr)
+        return 2
+
+
 # ------------------------------------------------------------------ demo
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.demo import run_demo
@@ -479,6 +527,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_staffing_arguments(sf)
     sf.set_defaults(func=cmd_staffing)
+
+    dp = sub.add_parser("dispatch", help="dispatch orders to the units: the dispatcher, the monthly report, "
+                                         "webhook secrets, the units file")
+    dpsub = dp.add_subparsers(dest="action", required=True)
+    dr = dpsub.add_parser("run", help="run a dispatcher until SIGTERM (several may run at once)")
+    dr.add_argument("--name", help="consumer name in the stream group (default host-pid); a restarted "
+                                   "dispatcher with the same name takes up its unacknowledged events at once")
+    dr.add_argument("--claim-idle-ms", type=int, default=30_000,
+                    help="take over events another dispatcher left unacknowledged this long (default 30000)")
+    drep = dpsub.add_parser("report", help="per unit: orders, acknowledged in time, overdue, median times, "
+                                           "follow-ups done")
+    drep.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+    fmt = drep.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true")
+    fmt.add_argument("--json", action="store_true")
+    dsec = dpsub.add_parser("secret", help="print a unit's webhook signing secret (generated on first use)")
+    dsec.add_argument("unit")
+    dun = dpsub.add_parser("units", help="the units file")
+    dun.add_argument("units_action", choices=["check"])
+    dun.add_argument("--file", help="default: the setting units (queues/units.toml)")
+    dp.set_defaults(func=cmd_dispatch)
 
     d = sub.add_parser("demo", help="bring everything up, run simulated traffic, summarise, stop")
     d.add_argument("--calls", type=int, default=60)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 log = logging.getLogger("callrouter.tasks")
@@ -50,3 +50,46 @@ class TaskOwner:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def poll_loop(name: str, step: Callable[[], Awaitable[float]], stop: asyncio.Event,
+                    wake: asyncio.Event | None = None, *, retry_initial_s: float = 0.1,
+                    retry_max_s: float = 5.0) -> None:
+    """Run ``step`` until ``stop`` is set. ``step`` returns how long to wait before the next
+    round (0: at once); ``wake`` (set by whoever has new work) cuts the wait short. A step
+    that raises is logged (the first failure of a streak with its traceback, then every
+    10th) and retried after a backoff doubling from ``retry_initial_s`` up to ``retry_max_s``.
+    """
+    delay = retry_initial_s
+    streak = 0
+    while not stop.is_set():
+        if wake is not None:
+            wake.clear()  # work signalled from now on starts the next round early
+        try:
+            wait = await step()
+        except Exception as exc:  # logged, retried after the backoff
+            streak += 1
+            if streak % 10 == 1:
+                log.warning("event=loop_failed loop=%s attempt=%d retry_in_s=%.3g error=%r", name, streak, delay,
+                            exc, exc_info=streak == 1)
+            wait = delay
+            delay = min(delay * 2, retry_max_s)
+        else:
+            if streak:
+                log.warning("event=loop_recovered loop=%s after_attempts=%d", name, streak)
+            streak = 0
+            delay = retry_initial_s
+        if wait > 0:
+            await _wait_any(stop, wake, wait)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    waits = {asyncio.ensure_future(stop.wait())}
+    if wake is not None:
+        waits.add(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

@@ -1,0 +1,62 @@
+"""The dispatcher's pure parts: which events open orders, webhook signatures, backoff, the
+report's CSV."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from callrouter.dispatch.dispatcher import retry_delay, sign, verify, wants_order, webhook_body
+from callrouter.dispatch.report import to_csv, to_text
+from callrouter.dispatch.store import Delivery, month_bounds
+from callrouter.tickets.consumer import StreamEvent
+
+
+def event(kind: str, **ticket: object) -> StreamEvent:
+    return StreamEvent("1-0", "e1", "T1", kind, "2026-11-01T00:00:00+00:00", 1, {"id": "T1", **ticket}, 1)
+
+
+def test_which_events_open_an_order() -> None:
+    assert wants_order(event("closed", seat_answered_at="2026-11-01T00:00:03+00:00"))
+    assert not wants_order(event("closed", seat_answered_at=None))  # nobody took the call
+    assert not wants_order(event("abandoned"))
+    assert wants_order(event("dispatch_requested"))
+    assert wants_order(event("intake"))
+    for kind in ("opened", "answered", "order_opened", "linked", "solved"):
+        assert not wants_order(event(kind))
+
+
+def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    body = b'{"delivery":"d1"}'
+    expected = hmac.new(b"s3cret", b"1764547200." + body, hashlib.sha256).hexdigest()
+    assert sign("s3cret", 1764547200, body) == "sha256=" + expected
+    signature = sign("s3cret", 1764547200, body)
+    assert verify("s3cret", "1764547200", body, signature, now=1764547210)
+    assert not verify("other", "1764547200", body, signature, now=1764547210)
+    assert not verify("s3cret", "1764547200", body + b" ", signature, now=1764547210)
+    assert not verify("s3cret", "1764547200", body, signature, now=1764547200 + 301)  # too old: a replay
+    assert not verify("s3cret", "yesterday", body, signature)
+
+
+def test_webhook_body_has_delivery_order_and_ticket() -> None:
+    order = {"id": "OT1-1", "unit": "u", "ticket": {"id": "T1", "category_label": "火警"}}
+    data = json.loads(webhook_body(Delivery("d1", "u", 0, order)))
+    assert data == {"delivery": "d1", "order": {"id": "OT1-1", "unit": "u"},
+                    "ticket": {"id": "T1", "category_label": "火警"}}
+
+
+def test_retry_delay_doubles_up_to_the_cap() -> None:
+    assert [retry_delay(n, 0.5, 5) for n in range(1, 7)] == [0.5, 1, 2, 4, 5, 5]
+    assert retry_delay(10_000, 0.5, 300) == 300
+
+
+def test_month_bounds_and_report_formats() -> None:
+    start, end = month_bounds("2026-12")
+    assert (start.isoformat(), end.isoformat()) == ("2026-12-01T00:00:00+00:00", "2027-01-01T00:00:00+00:00")
+    rows = [{"month": "2026-11", "unit": "u1", "name": "单位, 一", "orders": 3, "acknowledged_in_time": 2,
+             "overdue": 1, "median_ack_s": 150.0, "median_solve_s": None, "follow_ups_done": 0}]
+    assert to_csv(rows).splitlines() == [
+        "month,unit,name,orders,acknowledged_in_time,overdue,median_ack_s,median_solve_s,follow_ups_done",
+        '2026-11,u1,"单位, 一",3,2,1,150.0,,0']
+    assert "2.5 min" in to_text(rows)
