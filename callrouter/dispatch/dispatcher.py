@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from callrouter.config import Settings
 from callrouter.tasks import poll_loop
-from callrouter.tickets.consumer import GroupConsumer, StreamEvent
+from callrouter.tickets.consumer import Batch, GroupConsumer, StreamEvent
 
 from .store import Delivery, DispatchStore
 from .units import Units
@@ -172,7 +172,8 @@ class Dispatcher:
                  self.stream, len(self.units), len(self.secrets))
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(consumer.run(lambda e: self._handle(e, stop), stop), name="dispatch-consumer")
+                tasks.create_task(consumer.run(Batch(lambda events: self._handle(events, stop)), stop),
+                                  name="dispatch-consumer")
                 tasks.create_task(poll_loop("dispatch-notifier", self._notify_step, stop, self._notify_wake,
                                             retry_max_s=5.0), name="dispatch-notifier")
                 tasks.create_task(poll_loop("dispatch-escalator", self._escalate_step, stop, self._escalate_wake,
@@ -188,20 +189,21 @@ class Dispatcher:
                      " ".join(f"{k}={v}" for k, v in self.metrics.to_json().items()))
 
     # --- the consumer -----------------------------------------------------------------------
-    async def _handle(self, event: StreamEvent, stop: asyncio.Event) -> None:
-        self.metrics.events += 1
-        if not wants_order(event):
+    async def _handle(self, events: list[StreamEvent], stop: asyncio.Event) -> None:
+        """One read's events: the orders they ask for, in one transaction."""
+        self.metrics.events += len(events)
+        reasons = {e.ticket_id: e.kind for e in events if wants_order(e)}
+        if not reasons:
             return
         delay = 0.1
         while True:
             try:
-                order = await asyncio.to_thread(self.store.open_order, event.ticket_id, datetime.now(UTC),
-                                                reason=event.kind)
+                opened = await asyncio.to_thread(self.store.open_orders, list(reasons), datetime.now(UTC),
+                                                 reasons=reasons)
                 break
             except (OperationalError, DBAPIError) as exc:
-                # the database is away: hold this event (unacknowledged) until it is back
-                log.warning("event=dispatch_db_failed ticket_id=%s retry_in_s=%.2g error=%r", event.ticket_id,
-                            delay, exc)
+                # the database is away: hold these events (unacknowledged) until it is back
+                log.warning("event=dispatch_db_failed events=%d retry_in_s=%.2g error=%r", len(reasons), delay, exc)
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                 except TimeoutError:
@@ -209,13 +211,14 @@ class Dispatcher:
                 if stop.is_set():
                     raise
                 delay = min(delay * 2, 5.0)
-        if order is None:
-            return  # the ticket has its order already (a redelivery, or a second event)
-        self.metrics.orders_opened += 1
-        log.info("event=order_opened order_id=%s ticket_id=%s unit=%s kind=%s", order["id"], event.ticket_id,
-                 order["unit"], event.kind)
-        self._notify_wake.set()
-        self._escalate_wake.set()
+        # the rest had their order already (a redelivery, or a second event of the ticket)
+        for order in opened:
+            self.metrics.orders_opened += 1
+            log.info("event=order_opened order_id=%s ticket_id=%s unit=%s kind=%s", order["id"], order["ticket_id"],
+                     order["unit"], reasons.get(order["ticket_id"], ""))
+        if opened:
+            self._notify_wake.set()
+            self._escalate_wake.set()
 
     # --- the notifier -----------------------------------------------------------------------
     async def _notify_step(self) -> float:

@@ -30,8 +30,9 @@ def _duration(seconds: float | None) -> str:
 
 
 def to_text(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'unit':<28} {'orders':>6} {'in time':>7} {'overdue':>7} {'ack (median)':>12} "
-             f"{'solved (median)':>15} {'follow-ups':>10}  name"]
+    header = (f"{'unit':<28} {'orders':>6} {'in time':>7} {'overdue':>7} {'ack (median)':>12} "
+              f"{'solved (median)':>15} {'follow-ups':>10}  name")
+    lines = [header]
     for r in rows:
         lines.append(f"{r['unit']:<28} {r['orders']:>6} {r['acknowledged_in_time']:>7} {r['overdue']:>7} "
                      f"{_duration(r['median_ack_s']):>12} {_duration(r['median_solve_s']):>15} "

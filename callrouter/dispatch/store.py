@@ -16,6 +16,7 @@ are claimed for a lease.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import uuid
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,8 @@ from callrouter.tickets.models import OutboxEvent, Ticket, TicketEvent, untruste
 from callrouter.tickets.orders import OPEN_STATES, DispatchOrder, OrderNotification
 
 from .units import Unit, Units
+
+log = logging.getLogger("callrouter.dispatch")
 
 RESULT_MAX: Final = 2000
 MONTH_FORMAT: Final = "%Y-%m"
@@ -90,24 +93,46 @@ class DispatchStore:
     def open_order(self, ticket_id: str, at: datetime, *, reason: str = "") -> dict[str, Any] | None:
         """Open the first order of ``ticket_id`` (attempt 1, the first unit of its chain);
         None when the ticket already has one, or is unknown. Idempotent."""
+        opened = self.open_orders([ticket_id], at, reasons={ticket_id: reason})
+        return opened[0] if opened else None
+
+    def open_orders(self, ticket_ids: Sequence[str], at: datetime, *,
+                    reasons: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """:meth:`open_order` for many tickets in one transaction (one stream read's
+        events): the orders opened, in ``ticket_ids`` order. A ticket whose category has no
+        unit (a category added to the plan after the units file was loaded) is logged and
+        left without an order rather than holding up the others."""
         units = self._need_units()
+        ids = sorted(set(ticket_ids))
+        if not ids:
+            return []
         now = datetime.now(UTC)
         with self.tickets.transaction() as session:
-            stmt = select(Ticket).where(Ticket.id == ticket_id)
+            stmt = select(Ticket).where(Ticket.id.in_(ids)).order_by(Ticket.id)
             if self.tickets.backend == "postgresql":
-                stmt = stmt.with_for_update()  # two dispatchers on one ticket: one waits, then sees the order
-            ticket = session.scalars(stmt).one_or_none()
-            if ticket is None:
-                return None
-            if session.scalar(select(DispatchOrder.id).where(DispatchOrder.ticket_id == ticket_id).limit(1)):
-                return None  # a redelivered or repeated event: the order exists
-            chain = units.choose(ticket.category, ticket.town)
-            if not chain:  # the loader guarantees a unit; a category added to the plan since
-                raise LookupError(f"no unit for category {ticket.category!r} in {ticket.town or 'the county'}")
-            order = self._new_order(session, ticket, 1, chain[0], at, now)
-            self.tickets.apply_in(session, [MarkDispatched(ticket_id, order.id, order.unit_id, at)], now)
-            self._changed(session, order, "order_opened", at, now, {"unit": order.unit_id, "reason": reason})
-            return order.to_dict()
+                # two dispatchers on one ticket: one waits, then sees the other's order
+                # (locked in id order, so two batches never deadlock)
+                stmt = stmt.with_for_update()
+            tickets = {t.id: t for t in session.scalars(stmt)}
+            have = set(session.scalars(select(DispatchOrder.ticket_id).where(DispatchOrder.ticket_id.in_(ids))))
+            opened: dict[str, DispatchOrder] = {}
+            for ticket_id in dict.fromkeys(ticket_ids):
+                ticket = tickets.get(ticket_id)
+                if ticket is None or ticket_id in have:
+                    continue  # unknown, or a redelivered or repeated event: the order exists
+                chain = units.choose(ticket.category, ticket.town)
+                if not chain:
+                    log.error("event=order_no_unit ticket_id=%s category=%s town=%s: add a unit for it to the "
+                              "units file", ticket_id, ticket.category, ticket.town)
+                    continue
+                opened[ticket_id] = self._new_order(session, ticket, 1, chain[0], at, now)
+            if not opened:
+                return []
+            self.tickets.apply_in(session, [MarkDispatched(t, o.id, o.unit_id, at) for t, o in opened.items()], now)
+            for ticket_id, order in opened.items():
+                reason = (reasons or {}).get(ticket_id, "")
+                self._changed(session, order, "order_opened", at, now, {"unit": order.unit_id, "reason": reason})
+            return [o.to_dict() for o in opened.values()]
 
     def _new_order(self, session: Session, ticket: Ticket, attempt: int, unit: Unit, at: datetime,
                    now: datetime) -> DispatchOrder:
