@@ -60,3 +60,26 @@ def test_month_bounds_and_report_formats() -> None:
         "month,unit,name,orders,acknowledged_in_time,overdue,median_ack_s,median_solve_s,follow_ups_done",
         '2026-11,u1,"单位, 一",3,2,1,150.0,,0']
     assert "2.5 min" in to_text(rows)
+
+
+def test_the_dispatch_ticket_ops_survive_the_spool() -> None:
+    from datetime import UTC, datetime
+
+    from callrouter.tickets import (
+        FollowUpDone,
+        MarkDispatched,
+        MarkSolved,
+        RequestFollowUp,
+        SendToDispatch,
+        SetTown,
+        TicketOp,
+    )
+    from callrouter.tickets.spool import op_from_json, op_to_json
+
+    at = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+    ops: list[TicketOp] = [SetTown("T1", "north", "seat:s110-01", at), SetTown("T1", None, "seat:s110-01", at),
+           SendToDispatch("T1", "seat:s110-01", at), MarkSolved("T1", "unit:u", at), RequestFollowUp("T1", at, "OT1-1"),
+           FollowUpDone("T1", "reached", "seat:s96345-01", "满意", at), MarkDispatched("T1", "OT1-1", "u", at)]
+    for op in ops:
+        assert op_from_json(json.loads(json.dumps(op_to_json(op)))) == op
+        assert op.id == "T1"
