@@ -61,6 +61,12 @@ CALL = _path("call", "a live call's id (Asterisk channel id), from GET /api/call
 TICKET = _path("ticket", "a ticket id, e.g. T20261129-053301-1764394381.42", examples=["T20261129-053301-1.1"])
 ORDER = _path("order", "a dispatch order's id, O<ticket id>-<attempt>", maxLength=100,
               examples=["OT20261129-053301-1.1-1"])
+
+
+def _closed(op: dict[str, Any]) -> dict[str, Any]:
+    """``op`` whose JSON body refuses fields it does not define (400 "unknown field")."""
+    op["requestBody"]["content"]["application/json"]["schema"]["additionalProperties"] = False
+    return op
 TIME = {"type": "string", "format": "date-time", "examples": ["2026-11-29T08:00:00+08:00"]}
 LINE_ID = {"type": "string", "enum": ["110", "96345"]}
 # no control characters in query values (refused with 400: NUL is not text to PostgreSQL)
@@ -300,19 +306,20 @@ OPENAPI: dict[str, Any] = {
         "/api/orders/{order}": {"parameters": [ORDER], "get": _op(
             "One dispatch order with its ticket's facts (another unit's order: 404 to a unit token)",
             "unit (own orders), supervisor, admin", op_id="getOrder", errors=("401", "403", "404", "503"))},
-        "/api/orders/{order}/ack": {"parameters": [ORDER], "post": {**_op(
+        "/api/orders/{order}/ack": {"parameters": [ORDER], "post": {**_closed(_op(
             "The unit acknowledges the order (in time, or late: then it counts as overdue)", "unit (own orders)",
             body={"by": {"type": "string", "maxLength": 100, "description": "who at the unit acknowledges"}},
-            op_id="ackOrder", errors=("400", "401", "403", "404", "409", "503")), "description":
+            op_id="ackOrder", errors=("400", "401", "403", "404", "409", "503"))), "description":
             "Role: unit (own orders). 409: the order was already acknowledged, reported or escalated to "
             "the next unit."}},
-        "/api/orders/{order}/report": {"parameters": [ORDER], "post": {**_op(
+        "/api/orders/{order}/report": {"parameters": [ORDER], "post": {**_closed(_op(
             "The unit reports back: what was done and whether the matter is solved (110: the ticket is solved; "
             "96345: the seats call the citizen back first)", "unit (own orders)",
             body={"result": {"type": "string", "minLength": 1, "maxLength": 2000,
                              "pattern": "[^\\s\\x00-\\x1f\\x7f-\\x9f]"},
                   "solved": {"type": "boolean"}},
-            required=["result", "solved"], op_id="reportOrder", errors=("400", "401", "403", "404", "409", "503")),
+            required=["result", "solved"], op_id="reportOrder",
+            errors=("400", "401", "403", "404", "409", "503"))),
             "description": "Role: unit (own orders). A report without an acknowledgement acknowledges too. "
                            "409: already reported, or escalated to the next unit."}},
         "/api/events": {"get": {
@@ -334,3 +341,16 @@ OPENAPI: dict[str, Any] = {
                 "schema": JSON_OBJ}}}, "401": _err("401")}}},
     },
 }
+
+
+def _outside_the_ladder(doc: dict[str, Any]) -> None:
+    """Every operation may answer 403: a token whose role is outside the ladder (unit,
+    intake) reaches only its own paths, whatever the operation's own rule."""
+    for item in doc["paths"].values():
+        for method, op in item.items():
+            if method != "parameters" and "403" not in op["responses"]:
+                op["responses"]["403"] = {"description": "a unit or intake token: not one of its own paths",
+                                          "content": {"application/json": {"schema": _ERR_REF}}}
+
+
+_outside_the_ladder(OPENAPI)

@@ -33,7 +33,7 @@ from pathlib import Path
 ROLES = ("agent", "supervisor", "admin")  # the ladder
 # roles outside the ladder: the paths (and what lies under them) each may reach
 OWN_PATHS: dict[str, tuple[str, ...]] = {
-    "unit": ("/api/orders", "/api/events", "/api/me"),
+    "unit": ("/api/orders", "/api/events", "/api/me", "/api/openapi.json"),
     "intake": ("/api/intake", "/api/me"),
 }
 ALL_ROLES = (*ROLES, *OWN_PATHS)

@@ -1,5 +1,5 @@
 """schemathesis against the running engine's /api/openapi.json, once with each role's token
-(agent, supervisor, admin): every operation and method of the document, well-formed and
+(agent, supervisor, admin, and a unit's outside the ladder): every operation and method of the document, well-formed and
 malformed input, with a caller waiting and a closed ticket to act on. No answer may be a
 5xx, and every answer must match the document (status codes, content types, schemas).
 
@@ -54,7 +54,9 @@ def test_schemathesis_finds_no_5xx_and_no_mismatch_for_any_role(engines: EngineF
     wait_for(lambda: engines.api("GET", "/api/tickets?limit=1")[1], 15, "a ticket")
     tokens = {"agent": _token(engines, "--role", "agent", "--seat", "s110-01"),
               "supervisor": _token(engines, "--role", "supervisor"),
-              "admin": _token(engines, "--role", "admin")}
+              "admin": _token(engines, "--role", "admin"),
+              # outside the ladder: 403 on every path but its own (documented on every operation)
+              "unit": _token(engines, "--role", "unit", "--unit", "fire_zhukou")}
     for role, token in tokens.items():
         (tmp_path / role).mkdir()
         _fuzz(engines, tmp_path / role, role, token)
