@@ -86,9 +86,12 @@ async def post_intake(request: web.Request) -> web.Response:
             return _bad("town must be a town id of the units file (or null: unknown)")
     if not isinstance(text, str) or len(text) > MAX_TEXT or not clean_text(text, MAX_TEXT).strip():
         return _bad(f"text: what the citizen wrote, 1 to {MAX_TEXT} characters")
-    op = OpenIntake(channel=channel, contact=contact_key(clean_text(contact, MAX_CONTACT)), line=lines[category],
-                    category=category, town=town, text=clean_text(text, MAX_TEXT).strip(), at=datetime.now(UTC),
-                    window_s=request.app[INTAKE_WINDOW_KEY])
+    try:
+        op = OpenIntake(channel=channel, contact=contact_key(clean_text(contact, MAX_CONTACT)), line=lines[category],
+                        category=category, town=town, text=clean_text(text, MAX_TEXT).strip(), at=datetime.now(UTC),
+                        window_s=request.app[INTAKE_WINDOW_KEY])
+    except ValueError as exc:  # what the ticket model refuses (a contact of format characters only ...)
+        return _bad(str(exc)[:200])
     result = await asyncio.to_thread(request.app[STORE_KEY].open_intake, op)
     log.info("event=intake channel=%s by=%s category=%s ticket=%s linked=%s", channel, principal.name or principal.role,
              category, result.ticket_id, result.linked)

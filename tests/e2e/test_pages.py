@@ -118,7 +118,8 @@ def test_agent_console_pops_the_ticket_and_transfers_the_call(engines: EngineFac
         wait_for(lambda: _attr(browser, "#state", "data-state") == "ready", 10, "the seat logged in from the page")
         thread, out = engines.calls_in_background([CallSpec("119", "13950000002", 12.0)], 1)
         wait_for(lambda: _text(browser, "#t-dialled") == "119", 10, "the ticket to pop")
-        assert _text(browser, "#t-category") == "fire" and _text(browser, "#t-caller") == "13950000002"
+        assert _text(browser, "#t-category") == "火警" and _text(browser, "#t-caller") == "13950000002"
+        assert _attr(browser, "#t-category", "data-category") == "fire", "the label shown, the slug kept as data"
         assert _text(browser, "#t-meaning") == "火警", "the dialled number's meaning from the plan"
         ARTIFACTS.mkdir(exist_ok=True)
         browser.save_screenshot(str(ARTIFACTS / "agent.png"))  # type: ignore[attr-defined]

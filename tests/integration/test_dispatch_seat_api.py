@@ -253,7 +253,7 @@ async def test_intake_bodies_are_checked(api: Any) -> None:
     good = {"channel": "forum", "contact": "wx_openid_ABC", "category": "urban_management", "text": "路灯坏了"}
     bad: list[Any] = [
         {**good, "channel": "phone"}, {**good, "channel": None}, {**good, "contact": ""}, {**good, "contact": "x" * 65},
-        {**good, "contact": "\x00\x01"}, {**good, "category": "unknown_thing"}, {**good, "category": 7},
+        {**good, "contact": "\x00\x01"}, {**good, "contact": "\u202e\u200b"}, {**good, "category": "unknown_thing"}, {**good, "category": 7},
         {**good, "town": "atlantis"}, {**good, "town": 3}, {**good, "text": ""}, {**good, "text": " \n "},
         {**good, "text": "x" * 2001}, {**good, "priority": 1}, [good], "text",
     ]

@@ -69,3 +69,13 @@ function flagText(t) {
 }
 const STATE_ZH = {logged_out: "未登录", ready: "空闲", ringing: "振铃", on_call: "通话中", wrap_up: "话后处理",
                   paused: "暂停"};
+// categories are shown to people by their Chinese label (GET /api/categories), never the
+// slug; a slug the list does not know (or a role that may not read it) shows as it is
+const CATEGORY_LABELS = {};
+let CATEGORY_LIST = [];
+async function loadCategories() {
+  CATEGORY_LIST = await api("GET", "/api/categories");
+  for (const c of CATEGORY_LIST) CATEGORY_LABELS[c.slug] = c.label;
+  return CATEGORY_LIST;
+}
+function categoryLabel(slug) { return (slug && CATEGORY_LABELS[slug]) || slug || "–"; }

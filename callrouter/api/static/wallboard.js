@@ -86,13 +86,13 @@ function renderSpeech() {
   document.getElementById("flagged").replaceChildren(...(rows.length ? rows : [el("span", {className: "muted"}, "无")]));
 }
 
-function bars(node, counts) {
+function bars(node, counts, labelOf) {
   const entries = Object.entries(counts).sort((a, b) => b[1] - a[1]).slice(0, 15);
   const max = Math.max(1, ...entries.map((e) => e[1]));
   node.replaceChildren(...entries.map(([k, n]) => {
     const bar = el("i");
     bar.style.width = Math.round(260 * n / max) + "px";  // CSSOM: allowed under the page's CSP
-    return el("div", {data: {key: k}}, el("span", {}, k || "(无号码)"), bar, String(n));
+    return el("div", {data: {key: k}}, el("span", {}, (labelOf ? labelOf(k) : k) || "(无号码)"), bar, String(n));
   }));
 }
 
@@ -101,7 +101,7 @@ async function refreshToday() {
   today = await api("GET", "/api/today?since=" + encodeURIComponent(midnight.toISOString()));
   render();
   bars(document.getElementById("by-number"), today.by_number);
-  bars(document.getElementById("by-category"), today.by_category);
+  bars(document.getElementById("by-category"), today.by_category, categoryLabel);
 }
 
 // after (re)connecting: the live calls already flagged (the feed only brings changes)
@@ -115,6 +115,7 @@ async function refreshFlagged() {
 
 let pending = null, todayPending = null;
 feed((msg) => {
+  if (typeof dispatchBoardEvent === "function") dispatchBoardEvent(msg);  // dispatch-board.js
   if (msg.type === "status") { status = msg.data; statusAt = Date.now() / 1000; render(); return; }
   const d = msg.data || {};
   if (msg.type === "call_transcript" && d.transcript && (d.transcript.flags || []).length) flagged.set(d.call_id, d);
@@ -127,5 +128,6 @@ feed((msg) => {
   }
 }, () => { refreshToday().catch(() => {}); refreshFlagged().catch(() => {}); });
 refreshStatus().catch(() => {});
+loadCategories().then(() => refreshToday()).catch(() => {});  // labels of today's categories
 setInterval(render, 1000);
 setInterval(() => refreshToday().catch(() => {}), 30000);
