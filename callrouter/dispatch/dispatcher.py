@@ -225,39 +225,44 @@ class Dispatcher:
         deliveries = await asyncio.to_thread(self.store.claim_deliveries, self.owner, self.batch, self.lease_s)
         if not deliveries:
             return self.poll_s
-        await asyncio.gather(*(self._deliver(d) for d in deliveries))
+        errors = await asyncio.gather(*(self._deliver(d) for d in deliveries))
+        done = [d for d, error in zip(deliveries, errors, strict=True) if error is None]
+        # marked in one transaction; a dispatcher killed before it sends them again (at least once)
+        await asyncio.to_thread(self.store.delivered, self.owner, [d.id for d in done], datetime.now(UTC))
+        self.metrics.delivered += len(done)
+        for d in done:
+            log.info("event=webhook_delivered delivery=%s order_id=%s unit=%s attempt=%d", d.id, d.order["id"],
+                     d.unit, d.attempts + 1)
+        for d, error in zip(deliveries, errors, strict=True):
+            if error is not None:
+                unit = self.units.unit(d.unit)
+                gone = unit is None or unit.webhook is None or d.unit not in self.secrets
+                await self._failed(d, error, self.retry_max_s if gone else
+                                   retry_delay(d.attempts + 1, self.retry_initial_s, self.retry_max_s))
         return 0.0
 
-    async def _deliver(self, delivery: Delivery) -> None:
+    async def _deliver(self, delivery: Delivery) -> str | None:
+        """POST ``delivery`` to its unit; None when taken (2xx), else what went wrong."""
         unit = self.units.unit(delivery.unit)
         secret = self.secrets.get(delivery.unit)
         if unit is None or unit.webhook is None or secret is None:
             # the unit lost its webhook in the units file since: keep the delivery, try later
-            await self._failed(delivery, "the unit has no webhook in the units file", self.retry_max_s)
-            return
+            return "the unit has no webhook in the units file"
+        if self._http is None:
+            raise RuntimeError("Dispatcher._deliver outside run()")
         body = webhook_body(delivery)
         timestamp = int(time.time())
         headers = {"Content-Type": "application/json", "X-Callrouter-Delivery": delivery.id,
                    "X-Callrouter-Timestamp": str(timestamp), "X-Callrouter-Signature": sign(secret, timestamp, body)}
-        if self._http is None:
-            raise RuntimeError("Dispatcher._deliver outside run()")
-        error: str | None = None
         async with self._limit:
             try:
                 async with self._http.post(unit.webhook, data=body, headers=headers) as response:
                     await response.read()
                     if not 200 <= response.status < 300:
-                        error = f"HTTP {response.status}"
+                        return f"HTTP {response.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
-        if error is None:
-            await asyncio.to_thread(self.store.delivered, self.owner, delivery.id, datetime.now(UTC))
-            self.metrics.delivered += 1
-            log.info("event=webhook_delivered delivery=%s order_id=%s unit=%s attempt=%d", delivery.id,
-                     delivery.order["id"], delivery.unit, delivery.attempts + 1)
-            return
-        await self._failed(delivery, error, retry_delay(delivery.attempts + 1, self.retry_initial_s,
-                                                        self.retry_max_s))
+                return f"{type(exc).__name__}: {exc}"[:300]
+        return None
 
     async def _failed(self, delivery: Delivery, error: str, retry_in_s: float) -> None:
         self.metrics.delivery_failures += 1

@@ -217,16 +217,18 @@ class DispatchStore:
                                     self._with_facts(order, tickets.get(order.ticket_id))))
         return out
 
-    def delivered(self, owner: str, delivery_id: str, at: datetime) -> bool:
-        """The unit's endpoint took ``delivery_id``; False if it was no longer ours."""
+    def delivered(self, owner: str, delivery_ids: Sequence[str], at: datetime) -> int:
+        """The units' endpoints took ``delivery_ids``; how many were still ours to mark."""
+        if not delivery_ids:
+            return 0
         with self.tickets.transaction() as session:
             result = session.execute(
                 update(OrderNotification)
-                .where(OrderNotification.id == delivery_id, OrderNotification.lease_owner == owner,
+                .where(OrderNotification.id.in_(list(delivery_ids)), OrderNotification.lease_owner == owner,
                        OrderNotification.delivered_at.is_(None))
                 .values(delivered_at=at, attempts=OrderNotification.attempts + 1, lease_owner=None,
                         lease_until=None, last_error=None))
-            return bool(getattr(result, "rowcount", 0))
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def delivery_failed(self, owner: str, delivery_id: str, error: str, retry_at: datetime) -> None:
         with self.tickets.transaction() as session:
