@@ -33,6 +33,7 @@ from callrouter.api.tokens import Principal, TokenStore
 from callrouter.ari import AriError
 from callrouter.calls.features import seat_event
 from callrouter.calls.service import CallService, TransferError
+from callrouter.categories import plan_categories
 from callrouter.numberplan import PlanError, load_plan, normalise
 from callrouter.tickets import AddNote, Reclassify, RecordingAccessed, SetLegalHold, TicketStore
 from callrouter.tickets.models import RECORDING_FILE
@@ -461,6 +462,8 @@ async def reclassify_ticket(request: web.Request) -> web.Response:
     category = body.get("category")
     if not isinstance(category, str) or not CATEGORY_RE.fullmatch(category):
         return error(400, "bad_category", 'body must be {"category": "<lowercase slug>"}, e.g. gas_repair')
+    if category not in plan_categories(request.app[SERVICE_KEY].plan):  # else no unit would take it
+        return error(400, "bad_category", f"{category!r} is not a category of the number plan (GET /api/categories)")
     ticket_id = request.match_info["ticket"]
     if not printable(ticket_id, 64):
         return error(404, "unknown_ticket", "ticket ids are up to 64 printable characters")

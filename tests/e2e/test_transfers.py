@@ -55,7 +55,7 @@ def test_110_seat_hands_a_caller_to_96345_ahead_of_later_callers(engines: Engine
     assert engines.status()["seats"]["s110-01"]["state"] in ("wrap_up", "ready")
     engines.login("s96345-01")
     wait_for(lambda: _call_of(engines, a.caller)["seat"] == "s96345-01", 10, "the 96345 seat to take the caller")
-    status, body = engines.api("POST", f"/api/calls/{call['call_id']}/reclassify", {"category": "noise_complaint"})
+    status, body = engines.api("POST", f"/api/calls/{call['call_id']}/reclassify", {"category": "environment"})
     assert status == 200, body
     ta.join(timeout=60)
     tb.join(timeout=60)
@@ -66,7 +66,7 @@ def test_110_seat_hands_a_caller_to_96345_ahead_of_later_callers(engines: Engine
     by_caller = {r["caller"]: r for r in rows}
     ticket = by_caller[a.caller]
     assert ticket["line"] == "96345" and ticket["seat"] == "s96345-01" and ticket["outcome"] == "completed"
-    assert ticket["category"] == "noise_complaint", "the receiving seat reclassified it"
+    assert ticket["category"] == "environment", "the receiving seat reclassified it"
     assert [(t["from_line"], t["to_line"], t["seat"], t["reason"]) for t in ticket["transfers"]] == [
         ("110", "96345", "s110-01", "噪音投诉")]
     assert _answered(ticket) < min(_answered(by_caller[c.caller]) for c in later), "kept the place of its arrival"

@@ -157,6 +157,11 @@ async def test_an_agent_sets_the_town_and_sends_its_own_ticket_to_dispatch(api: 
     kinds = [e["kind"] for e in a.store.events(tid)]
     assert "dispatch_requested" in kinds, kinds
     assert any(row["kind"] == "dispatch_requested" and row["ticket_id"] == tid for row in a.store.outbox())
+    # a category the plan does not have would reach no unit: refused
+    status, answer = await a.call("agent1", "POST", path + "/reclassify", {"category": "noise_complaint"})
+    assert status == 400 and "not a category of the number plan" in answer["details"], answer
+    status, answer = await a.call("agent1", "POST", path + "/reclassify", {"category": "traffic_accident"})
+    assert status == 200, answer
     # a supervisor may act on any ticket; the town may be cleared (unknown: county-wide units)
     status, answer = await a.call("supervisor", "POST", path + "/town", {"town": None})
     assert status == 200 and answer["town"] is None
