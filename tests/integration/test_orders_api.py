@@ -78,18 +78,15 @@ class Api:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
-    """``await api()`` -> a running API (SQLite tickets, no Asterisk) with tokens for a
-    supervisor, an agent and two units."""
+async def api(tmp_path: Path, make_store: Callable[..., tuple[TicketStore, Any]]) -> AsyncIterator[Callable[..., Any]]:
+    """``await api(backend="sqlite")`` -> a running API (a fresh ticket database, no
+    Asterisk) with tokens for a supervisor, an agent and two units."""
     settings = load_settings()
     servers: list[TestServer] = []
     clients: list[AriClient] = []
-    stores: list[TicketStore] = []
 
-    async def make() -> Api:
-        store = TicketStore(f"sqlite:///{tmp_path / 'tickets.sqlite3'}")
-        await asyncio.to_thread(store.create_schema)
-        stores.append(store)
+    async def make(backend: str = "sqlite") -> Api:
+        store, _ = await asyncio.to_thread(make_store, backend)
         ari = AriClient(f"http://127.0.0.1:{_closed_port()}/ari", "u", "p", "callrouter")
         clients.append(ari)
         service = CallService(ari, load_plan(settings.numberplan_path), TicketWriter(store),
@@ -113,8 +110,6 @@ async def api(tmp_path: Path) -> AsyncIterator[Callable[[], Any]]:
         await server.close()
     for ari in clients:
         await ari.close()
-    for store in stores:
-        store.close()
 
 
 async def test_a_unit_token_reaches_its_own_endpoints_only(api: Any) -> None:
@@ -195,8 +190,8 @@ async def test_an_order_row_keeps_its_ticket_facts_out_of_the_feed(api: Any) -> 
         assert (await ws.receive_json(timeout=5))["type"] == "order_escalated"
 
 
-async def test_a_unit_reads_acknowledges_and_reports_its_own_orders(api: Any) -> None:
-    a = await api()
+async def test_a_unit_reads_acknowledges_and_reports_its_own_orders(api: Any, backend: str) -> None:
+    a = await api(backend)
     mine = await asyncio.to_thread(a.order_for, 1, "zhukou", caller="<b>13950000011</b>")
     theirs = await asyncio.to_thread(a.order_for, 2, "hedi")
     assert mine["unit"] == UNIT_A and theirs["unit"] == UNIT_B

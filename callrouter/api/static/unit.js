@@ -41,7 +41,8 @@
     const late = o.overdue || (o.state === "notified" && o.ack_due_at && new Date(o.ack_due_at) < new Date());
     const node = el("div", {className: "panel order" + (late ? " overdue" : ""), data: {order: o.id, state: o.state}},
       el("h2", {}, el("span", {className: "o-label"}, t.category_label || "未分类"), " · ",
-         el("span", {className: "o-town"}, t.town_name || "乡镇未知"), " ",
+         el("span", {className: "o-town"}, t.town_name || "乡镇未知"),
+         me.role === "unit" ? "" : " · " + (o.unit_name || o.unit), " ",
          el("span", {className: "o-state muted"}, ORDER_STATE_ZH[o.state] || o.state), " ",
          el("span", {className: "o-due" + (late ? " stale" : " muted")}, dueText(o))),
       el("table", {},
@@ -50,7 +51,9 @@
         el("tr", {}, th("来电/联系方式"), td(contact, "o-contact"), th("下达时间"), td(when(o.created_at))),
         el("tr", {}, th("来电者所述"), el("td", {colSpan: 3, className: "o-transcript"}, transcriptText(t.transcript))),
         el("tr", {}, th("指令"), td(o.id), th("工单"), td(o.ticket_id || t.id || "–", "o-ticket"))));
-    if (o.state === "notified") {
+    if (me.role !== "unit") {
+      // a supervisor looking on: acknowledging and reporting are the unit's own acts
+    } else if (o.state === "notified") {
       const ack = el("button", {className: "ack"}, "签收");
       ack.onclick = () => act(o, "ack", {}, "已签收");
       node.append(ack);
@@ -68,7 +71,8 @@
         act(o, "report", {result: text.value, solved: solved.value === "true"}, "已反馈").then((ok) => { if (ok) delete drafts[o.id]; });
       };
       node.append(el("div", {className: "report-form"}, text, el("br"), solved, send));
-    } else if (o.result) {
+    }
+    if (o.result) {
       node.append(el("p", {className: "o-result muted"}, "反馈：" + o.result + (o.solved ? "（已解决）" : "（未解决）")));
     }
     return node;
