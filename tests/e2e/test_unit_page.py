@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ from aiohttp import web
 from callrouter.sim.processes import end_process
 from callrouter.sim.seats import SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec
+from callrouter.tickets import SetTranscript
 from tests.conftest import missing_part, wait_for
 from tests.e2e.conftest import EngineFactory
 from tests.e2e.test_pages import ARTIFACTS, HOSTILE, _attr, _text, _token, browser  # noqa: F401 - browser is a fixture
 
 TOWN, TOWN_NAME, UNIT = "zhukou", "竹口镇", "fire_zhukou"  # queues/units.toml: 竹口镇 and its fire station
 CALLER = HOSTILE  # a caller id that would run script if the page inserted it as HTML
+SAID = "<b>厨房着火了</b><img src=x onerror=document.title='said'>"
 
 
 class WebhookReceiver:
@@ -152,6 +155,13 @@ def test_a_119_call_in_a_named_town_is_dispatched_to_its_fire_unit_and_solved_fr
         # the seat sets the caller's town while talking (the console's town list does this)
         status, body = api_as(engines, agent, "POST", f"/api/tickets/{ticket_id}/town", {"town": TOWN})
         assert status == 200, body
+        # what the caller said (speech recognition writes this while the caller waits; the
+        # simulated caller is silent, so the test writes it, as recognised markup)
+        store = engines.store()
+        try:
+            store.apply([SetTranscript(ticket_id, "test", SAID, datetime.now(UTC), final=True)])
+        finally:
+            store.close()
         thread.join(timeout=30)
         assert out and out[0].calls[0].ok, "the caller stayed connected until hanging up"
 
@@ -165,6 +175,7 @@ def test_a_119_call_in_a_named_town_is_dispatched_to_its_fire_unit_and_solved_fr
         assert _text(web_, f"{card} .o-contact") == CALLER, "the caller's number, as text"
         assert web_.title == title and not web_.find_elements(By.CSS_SELECTOR, "main img"), "no markup from caller data"
         assert _text(web_, f"{card} .o-ticket") == ticket_id
+        assert _text(web_, f"{card} .o-transcript") == SAID, "the transcript, as text"
 
         # the unit's own system got the webhook, signed with the unit's secret
         wait_for(lambda: hooks.received, 20, "the unit's webhook")
