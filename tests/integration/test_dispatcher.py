@@ -271,3 +271,39 @@ async def test_kill_9_mid_order_loses_and_duplicates_nothing(
         by_order.setdefault(r["body"]["order"]["id"], set()).add(r["delivery"])
     assert all(len(ids) == 1 for ids in by_order.values())
     assert 0 < killed_at < total
+
+
+def test_cli_report_secret_and_units_check(make_store: MakeStore, tmp_path: Path) -> None:
+    tickets, database = make_store("sqlite")
+    path = units_file(tmp_path / "units.toml", webhook="http://127.0.0.1:9/hook/north_fire")
+    store = DispatchStore(tickets, units=load_test_units(tmp_path / "units-copy.toml"))
+    t0 = datetime(2026, 11, 3, 8, 0, tzinfo=UTC)
+    tickets.apply(a_call("T1", t0))
+    store.open_order("T1", t0)
+    store.acknowledge("OT1-1", "north_fire", "u", t0 + timedelta(seconds=90))
+    store.report("OT1-1", "north_fire", "done", True, t0 + timedelta(seconds=600))
+    env = _dispatcher_env(tmp_path, database.url, "redis://127.0.0.1:1/0", path)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "callrouter.cli", "dispatch", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    rows = json.loads(cli("report", "--month", "2026-11", "--json").stdout)
+    assert [(r["unit"], r["orders"], r["acknowledged_in_time"], r["median_ack_s"], r["median_solve_s"])
+            for r in rows] == [("north_fire", 1, 1, 90.0, 600.0)]
+    csv_text = cli("report", "--month", "2026-11", "--csv").stdout
+    assert csv_text.splitlines()[1].startswith("2026-11,north_fire,北镇消防站,1,1,0,90.0,600.0,0")
+    bad_month = cli("report", "--month", "November")
+    assert bad_month.returncode == 2 and "YYYY-MM" in bad_month.stderr
+    secret = cli("secret", "north_fire")
+    assert secret.returncode == 0 and len(secret.stdout.strip()) >= 32
+    assert cli("secret", "north_fire").stdout == secret.stdout, "generated once, then kept"
+    assert (tmp_path / "home" / "secrets.json").stat().st_mode & 0o777 == 0o600
+    assert cli("secret", "nobody").returncode == 1
+    assert cli("units", "check").returncode == 0
+    broken = tmp_path / "broken.toml"
+    broken.write_text(path.read_text(encoding="utf-8").replace('area = "north"', 'area = "west"'), encoding="utf-8")
+    checked = cli("units", "check", "--file", str(broken))
+    line = next(i for i, text in enumerate(broken.read_text(encoding="utf-8").splitlines(), start=1)
+                if text == 'area = "west"')
+    assert checked.returncode == 1 and f"{broken}:{line}: unit north_fire: unknown area 'west'" in checked.stderr

@@ -83,3 +83,31 @@ def test_the_dispatch_ticket_ops_survive_the_spool() -> None:
     for op in ops:
         assert op_from_json(json.loads(json.dumps(op_to_json(op)))) == op
         assert op.id == "T1"
+
+
+async def test_poll_loop_backs_off_after_a_failure_and_a_wake_cuts_the_wait_short() -> None:
+    import asyncio
+    import time
+
+    from callrouter.tasks import poll_loop
+
+    stop, wake = asyncio.Event(), asyncio.Event()
+    rounds: list[float] = []
+
+    async def step() -> float:
+        rounds.append(time.monotonic())
+        if len(rounds) == 1:
+            raise RuntimeError("the database is away")
+        if len(rounds) >= 4:
+            stop.set()
+        return 10.0  # a long wait: only a wake-up starts the next round soon
+
+    task = asyncio.create_task(poll_loop("test", step, stop, wake, retry_initial_s=0.05))
+    await asyncio.sleep(0.2)
+    assert len(rounds) == 2, "retried after the backoff, then waiting"
+    assert 0.04 <= rounds[1] - rounds[0] < 0.2
+    wake.set()
+    await asyncio.sleep(0.05)
+    wake.set()
+    await asyncio.wait_for(task, 1)
+    assert len(rounds) == 4
