@@ -169,6 +169,9 @@ def test_a_119_call_in_a_named_town_is_dispatched_to_its_fire_unit_and_solved_fr
         card = f'[data-order="O{ticket_id}-1"]'
         wait_for(lambda: web_.find_elements(By.CSS_SELECTOR, card), 20, "the order on the unit's page")
         assert _attr(web_, card, "data-state") == "notified"
+        due = _text(web_, f"{card} .o-due")
+        assert due.startswith("签收时限还剩"), due  # 竹口's fire station has 3 minutes
+        wait_for(lambda: _text(web_, f"{card} .o-due") not in ("", due), 5, "the deadline counting down")
         assert _text(web_, f"{card} .o-dialled") == "119"
         assert _text(web_, f"{card} .o-category") == "火警", "the category by its label, never the slug"
         assert _text(web_, f"{card} .o-town-name") == TOWN_NAME

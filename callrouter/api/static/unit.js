@@ -38,16 +38,17 @@
     const t = o.ticket || {};
     const contact = t.channel && t.channel !== "phone" ? (CHANNEL_ZH[t.channel] || t.channel) + "：" + (t.contact || "–")
                                                        : (t.caller || t.contact || "未知");
+    const label = o.category_label || t.category_label;  // what the order was given for
     const late = o.overdue || (o.state === "notified" && o.ack_due_at && new Date(o.ack_due_at) < new Date());
     const node = el("div", {className: "panel order" + (late ? " overdue" : ""), data: {order: o.id, state: o.state}},
-      el("h2", {}, el("span", {className: "o-label"}, t.category_label || "未分类"), " · ",
+      el("h2", {}, el("span", {className: "o-label"}, label || "未分类"), " · ",
          el("span", {className: "o-town"}, t.town_name || "乡镇未知"),
          me.role === "unit" ? "" : " · " + (o.unit_name || o.unit), " ",
          el("span", {className: "o-state muted"}, ORDER_STATE_ZH[o.state] || o.state), " ",
          el("span", {className: "o-due" + (late ? " stale" : " muted")}, dueText(o))),
       el("table", {},
         el("tr", {}, th("拨打号码"), td(t.dialled || "–", "o-dialled"), th("线路"), td(t.line || o.line || "–", "o-line")),
-        el("tr", {}, th("类别"), td(t.category_label || "–", "o-category"), th("乡镇"), td(t.town_name || "–", "o-town-name")),
+        el("tr", {}, th("类别"), td(label || "–", "o-category"), th("乡镇"), td(t.town_name || "–", "o-town-name")),
         el("tr", {}, th("来电/联系方式"), td(contact, "o-contact"), th("下达时间"), td(when(o.created_at))),
         el("tr", {}, th("来电者所述"), el("td", {colSpan: 3, className: "o-transcript"}, transcriptText(t.transcript))),
         el("tr", {}, th("指令"), td(o.id), th("工单"), td(o.ticket_id || t.id || "–", "o-ticket"))));
