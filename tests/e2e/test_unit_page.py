@@ -167,7 +167,11 @@ def test_a_119_call_in_a_named_town_is_dispatched_to_its_fire_unit_and_solved_fr
 
         # the dispatcher opens the order for the town's fire unit; it reaches the page live
         card = f'[data-order="O{ticket_id}-1"]'
-        wait_for(lambda: web_.find_elements(By.CSS_SELECTOR, card), 20, "the order on the unit's page")
+        try:
+            wait_for(lambda: web_.find_elements(By.CSS_SELECTOR, card), 20, "the order on the unit's page")
+        except AssertionError as exc:
+            log_tail = (tmp_path / "dispatcher.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{exc}; the page says {_text(web_, 'main')!r}; dispatcher log:\n{log_tail}") from exc
         assert _attr(web_, card, "data-state") == "notified"
         due = _text(web_, f"{card} .o-due")
         assert due.startswith("签收时限还剩"), due  # 竹口's fire station has 3 minutes
