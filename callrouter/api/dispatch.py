@@ -31,7 +31,7 @@ from callrouter.dispatch.store import DispatchStore, OrderError
 DISPATCH_KEY: web.AppKey[DispatchStore] = web.AppKey("dispatch", DispatchStore)
 
 MAX_RESULT = 2000
-MAX_BY = 100
+MAX_BY = 32  # "unit:<id>:<who>" fits the order's acknowledged_by (80)
 ORDER_ERRORS = {404: "unknown_order", 409: "order_state", 400: "bad_order"}
 
 
@@ -107,10 +107,10 @@ async def ack_order(request: web.Request) -> web.Response:
     extra = set(body) - {"by"}
     if extra:
         return error(400, "bad_ack", f"unknown field {min(extra)[:40]!r}: body is {{}} or "
-                     '{"by": "<who acknowledges, up to 100 characters>"}')
+                     '{"by": "<who acknowledges, up to 32 characters>"}')
     by = body.get("by", "")
     if not isinstance(by, str) or len(by) > MAX_BY:
-        return error(400, "bad_ack", 'by: who acknowledges, a string of up to 100 characters')
+        return error(400, "bad_ack", 'by: who acknowledges, a string of up to 32 characters')
     who = f"unit:{unit}" + (f":{name}" if (name := clean_text(by, MAX_BY).strip()) else "")
     try:
         row = await asyncio.to_thread(request.app[DISPATCH_KEY].acknowledge, order_id, unit, who,

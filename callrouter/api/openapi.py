@@ -308,7 +308,7 @@ OPENAPI: dict[str, Any] = {
             "unit (own orders), supervisor, admin", op_id="getOrder", errors=("401", "403", "404", "503"))},
         "/api/orders/{order}/ack": {"parameters": [ORDER], "post": {**_closed(_op(
             "The unit acknowledges the order (in time, or late: then it counts as overdue)", "unit (own orders)",
-            body={"by": {"type": "string", "maxLength": 100, "description": "who at the unit acknowledges"}},
+            body={"by": {"type": "string", "maxLength": 32, "description": "who at the unit acknowledges"}},
             op_id="ackOrder", errors=("400", "401", "403", "404", "409", "503"))), "description":
             "Role: unit (own orders). 409: the order was already acknowledged, reported or escalated to "
             "the next unit."}},
