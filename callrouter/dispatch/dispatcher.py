@@ -86,7 +86,7 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: flo
 
 
 def webhook_body(delivery: Delivery) -> bytes:
-    order = {k: v for k, v in delivery.order.items() if k != "ticket"}
+    order = {k: v for k, v in delivery.order.items() if k not in ("ticket", "delivery_id")}
     return json.dumps({"delivery": delivery.id, "order": order, "ticket": delivery.order.get("ticket")},
                       ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -162,6 +162,8 @@ class Dispatcher:
         self._notify_wake = asyncio.Event()
         self._escalate_wake = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
+        # deliveries claimed for us when their orders were opened, for the notifier's next round
+        self._claimed: list[Delivery] = []
 
     async def run(self, stop: asyncio.Event) -> None:
         redis = Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=15, socket_connect_timeout=5)
@@ -198,8 +200,9 @@ class Dispatcher:
         delay = 0.1
         while True:
             try:
+                # the new deliveries come claimed for us: sent at once, without a claim round
                 opened = await asyncio.to_thread(self.store.open_orders, list(reasons), datetime.now(UTC),
-                                                 reasons=reasons)
+                                                 reasons=reasons, claim_for=self.owner, lease_s=self.lease_s)
                 break
             except (OperationalError, DBAPIError) as exc:
                 # the database is away: hold these events (unacknowledged) until it is back
@@ -216,13 +219,18 @@ class Dispatcher:
             self.metrics.orders_opened += 1
             log.info("event=order_opened order_id=%s ticket_id=%s unit=%s kind=%s", order["id"], order["ticket_id"],
                      order["unit"], reasons.get(order["ticket_id"], ""))
+        for order in opened:
+            if "delivery_id" in order:
+                self._claimed.append(Delivery(order["delivery_id"], order["unit"], 0, order))
         if opened:
             self._notify_wake.set()
             self._escalate_wake.set()
 
     # --- the notifier -----------------------------------------------------------------------
     async def _notify_step(self) -> float:
-        deliveries = await asyncio.to_thread(self.store.claim_deliveries, self.owner, self.batch, self.lease_s)
+        deliveries, self._claimed = self._claimed, []
+        if not deliveries:
+            deliveries = await asyncio.to_thread(self.store.claim_deliveries, self.owner, self.batch, self.lease_s)
         if not deliveries:
             return self.poll_s
         errors = await asyncio.gather(*(self._deliver(d) for d in deliveries))

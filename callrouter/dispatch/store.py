@@ -96,12 +96,16 @@ class DispatchStore:
         opened = self.open_orders([ticket_id], at, reasons={ticket_id: reason})
         return opened[0] if opened else None
 
-    def open_orders(self, ticket_ids: Sequence[str], at: datetime, *,
-                    reasons: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    def open_orders(self, ticket_ids: Sequence[str], at: datetime, *, reasons: Mapping[str, str] | None = None,
+                    claim_for: str | None = None, lease_s: float = 60) -> list[dict[str, Any]]:
         """:meth:`open_order` for many tickets in one transaction (one stream read's
-        events): the orders opened, in ``ticket_ids`` order. A ticket whose category has no
-        unit (a category added to the plan after the units file was loaded) is logged and
-        left without an order rather than holding up the others."""
+        events): the orders opened, in ``ticket_ids`` order, with the ticket's facts. A
+        ticket whose category has no unit (a category added to the plan after the units file
+        was loaded) is logged and left without an order rather than holding up the others.
+
+        ``claim_for``: the new webhook deliveries are claimed for this owner at once (for
+        ``lease_s``), so the dispatcher sends them without a claim of its own; each such
+        order carries its ``delivery_id``."""
         units = self._need_units()
         ids = sorted(set(ticket_ids))
         if not ids:
@@ -116,6 +120,7 @@ class DispatchStore:
             tickets = {t.id: t for t in session.scalars(stmt)}
             have = set(session.scalars(select(DispatchOrder.ticket_id).where(DispatchOrder.ticket_id.in_(ids))))
             opened: dict[str, DispatchOrder] = {}
+            deliveries: dict[str, str | None] = {}
             for ticket_id in dict.fromkeys(ticket_ids):
                 ticket = tickets.get(ticket_id)
                 if ticket is None or ticket_id in have:
@@ -125,17 +130,27 @@ class DispatchStore:
                     log.error("event=order_no_unit ticket_id=%s category=%s town=%s: add a unit for it to the "
                               "units file", ticket_id, ticket.category, ticket.town)
                     continue
-                opened[ticket_id] = self._new_order(session, ticket, 1, chain[0], at, now)
+                opened[ticket_id], deliveries[ticket_id] = self._new_order(session, ticket, 1, chain[0], at, now,
+                                                                           claim_for, lease_s)
             if not opened:
                 return []
             self.tickets.apply_in(session, [MarkDispatched(t, o.id, o.unit_id, at) for t, o in opened.items()], now)
             for ticket_id, order in opened.items():
                 reason = (reasons or {}).get(ticket_id, "")
                 self._changed(session, order, "order_opened", at, now, {"unit": order.unit_id, "reason": reason})
-            return [o.to_dict() for o in opened.values()]
+            out = []
+            for ticket_id, order in opened.items():
+                data = self._with_facts(order, tickets[ticket_id])
+                if claim_for is not None and deliveries[ticket_id] is not None:
+                    data["delivery_id"] = deliveries[ticket_id]
+                out.append(data)
+            return out
 
     def _new_order(self, session: Session, ticket: Ticket, attempt: int, unit: Unit, at: datetime,
-                   now: datetime) -> DispatchOrder:
+                   now: datetime, claim_for: str | None = None, lease_s: float = 60
+                   ) -> tuple[DispatchOrder, str | None]:
+        """A new order (and its webhook delivery, claimed for ``claim_for`` if given): the
+        order and the delivery's id (None: the unit has no webhook)."""
         ack_s = min(unit.ack_s, self.ack_max_s) if self.ack_max_s > 0 else unit.ack_s
         order = DispatchOrder(id=order_id_for(ticket.id, attempt), ticket_id=ticket.id, attempt=attempt,
                               unit_id=unit.id, line=ticket.line, category=ticket.category, town=ticket.town,
@@ -144,9 +159,12 @@ class DispatchStore:
         session.add(order)
         session.flush()
         if unit.webhook is not None:
-            session.add(OrderNotification(id=uuid.uuid4().hex, order_id=order.id, unit_id=unit.id, created_at=now,
-                                          attempts=0, next_attempt_at=now))
-        return order
+            delivery = uuid.uuid4().hex
+            session.add(OrderNotification(id=delivery, order_id=order.id, unit_id=unit.id, created_at=now,
+                                          attempts=0, next_attempt_at=now, lease_owner=claim_for,
+                                          lease_until=None if claim_for is None else now + timedelta(seconds=lease_s)))
+            return order, delivery
+        return order, None
 
     def escalate_due(self, now: datetime, limit: int = 100) -> list[dict[str, Any]]:
         """Orders not acknowledged by their deadline: each becomes ``escalated`` and overdue,
@@ -173,7 +191,7 @@ class DispatchStore:
                 if position < len(chain):
                     order.state = "escalated"
                     order.escalated_at = now
-                    nxt = self._new_order(session, ticket, order.attempt + 1, chain[position], now, now)
+                    nxt, _ = self._new_order(session, ticket, order.attempt + 1, chain[position], now, now)
                     self._changed(session, order, "order_escalated", now, now, {"to": nxt.unit_id, "order_id": nxt.id})
                     self._changed(session, nxt, "order_opened", now, now,
                                   {"unit": nxt.unit_id, "reason": "escalated", "from": order.unit_id})

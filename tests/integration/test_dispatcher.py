@@ -237,19 +237,24 @@ async def test_kill_9_mid_order_loses_and_duplicates_nothing(
     read = orders_of(tickets)
     log = tmp_path / "dispatcher.log"
     proc = _start(env, log)
-    total = 300
+    total = 400
     try:
         async with dispatching(tickets, units, private_redis.url, dispatchers=0):
             now = datetime.now(UTC)
-            for start in range(0, total, 50):
-                await asyncio.to_thread(tickets.apply, [op for i in range(start, start + 50)
-                                                        for op in a_call(f"T{i:03d}", now)])
-            await eventually(lambda: _count(read, 20), 30, "the dispatcher at work")
+
+            async def write() -> None:  # 100 calls a second, so the kill lands while tickets still come
+                for start in range(0, total, 25):
+                    await asyncio.to_thread(tickets.apply, [op for i in range(start, start + 25)
+                                                            for op in a_call(f"T{i:03d}", now)])
+                    await asyncio.sleep(0.25)
+
+            writing = asyncio.create_task(write())
+            await eventually(lambda: _count(read, 30), 30, "the dispatcher at work")
             os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+            await asyncio.to_thread(proc.wait, 5)
             killed_at = len(await read())
-            assert killed_at < total, "killed mid-order"
             proc = _start(env, log)
+            await writing
             await eventually(lambda: _count(read, total), 60, "every order after the restart")
             await eventually(lambda: len(set(receiver.orders())) >= total, 30, "every webhook")
             await eventually(lambda: _group_done(private_redis.url), 10, "every event acknowledged")
@@ -270,7 +275,7 @@ async def test_kill_9_mid_order_loses_and_duplicates_nothing(
     for r in receiver.received:
         by_order.setdefault(r["body"]["order"]["id"], set()).add(r["delivery"])
     assert all(len(ids) == 1 for ids in by_order.values())
-    assert 0 < killed_at < total
+    assert 0 < killed_at < total, "killed mid-order"
 
 
 def test_cli_report_secret_and_units_check(make_store: MakeStore, tmp_path: Path) -> None:
