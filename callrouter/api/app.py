@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, UnknownLine, UnknownSeat, load_lines
 from callrouter.acd.lines import seat_name_problem
 from callrouter.api.feed import Feed, relay_metrics_text
-from callrouter.api.openapi import OPENAPI
+from callrouter.api.openapi import with_reference
 from callrouter.api.tokens import Principal, TokenStore
 from callrouter.ari import AriError
 from callrouter.calls.features import seat_event
@@ -560,7 +560,11 @@ async def get_plan(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    from callrouter.api.dispatch_seat import REFERENCE_KEY  # imports this module
+
+    ref = request.app.get(REFERENCE_KEY)
+    towns = [t.id for t in ref.units.towns] if ref is not None and ref.units is not None else None
+    return web.json_response(with_reference(list(plan_categories(request.app[SERVICE_KEY].plan)), towns))
 
 
 async def reload_lines(request: web.Request) -> web.Response:

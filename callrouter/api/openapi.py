@@ -7,6 +7,8 @@ its required fields, every status an operation answers. Keep it in step with app
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from typing import Any
 
 from callrouter.acd.lines import SEAT_ID
@@ -123,24 +125,24 @@ SEAT_DISPATCH_PATHS: dict[str, Any] = {
             "type": "object", "required": ["towns", "units"],
             "properties": {"towns": {"type": "array", "items": JSON_OBJ}, "units": {"type": "array",
                                                                                      "items": JSON_OBJ}}})},
-    "/api/tickets/{ticket}/town": {"parameters": [TICKET], "post": _op(
+    "/api/tickets/{ticket}/town": {"parameters": [TICKET], "post": _closed(_op(
         "Set the caller's town (the dispatcher chooses that town's unit; null: unknown, county-wide)",
         "agent (tickets its seat took), supervisor, admin", body={"town": _TOWN_ID}, required=["town"],
-        op_id="setTown", errors=("400", "401", "403", "404", "409", "503"))},
-    "/api/tickets/{ticket}/dispatch": {"parameters": [TICKET], "post": _status(_op(
+        op_id="setTown", errors=("400", "401", "403", "404", "409", "503")))},
+    "/api/tickets/{ticket}/dispatch": {"parameters": [TICKET], "post": _status(_closed(_op(
         "Send the ticket to dispatch now (the dispatcher opens the order for the unit its category and "
         "town choose)", "agent (tickets its seat took), supervisor, admin", body={}, op_id="sendToDispatch",
-        errors=("400", "401", "403", "404", "409", "503")), "202", "accepted: the dispatcher opens the order")},
+        errors=("400", "401", "403", "404", "409", "503"))), "202", "accepted: the dispatcher opens the order")},
     "/api/follow-ups": {"get": _op(
         "96345 tickets whose unit reported, waiting for the seats' call to the citizen (回访), with the "
         "unit's report", "agent (tickets its seat took and those no seat took), supervisor, admin",
         op_id="listFollowUps", ok={"type": "array", "items": JSON_OBJ},
         query=[_query("limit", "at most this many (default 200)", {"type": "integer", "minimum": 1,
                                                                     "maximum": 1000})])},
-    "/api/tickets/{ticket}/follow-up": {"parameters": [TICKET], "post": _op(
+    "/api/tickets/{ticket}/follow-up": {"parameters": [TICKET], "post": _closed(_op(
         "The follow-up call was made: reached solves the ticket, no_answer leaves it on the list",
         "agent (tickets its seat took, or no seat took), supervisor, admin", body=_FOLLOW_UP,
-        required=["outcome"], op_id="followUpDone", errors=("400", "401", "403", "404", "409", "503"))},
+        required=["outcome"], op_id="followUpDone", errors=("400", "401", "403", "404", "409", "503")))},
     "/api/dispatch/summary": {"get": _op(
         "The wallboard's dispatch figures: open and overdue orders per unit (overdue first) and the month's "
         "accountability per unit (orders, acknowledged in time, overdue, median time to acknowledge and to "
@@ -155,11 +157,11 @@ SEAT_DISPATCH_PATHS: dict[str, Any] = {
         query=[_query("minutes", "the last this many minutes (default 60)", {"type": "integer", "minimum": 1,
                                                                              "maximum": 1440})],
         ok={"type": "object", "required": ["minute_s", "lines"]})},
-    "/api/intake": {"post": {**_status(_op(
+    "/api/intake": {"post": {**_status(_closed(_op(
         "A request from the web, WeChat or the forum: a ticket of its own (201), or linked to the open ticket "
         "of the same contact and category within the intake window (200)", "intake, admin", body=_INTAKE,
         required=["channel", "contact", "category", "text"], op_id="intake",
-        ok={"type": "object", "required": ["ticket_id", "linked"]}), "201", "a new ticket", also_200=True),
+        ok={"type": "object", "required": ["ticket_id", "linked"]})), "201", "a new ticket", also_200=True),
         "description": "Role: intake (callrouter tokens create --role intake --name SYSTEM), admin. 200: "
                        "linked to the open ticket; 201: a new ticket."}},
 }
@@ -354,3 +356,25 @@ def _outside_the_ladder(doc: dict[str, Any]) -> None:
 
 
 _outside_the_ladder(OPENAPI)
+
+
+# request fields whose valid values are data the engine loads (the number plan, the units file)
+_CATEGORY_FIELDS = ("/api/calls/{call}/reclassify", "/api/tickets/{ticket}/reclassify", "/api/intake")
+_TOWN_FIELDS = ("/api/tickets/{ticket}/town", "/api/intake")
+
+
+def with_reference(categories: Sequence[str], towns: Sequence[str] | None) -> dict[str, Any]:
+    """The document as this engine serves it: ``category`` fields list the number plan's
+    categories and ``town`` fields the units file's towns (or null), as the API accepts them."""
+    doc = copy.deepcopy(OPENAPI)
+
+    def props(path: str) -> dict[str, Any]:
+        schema: dict[str, Any] = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return schema["properties"]  # type: ignore[no-any-return]
+    for path in _CATEGORY_FIELDS:
+        props(path)["category"] = {"type": "string", "enum": list(categories),
+                                   "description": "a category of the number plan (GET /api/categories)"}
+    if towns is not None:
+        for path in _TOWN_FIELDS:
+            props(path)["town"] = {"enum": [*towns, None], "description": "a town id of GET /api/units; null: unknown"}
+    return doc

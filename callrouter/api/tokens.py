@@ -9,7 +9,7 @@ only its SHA-256 in ``<home>/tokens.json`` (mode 0600). Roles:
     unit        one dispatch unit (``--unit <id>``): its own orders (read, acknowledge,
                 report) and their events on the feed; nothing else
     intake      a channel system (``--name``: the web form, the WeChat account, the forum):
-                ``POST /api/intake`` only, a citizen's request into a ticket
+                ``POST /api/intake`` (and the OpenAPI document) only, a citizen's request into a ticket
 
 The first three form a ladder (each may do what the one below may). A role outside it
 reaches only its own endpoints (``OWN_PATHS``), whatever else the API has.
@@ -34,7 +34,7 @@ ROLES = ("agent", "supervisor", "admin")  # the ladder
 # roles outside the ladder: the paths (and what lies under them) each may reach
 OWN_PATHS: dict[str, tuple[str, ...]] = {
     "unit": ("/api/orders", "/api/events", "/api/me", "/api/openapi.json"),
-    "intake": ("/api/intake", "/api/me"),
+    "intake": ("/api/intake", "/api/me", "/api/openapi.json"),  # its system integrates from the document
 }
 ALL_ROLES = (*ROLES, *OWN_PATHS)
 UNIT_ID_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")  # a unit's slug in queues/units.toml (dispatch.units.SLUG)

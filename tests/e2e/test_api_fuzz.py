@@ -1,5 +1,5 @@
 """schemathesis against the running engine's /api/openapi.json, once with each role's token
-(agent, supervisor, admin, and a unit's outside the ladder): every operation and method of the document, well-formed and
+(agent, supervisor, admin, and a unit's and an intake system's outside the ladder): every operation and method of the document, well-formed and
 malformed input, with a caller waiting and a closed ticket to act on. No answer may be a
 5xx, and every answer must match the document (status codes, content types, schemas).
 
@@ -56,7 +56,9 @@ def test_schemathesis_finds_no_5xx_and_no_mismatch_for_any_role(engines: EngineF
               "supervisor": _token(engines, "--role", "supervisor"),
               "admin": _token(engines, "--role", "admin"),
               # outside the ladder: 403 on every path but its own (documented on every operation)
-              "unit": _token(engines, "--role", "unit", "--unit", "fire_zhukou")}
+              "unit": _token(engines, "--role", "unit", "--unit", "fire_zhukou"),
+              # a channel system: POST /api/intake (a ticket per well-formed request), /api/me, this document
+              "intake": _token(engines, "--role", "intake", "--name", "fuzz-web-form")}
     for role, token in tokens.items():
         (tmp_path / role).mkdir()
         _fuzz(engines, tmp_path / role, role, token)

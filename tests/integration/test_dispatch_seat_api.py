@@ -215,7 +215,7 @@ async def test_wallboard_summary_and_history(api: Any) -> None:
     assert body["month"] == datetime.now().astimezone().strftime("%Y-%m")
     status, body = await a.call("supervisor", "GET", f"/api/dispatch/summary?month={T0:%Y-%m}")
     assert status == 200 and [u["orders"] for u in body["accountability"] if u["unit"] == order["unit"]] == [1]
-    for query in ("?month=2026-13", "?month=26-01", "?month=x"):
+    for query in ("?month=2026-13", "?month=26-01", "?month=x", "?month="):
         status, _ = await a.call("supervisor", "GET", "/api/dispatch/summary" + query)
         assert status == 400, query
     status, _ = await a.call("agent1", "GET", "/api/dispatch/summary")
@@ -293,3 +293,11 @@ async def test_the_seat_routes_are_in_the_openapi_document(api: Any) -> None:
         assert method in doc["paths"].get(path, {}), (path, method)
     assert "201" in doc["paths"]["/api/intake"]["post"]["responses"]
     assert "202" in doc["paths"]["/api/tickets/{ticket}/dispatch"]["post"]["responses"]
+    # what the API accepts is data: the plan's categories and the units file's towns, as enums
+    intake = doc["paths"]["/api/intake"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "water_repair" in intake["properties"]["category"]["enum"] and "noise_complaint" not in \
+        intake["properties"]["category"]["enum"]
+    assert "zhukou" in intake["properties"]["town"]["enum"] and None in intake["properties"]["town"]["enum"]
+    assert intake["additionalProperties"] is False
+    status, doc = await a.call("intake", "GET", "/api/openapi.json")
+    assert status == 200, "a channel system integrates from the document"
