@@ -28,6 +28,7 @@ from tests.e2e.test_pages import ARTIFACTS, _attr, _text, _token, browser  # noq
 from tests.e2e.test_unit_page import api_as
 
 TOWN, TOWN_NAME = "zhukou", "竹口镇"
+HOSTILE_REPORT = "<img src=x onerror=document.title='pwned'>"
 
 
 def _units(engines: EngineFactory) -> Units:
@@ -63,6 +64,7 @@ def test_console_sets_town_and_category_sends_to_dispatch_and_completes_the_foll
     try:
         web.get(f"{engines.settings.api_url}/agent?token={agent}")
         wait_for(lambda: _text(web, "#seat") == "s96345-01", 10, "the console to know its seat")
+        title = web.title
         wait_for(lambda: len(web.find_elements(By.CSS_SELECTOR, "#town option")) == 20, 10, "the 19 towns listed")
         web.find_element(By.ID, "login").click()
         wait_for(lambda: _attr(web, "#state", "data-state") == "ready", 10, "the seat logged in from the page")
@@ -104,14 +106,16 @@ def test_console_sets_town_and_category_sends_to_dispatch_and_completes_the_foll
             store.close()
         assert order is not None and order["unit"] == water.id
         assert api_as(engines, unit, "POST", f"/api/orders/{order['id']}/ack", {})[0] == 200
+        # what a unit writes is data too: markup in its report must show as text on the console
         status, _ = api_as(engines, unit, "POST", f"/api/orders/{order['id']}/report",
-                           {"result": "已更换爆裂水管，恢复供水", "solved": True})
+                           {"result": "已更换爆裂水管，恢复供水" + HOSTILE_REPORT, "solved": True})
         assert status == 200
         web.refresh()
         wait_for(lambda: web.find_elements(By.CSS_SELECTOR, f'#follow-ups tr[data-ticket="{ticket_id}"]'), 10,
                  "the follow-up on the console's list")
         row = web.find_element(By.CSS_SELECTOR, f'#follow-ups tr[data-ticket="{ticket_id}"]')
-        assert "供水抢修" in row.text and "已更换爆裂水管" in row.text and "13950000021" in row.text
+        assert "供水抢修" in row.text and "已更换爆裂水管，恢复供水" + HOSTILE_REPORT in row.text and "13950000021" in row.text
+        assert not web.find_elements(By.CSS_SELECTOR, "main img") and web.title == title, "no markup from the report"
         row.find_element(By.CSS_SELECTOR, "input").send_keys("市民确认已恢复")
         row.find_element(By.CSS_SELECTOR, "button.reached").click()
         wait_for(lambda: _ticket(engines, ticket_id).get("follow_up") == "done", 10, "the follow-up done")
