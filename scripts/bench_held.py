@@ -25,6 +25,8 @@ Per step (default 800 ... 1800 callers held; no seat logged in, so everyone wait
      MusicOnHold(), asked of GET /channels; both requests are made on every path)
      "rest": --rest seconds with all N held
   4. callers leave by themselves (in arrival order), then the probes
+The engine runs the shipped lines file with recording off (the baselines record nobody;
+--recording keeps the file's policy: line 110 records every caller, wait included).
 Reported per step and path: SIP failures, INVITE->200 OK p50/p99 of the plain callers,
 probe packet gaps (max, p99, share > 40 ms, lost), engine and Asterisk CPU % (of one core)
 and RSS. "clean": no SIP failure, all N held, no probe gap above --clean-ms in either phase.
@@ -41,6 +43,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import re
 import selectors
 import socket
 import struct
@@ -173,7 +176,7 @@ def dialled(path: str, number: str) -> str:
 
 
 def held_now(settings, path: str) -> int:  # type: ignore[no-untyped-def]
-    """Callers held right now on ``path``. The same two ARI requests on every path (the
+    """Callers held right now on ``path`` (-1: Asterisk did not answer). The same two ARI requests on every path (the
     probing costs Asterisk the same): GET /bridges (callrouter: channels in the engine's
     holding bridges) and GET /channels (app_queue: channels in Queue(); moh: in MusicOnHold())."""
     auth = base64.b64encode(f"{settings.ari_user}:{settings.ari_password}".encode()).decode()
@@ -183,7 +186,11 @@ def held_now(settings, path: str) -> int:  # type: ignore[no-untyped-def]
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
-    bridges, channels = get("bridges"), get("channels")
+    try:
+        bridges, channels = get("bridges"), get("channels")
+    except OSError as exc:  # an HTTP request refused or reset under load: unknown this time
+        print(f"held_now: {exc!r}", file=sys.stderr)
+        return -1
     if path == "callrouter":
         return sum(len(b.get("channels", [])) for b in bridges if "-hold-" in b.get("id", ""))
     app = {"app_queue": "Queue", "moh": "MusicOnHold"}[path]
@@ -196,6 +203,8 @@ def one_step(settings, n: int, path: str, args: argparse.Namespace) -> dict:  # 
         prov.up(settings)
     tmp = Path(tempfile.mkdtemp(prefix=f"callrouter-bench-held-{path}-{n}-"))
     engine = BenchEngine(settings, tmp) if path == "callrouter" else None
+    if engine is not None and not args.recording:
+        engine.env["CALLROUTER_LINES"] = str(unrecorded_lines(settings.lines_path, tmp / "lines.toml"))
     if engine is not None:
         engine.start()
     run_settings = engine.settings if engine is not None else settings
@@ -230,7 +239,7 @@ def one_step(settings, n: int, path: str, args: argparse.Namespace) -> dict:  # 
         deadline = time.monotonic() + ramp_s + GREETING_S + 40
         joined = 0
         while time.monotonic() < deadline:
-            joined = held_now(settings, path)
+            joined = max(joined, held_now(settings, path))  # -1 (no answer) keeps the last count
             if joined >= n:
                 break
             time.sleep(1.0)
@@ -274,6 +283,14 @@ def one_step(settings, n: int, path: str, args: argparse.Namespace) -> dict:  # 
     return res
 
 
+def unrecorded_lines(src: Path, dest: Path) -> Path:
+    """The shipped lines file with recording off on every line: the baselines record
+    nobody, so neither does the engine here (--recording keeps the shipped policy)."""
+    text, _n = re.subn(r"(?m)^(enabled\s*=\s*)true", r"\g<1>false", src.read_text())
+    dest.write_text(text)
+    return dest
+
+
 def max_gap(t: tuple[list[float], int, int]) -> float:
     return max(t[0]) if t[0] else 0.0
 
@@ -291,6 +308,8 @@ def main() -> int:
     ap.add_argument("--rest", type=float, default=20.0, help="seconds measured with all callers held")
     ap.add_argument("--probes", type=int, default=4)
     ap.add_argument("--clean-ms", type=float, default=60.0, help="largest probe gap a clean step may show")
+    ap.add_argument("--recording", action="store_true",
+                    help="keep the lines file's recording policy (default: nobody recorded, as on the baselines)")
     ap.add_argument("--no-restart", dest="restart_asterisk", action="store_false")
     ap.add_argument("--markdown")
     args = ap.parse_args()
@@ -319,7 +338,9 @@ def main() -> int:
               "bridges with bridge MOH), app_queue (Queue() with no free member, queue music on hold), moh (dialplan "
               f"MusicOnHold()); {args.probes} RTP probe calls per path. Gaps: max ms / p99 ms / share > 40 ms / "
               "RTP packets lost. CPU in % of one core (2 cores = 200 %). INVITE->200 OK of the plain callers, ms. "
-              f"clean: no SIP failure, all held, no probe gap > {args.clean_ms:.0f} ms."), "",
+              f"clean: no SIP failure, all held, no probe gap > {args.clean_ms:.0f} ms. Engine: the shipped lines "
+              f"file, {'recording as configured' if args.recording else 'recording off (the baselines record nobody)'}."),
+             "",
              ("| held | path | SIP failed | held at end of ramp | INVITE->200 p50 / p99 | probe gaps, probes alone | "
               "while callers join | all held (rest) | engine CPU join / rest | Asterisk CPU join / rest | "
               "engine / Asterisk RSS MB | clean | engine warnings |"),

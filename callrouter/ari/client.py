@@ -91,8 +91,14 @@ class AriClient:
 
     # ------------------------------------------------------------------ REST
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                      body: dict[str, Any] | None = None) -> Any:
-        if self._ws_rest_ready and self._ws is not None and not self._ws.closed:
+                      body: dict[str, Any] | None = None, over_ws: bool = True) -> Any:
+        """One REST request; over the events WebSocket when it is ready, unless ``over_ws``
+        is False. Listings (every channel, every bridge, every endpoint) grow with the
+        callers held and go over HTTP: Asterisk 22.10 writes a WebSocket frame on its
+        thread's stack, and measured here a ``GET /channels`` answer at 1,400 held
+        (about 1 MB) crashed it (segfault in ``ast_websocket_write``); on the socket such
+        an answer would also hold up every event behind it."""
+        if over_ws and self._ws_rest_ready and self._ws is not None and not self._ws.closed:
             try:
                 status, text = await self._request_ws(method, path, params, body)
             except AriError as exc:
@@ -185,7 +191,7 @@ class AriClient:
         await self.request("POST", f"/channels/{quote(channel_id)}/moh", params={"mohClass": moh_class})
 
     async def list_channels(self) -> list[Channel]:
-        return [Channel.from_json(c) for c in await self.request("GET", "/channels")]
+        return [Channel.from_json(c) for c in await self.request("GET", "/channels", over_ws=False)]
 
     async def originate(self, endpoint: str, *, channel_id: str, app_args: str, timeout_s: int,
                         caller_id: str) -> Channel:
@@ -223,19 +229,24 @@ class AriClient:
         await self.request("POST", f"/bridges/{quote(bridge_id)}/moh", params={"mohClass": moh_class})
 
     async def list_bridges(self) -> list[Bridge]:
-        return [Bridge.from_json(b) for b in await self.request("GET", "/bridges")]
+        return [Bridge.from_json(b) for b in await self.request("GET", "/bridges", over_ws=False)]
 
     async def destroy_bridge(self, bridge_id: str) -> None:
         await self.request("DELETE", f"/bridges/{quote(bridge_id)}")
 
     # endpoints
-    async def subscribe(self, event_source: str) -> None:
+    async def subscribe(self, *event_sources: str) -> None:
+        """The application receives the events of these sources too (one request)."""
         await self.request("POST", f"/applications/{quote(self.app)}/subscription",
-                           params={"eventSource": event_source})
+                           params={"eventSource": ",".join(event_sources)})
+
+    async def unsubscribe(self, *event_sources: str) -> None:
+        await self.request("DELETE", f"/applications/{quote(self.app)}/subscription",
+                           params={"eventSource": ",".join(event_sources)})
 
     async def list_endpoints(self, technology: str = "PJSIP") -> list[tuple[str, str]]:
         """(resource, state) of every endpoint of ``technology``."""
-        result = await self.request("GET", f"/endpoints/{quote(technology)}")
+        result = await self.request("GET", f"/endpoints/{quote(technology)}", over_ws=False)
         return [(str(e.get("resource", "")), str(e.get("state", ""))) for e in result or []]
 
     async def filter_events(self, disallowed: list[str]) -> None:
@@ -245,7 +256,8 @@ class AriClient:
 
     # application
     async def application(self) -> dict[str, Any]:
-        result = await self.request("GET", f"/applications/{quote(self.app)}")
+        # lists every channel and bridge the application holds: over HTTP (see request)
+        result = await self.request("GET", f"/applications/{quote(self.app)}", over_ws=False)
         return result if isinstance(result, dict) else {}
 
     # ------------------------------------------------------------------ events

@@ -10,13 +10,14 @@ lost and never replayed, and after a kill -9 the engine starts from its last sna
 - callers the engine knew that are gone ended during the gap: their tickets close;
 - seat legs left ringing by a dead engine are hung up (their callers were restored as
   waiting and are offered again); bridges of ours that serve nobody are removed;
-- seat registrations are read afresh and endpoint events subscribed.
+- seat registrations are read afresh and the seats' endpoint events subscribed.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from callrouter.acd import CallAbandoned, CallArrived, CallEnded, CallState
 from callrouter.ari import AriError, Bridge, Channel
@@ -36,7 +37,7 @@ UNUSED_EVENTS = ["ChannelVarset", "ChannelDialplan", "ChannelStateChange", "Chan
                  "ChannelEnteredBridge", "ChannelLeftBridge", "BridgeCreated", "BridgeDestroyed", "BridgeMerged",
                  "BridgeBlindTransfer", "BridgeAttendedTransfer", "BridgeVideoSourceChanged", "Dial",
                  "ChannelTalkingStarted", "ChannelTalkingFinished", "ChannelToneDetected", "ContactStatusChange",
-                 "PeerStatusChange", "ChannelUserevent", "ChannelHold", "ChannelUnhold"]
+                 "PeerStatusChange", "ChannelUserevent", "ChannelHold", "ChannelUnhold", "ChannelCreated"]
 
 
 async def reconcile(service: CallService) -> None:
@@ -64,14 +65,19 @@ async def reconcile(service: CallService) -> None:
 
     # registrations last: a seat that turns out registered may be offered a caller at
     # once, and every caller must be known by then
-    try:
-        await ari.subscribe("endpoint:PJSIP")
-        for resource, state in await ari.list_endpoints("PJSIP"):
-            service.endpoint_state(resource, state)
-    except AriError as exc:
-        log.warning("event=endpoint_subscribe_failed error=%s", q(exc))
+    await service.watch_seats()
+    if wide_endpoint_watch(app):
+        log.warning("event=endpoint_subscription_wide: this Asterisk still sends the application the events of "
+                    "every PJSIP endpoint (subscribed by an earlier engine; Asterisk drops it only when it "
+                    "restarts): each caller's arrival and departure then costs O(callers held)")
     log.info("event=reconciled live=%d tracked=%d legs=%d adopted=%d", len(callers), len(service.calls),
              len(service.legs), service.counters["adopted"])
+
+
+def wide_endpoint_watch(app: dict[str, Any]) -> bool:
+    """Is the application subscribed to a whole technology's endpoints (``PJSIP``, not
+    ``PJSIP/<endpoint>``), the trunk's included?"""
+    return any("/" not in str(e) for e in app.get("endpoint_ids") or ())
 
 
 def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:

@@ -149,3 +149,29 @@ def test_kill_9_keeps_waiting_callers_in_order_and_talking_calls_up(engines: Eng
     waiting_order = sorted((r for r in rows if r["caller"] in {w.caller for w in waiters}),
                            key=lambda r: str(r["seat_answered_at"]))
     assert [r["caller"] for r in waiting_order] == [w.caller for w in waiters], "waiting callers kept their order"
+
+
+def test_the_engine_follows_the_seats_endpoints_not_the_trunks(engines: EngineFactory,
+                                                                seats: list[SeatSims]) -> None:
+    """Endpoint events come from the seats' endpoints only: the trunk's EndpointStateChange
+    lists every channel on the trunk at every arrival and departure (O(callers held) each).
+    Seat registration still reaches the ACD: a registered, logged-in seat takes a call."""
+    from callrouter.acd import load_lines
+    from callrouter.sim.leftovers import _ari_get
+
+    engine = engines.start()
+    app = _ari_get(engines.settings, f"/applications/{engines.settings.ari_app}", 5)
+    cfg = load_lines(engines.settings.lines_path)
+    wanted = {f"PJSIP/{s.endpoint}" for line in cfg.lines for s in line.seats} | {f"PJSIP/{p.endpoint}" for p in cfg.pool}
+    assert wanted <= set(app["endpoint_ids"]), app["endpoint_ids"]
+    if "PJSIP" in app["endpoint_ids"]:
+        # an earlier engine's subscription to every endpoint, which Asterisk keeps until it
+        # restarts: the engine must say so
+        assert "event=endpoint_subscription_wide" in engine.log()
+    seats.append(start_seats(engines.settings, [SeatSpec("s96345-01", answer_delay_s=0.3, talk_s=1.0)]))
+    engines.login("s96345-01")
+    wait_for(lambda: engines.status()["seats"]["s96345-01"]["registered"], 15, "the seat's registration to be seen")
+    report = run_calls(engines.settings, [CallSpec("12345", "13900000077", 8)], rate=1)
+    assert report.failed == 0
+    wait_for(lambda: bool(engines.closed_tickets(1)), 20, "the ticket to close")
+    assert engines.closed_tickets(1)[0]["seat"] == "s96345-01"
