@@ -186,6 +186,7 @@ def test_wallboard_chart_and_overdue_units_first_and_a_web_request_with_its_dupl
             By.CSS_SELECTOR, 'svg[data-history-line="110"] rect[data-waiting]')), 25, "the waiting caller on the chart")
         assert "排队" in _text(web, "#history-section")
         ARTIFACTS.mkdir(exist_ok=True)
+        web.set_window_size(1400, 1700)  # the whole board: chart, orders and accountability below the lines
         web.save_screenshot(str(ARTIFACTS / "wallboard-dispatch.png"))
         thread.join(timeout=30)
         assert out, "the caller's call ran"
