@@ -590,6 +590,11 @@ async def reload_plan(request: web.Request) -> web.Response:
         plan = await asyncio.to_thread(load_plan, path)
     except PlanError as exc:
         return error(400, "invalid_plan", str(exc))
+    from callrouter.api.dispatch_seat import reload_reference  # imports this module
+
+    problem = await reload_reference(request.app, plan)
+    if problem:  # a category without a Chinese label or a unit: the old plan stays
+        return error(400, "invalid_plan", f"the plan's categories need a label and a unit: {problem}")
     service.plan = plan
     log.info("event=plan_reloaded path=%s entries=%d", path, len(plan.entries))
     return web.json_response({"reloaded": str(path), "entries": len(plan.entries)})

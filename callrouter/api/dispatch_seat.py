@@ -51,7 +51,7 @@ from callrouter.api.tokens import Principal
 from callrouter.categories import CategoriesError, load_categories, plan_categories
 from callrouter.dispatch.store import DispatchStore
 from callrouter.dispatch.units import Units, UnitsError, load_units
-from callrouter.numberplan import PlanError, load_plan
+from callrouter.numberplan import NumberPlan, PlanError, load_plan
 from callrouter.tickets.models import CALLBACK_OUTCOMES, FollowUpDone, SendToDispatch, SetTown
 
 log = logging.getLogger("callrouter.api")
@@ -63,12 +63,15 @@ MAX_MINUTES = 24 * 60
 
 @dataclass
 class Reference:
-    """What the seats choose from: category labels and the units file (as loaded at start;
-    a file that failed to load is ``problem`` and its routes answer 503)."""
+    """What the seats choose from: category labels and the units file (as loaded at start
+    and at every number plan reload; a file that failed to load at start is ``problem``
+    and its routes answer 503)."""
 
     labels: dict[str, str]
     units: Units | None
     problem: str = ""
+    categories_path: Path | None = None
+    units_path: Path | None = None
 
     def label(self, category: str) -> str:
         return self.labels.get(category, category)
@@ -78,13 +81,14 @@ REFERENCE_KEY: web.AppKey[Reference] = web.AppKey("dispatch_reference", Referenc
 HISTORY_KEY: web.AppKey[LineHistory] = web.AppKey("line_history", LineHistory)
 
 
-def load_reference(plan_path: Path, categories_path: Path, units_path: Path) -> Reference:
+def load_reference(plan: Path | NumberPlan, categories_path: Path, units_path: Path) -> Reference:
     """Labels and units for the API; never raises (a broken file is logged and reported)."""
     labels: dict[str, str] = {}
-    try:
-        plan = load_plan(plan_path)
-    except PlanError as exc:
-        return Reference({}, None, f"number plan: {exc}")
+    if not isinstance(plan, NumberPlan):
+        try:
+            plan = load_plan(plan)
+        except PlanError as exc:
+            return Reference({}, None, f"number plan: {exc}", categories_path, units_path)
     problems: list[str] = []
     try:
         labels = load_categories(categories_path, plan)
@@ -97,7 +101,24 @@ def load_reference(plan_path: Path, categories_path: Path, units_path: Path) -> 
     except UnitsError as exc:
         problems += exc.problems
         log.error("event=units_invalid problems=%r", exc.problems[:5])
-    return Reference(labels, units, "; ".join(problems[:5]))
+    return Reference(labels, units, "; ".join(problems[:5]), categories_path, units_path)
+
+
+async def reload_reference(app: web.Application, plan: NumberPlan) -> str:
+    """Read the labels and units again against a reloaded number plan (the files in a
+    thread). On success the API (and its DispatchStore) use them and "" is returned; else
+    nothing changes and the problems are returned: a plan whose categories have no label or
+    no unit is not taken."""
+    ref = app[REFERENCE_KEY]
+    if ref.categories_path is None or ref.units_path is None:
+        return ""
+    fresh = await asyncio.to_thread(load_reference, plan, ref.categories_path, ref.units_path)
+    if fresh.problem:
+        return fresh.problem
+    ref.labels, ref.units, ref.problem = fresh.labels, fresh.units, ""
+    store = app[DISPATCH_KEY]
+    store.labels, store.units = dict(fresh.labels), fresh.units
+    return ""
 
 
 def _units(request: web.Request) -> Units:

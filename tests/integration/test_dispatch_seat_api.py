@@ -80,14 +80,16 @@ async def api(tmp_path: Path, make_store: MakeStore) -> AsyncIterator[Callable[.
     settings = load_settings()
     started: list[tuple[TestServer, AriClient, asyncio.Task[None]]] = []
 
-    async def make(backend: str = "sqlite") -> Api:
+    async def make(backend: str = "sqlite", plan_path: Path | None = None, categories_path: Path | None = None) -> Api:
         store, _ = make_store(backend)
         ari = AriClient(f"http://127.0.0.1:{_closed_port()}/ari", "u", "p", "callrouter")
         writer = TicketWriter(store)
-        service = CallService(ari, load_plan(settings.numberplan_path), writer, Acd(load_lines(settings.lines_path)))
+        plan_path = plan_path or settings.numberplan_path
+        service = CallService(ari, load_plan(plan_path), writer, Acd(load_lines(settings.lines_path)))
         tokens = TokenStore(tmp_path / "tokens.json", ADMIN)
-        app = build_app(service, tokens, store, settings.lines_path, settings.numberplan_path,
-                        categories_path=settings.categories_path, units_path=settings.units_path, intake_window_s=3600)
+        app = build_app(service, tokens, store, settings.lines_path, plan_path,
+                        categories_path=categories_path or settings.categories_path, units_path=settings.units_path,
+                        intake_window_s=3600)
         server = TestServer(app, host="127.0.0.1", port=0)
         await server.start_server()
         task = asyncio.create_task(writer.run())
@@ -301,3 +303,26 @@ async def test_the_seat_routes_are_in_the_openapi_document(api: Any) -> None:
     assert intake["additionalProperties"] is False
     status, doc = await a.call("intake", "GET", "/api/openapi.json")
     assert status == 200, "a channel system integrates from the document"
+
+
+async def test_a_plan_reload_reads_the_labels_again_and_refuses_a_category_without_one(api: Any, tmp_path: Path) -> None:
+    settings = load_settings()
+    plan, labels = tmp_path / "numberplan.csv", tmp_path / "categories.toml"
+    plan.write_text(settings.numberplan_path.read_text(encoding="utf-8"), encoding="utf-8")
+    labels.write_text(settings.categories_path.read_text(encoding="utf-8"), encoding="utf-8")
+    a = await api(plan_path=plan, categories_path=labels)
+    labels.write_text(labels.read_text(encoding="utf-8").replace('label = "火警"', 'label = "火灾报警"'), encoding="utf-8")
+    status, body = await a.call("admin", "POST", "/api/plan/reload")
+    assert status == 200, body
+    status, cats = await a.call("agent1", "GET", "/api/categories")
+    assert {c["slug"]: c["label"] for c in cats}["fire"] == "火灾报警", "the labels read again with the plan"
+    good = plan.read_text(encoding="utf-8")
+    plan.write_text(good + "05786110999,96345,noise_complaint,县生态环境局,5,噪声投诉,yes\n", encoding="utf-8")
+    status, body = await a.call("admin", "POST", "/api/plan/reload")
+    assert status == 400 and body["error"] == "invalid_plan", body
+    assert 'category "noise_complaint"' in body["details"] and "no label" in body["details"], body
+    status, cats = await a.call("agent1", "GET", "/api/categories")
+    assert "noise_complaint" not in {c["slug"] for c in cats}, "the old plan stays in use"
+    status, answer = await a.call("intake", "POST", "/api/intake", {"channel": "web", "contact": "x@example.org",
+                                                                   "category": "noise_complaint", "text": "吵"})
+    assert status == 400, answer
