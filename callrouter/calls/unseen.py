@@ -35,7 +35,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,9 @@ from callrouter.ari import AriError
 from callrouter.calls.service import CallService
 from callrouter.numberplan import NumberPlan
 from callrouter.tickets import RecordUnseenCall, TicketWriter, ticket_id_for_channel
+
+# the channels Asterisk holds now (None: it could not be asked), fetched only when needed
+LiveSource = Callable[[], Awaitable[set[str] | None]]
 
 log = logging.getLogger("callrouter.calls")
 
@@ -267,18 +270,21 @@ class UnseenCallImporter:
                 self.closed_here.clear()  # no CEL file read for a long while: forget, stay bounded
             self.closed_here.add(data["call_id"])
 
-    async def run_once(self, *, live: set[str] | None, engine_calls: set[str], now: float,
-                       settled_before: float = 0.0) -> int:
+    async def run_once(self, *, live: set[str] | None = None, engine_calls: set[str], now: float,
+                       settled_before: float = 0.0, live_source: LiveSource | None = None) -> int:
         """Import what the file holds; returns how many calls were recorded.
 
         ``live``: channels Asterisk holds now (None if it could not be asked: nothing is
-        then taken as ended without its record); ``engine_calls``: channels the engine
-        tracks now (it closes their tickets itself); ``settled_before``: calls that ended
-        before this time need no grace (they ended before the engine connected, so it
-        cannot be handling their hang-up).
+        then taken as ended without its record); or ``live_source``, asked only when a
+        call followed is neither the engine's nor ended (the usual import asks nothing:
+        with 1,000+ held, Asterisk's list of every channel is about 1 MB of JSON to build
+        and decode); ``engine_calls``: channels the engine tracks now (it closes their
+        tickets itself); ``settled_before``: calls that ended before this time need no
+        grace (they ended before the engine connected, so it cannot be handling their
+        hang-up).
         """
         async with self._lock:
-            return await self._run_once(live, engine_calls, now, settled_before)
+            return await self._run_once(live, engine_calls, now, settled_before, live_source)
 
     def _read_and_fold(self) -> tuple[int, int]:
         """Take the record file, parse it and fold it into the calls followed (blocking)."""
@@ -288,7 +294,7 @@ class UnseenCallImporter:
         return len(events), bad
 
     async def _run_once(self, live: set[str] | None, engine_calls: set[str], now: float,
-                        settled_before: float) -> int:
+                        settled_before: float, live_source: LiveSource | None = None) -> int:
         # reading and parsing a busy interval's records takes a tenth of a second per
         # thousand calls: off the event loop, which is answering callers meanwhile (only
         # this import, under its lock, touches self.calls)
@@ -298,6 +304,9 @@ class UnseenCallImporter:
             log.warning("event=cel_records_unreadable file=%s lines=%d", self.importing, bad)
         ops: list[RecordUnseenCall] = []
         done: list[str] = []
+        if live_source is not None and any(c.ended is None and c.uniqueid not in engine_calls
+                                           for c in self.calls.values()):
+            live = await live_source()
         for call in list(self.calls.values()):
             if call.uniqueid in engine_calls:
                 call.missing = 0
@@ -344,14 +353,14 @@ class UnseenCallImporter:
 
     async def import_now(self, service: CallService, settled_before: float = 0.0) -> int:
         """One import against the engine's live view (channels Asterisk holds, calls tracked)."""
-        live: set[str] | None
-        try:
-            live = {c.id for c in await service.ari.list_channels()}
-        except AriError as exc:
-            log.warning("event=cel_import_no_channel_list error=%s", exc)
-            live = None
-        return await self.run_once(live=live, engine_calls=set(service.calls), now=time.time(),
-                                   settled_before=settled_before)
+        async def live() -> set[str] | None:
+            try:
+                return {c.id for c in await service.ari.list_channels()}
+            except AriError as exc:
+                log.warning("event=cel_import_no_channel_list error=%s", exc)
+                return None
+        return await self.run_once(engine_calls=set(service.calls), now=time.time(), settled_before=settled_before,
+                                   live_source=live)
 
     def after_reconcile(self, service: CallService, connected_at: float) -> None:
         """At every (re)connect, once the engine has adopted what Asterisk holds: import in

@@ -206,3 +206,31 @@ async def test_calls_that_ended_before_the_engine_connected_need_no_grace(setup:
     finally:
         await setup.writer.close(timeout=5)
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_asterisk_is_asked_for_its_channels_only_when_a_call_is_undecided(setup: Setup) -> None:
+    """The list of every channel (about 1 MB with 1,000+ held) is fetched only when a
+    followed call is neither the engine's nor ended."""
+    import asyncio
+
+    runner = asyncio.create_task(setup.writer.run())
+    asked: list[int] = []
+
+    async def live() -> set[str] | None:
+        asked.append(1)
+        return set()
+
+    try:
+        imp = setup.importer()
+        t = 1796085206.5
+        setup.append(cel("CHAN_START", t, "d.1"), cel("CHAN_START", t, "e.1"), cel("CHAN_END", t + 1, "e.1"))
+        # d.1 is the engine's, e.1 ended: nothing to ask Asterisk
+        assert await imp.run_once(engine_calls={"d.1"}, now=t + 2, live_source=live) == 0
+        assert asked == []
+        # d.1 no longer the engine's and not ended: now Asterisk is asked (d.1 missing once)
+        assert await imp.run_once(engine_calls=set(), now=t + 30, live_source=live) == 1
+        assert asked == [1]
+        assert [r["channel_id"] for r in setup.store.list()] == ["e.1"]
+    finally:
+        await setup.writer.close(timeout=5)
+        await asyncio.gather(runner, return_exceptions=True)
