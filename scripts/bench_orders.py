@@ -301,12 +301,13 @@ async def main_async(args: argparse.Namespace) -> None:
         values = lat[key]
         print(f"| {name} | {fmt(pct(values, 50))} | {fmt(pct(values, 99))} | {fmt(max(values))} |")
     print(f"\n## throughput: {args.backlog} closed calls waiting on the stream")
-    print("| dispatchers | orders | orders/s | webhooks/s | valid signatures |\n|---|---|---|---|---|")
+    print("| dispatchers | orders | orders/s | webhooks/s | webhook requests | valid signatures |\n"
+          "|---|---|---|---|---|---|")
     for n in (1, 2):
         r = await run_case(args, "throughput", n)
         if r["distinct"] != r["orders"]:
             print(f"!! {r['orders'] - r['distinct']} duplicate orders")
-        print(f"| {n} | {r['orders']} | {r['orders_per_s']:.0f} | {r['webhooks_per_s']:.0f} | "
+        print(f"| {n} | {r['orders']} | {r['orders_per_s']:.0f} | {r['webhooks_per_s']:.0f} | {r['requests']} | "
               f"{r['valid']}/{r['requests']} |")
 
 

@@ -211,12 +211,13 @@ class DispatchStore:
 
     # --- webhook deliveries -------------------------------------------------------------------
     def claim_deliveries(self, owner: str, limit: int, lease_s: float, now: datetime | None = None) -> list[Delivery]:
-        """Claim up to ``limit`` due deliveries for ``lease_s`` (our own claims are taken again)."""
+        """Claim up to ``limit`` due deliveries for ``lease_s``: unclaimed ones, and those
+        whose lease ran out (a dispatcher that died). A claim still running, ours included
+        (a delivery claimed when its order was opened, about to be sent), is left alone."""
         now = now or datetime.now(UTC)
         stmt = (select(OrderNotification)
                 .where(OrderNotification.delivered_at.is_(None), OrderNotification.next_attempt_at <= now,
-                       or_(OrderNotification.lease_until.is_(None), OrderNotification.lease_until < now,
-                           OrderNotification.lease_owner == owner))
+                       or_(OrderNotification.lease_until.is_(None), OrderNotification.lease_until < now))
                 .order_by(OrderNotification.next_attempt_at).limit(max(0, limit)))
         if self.tickets.backend == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)

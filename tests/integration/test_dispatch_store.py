@@ -225,3 +225,28 @@ def test_monthly_report_figures_from_a_known_set_of_orders(make_store: MakeStore
     assert [r["orders"] for r in orders.monthly_report("2026-12")] == [1]
     with pytest.raises(ValueError):
         orders.monthly_report("2026-13")
+
+
+def test_deliveries_are_claimed_once_until_their_lease_runs_out(make_store: MakeStore, backend: str,
+                                                                tmp_path: Path) -> None:
+    store, _ = make_store(backend)
+    units = load_test_units(tmp_path / "units.toml", webhook="http://127.0.0.1:9/north")
+    orders = DispatchStore(store, units=units)
+    store.apply(a_call("T1", T0) + a_call("T2", T0))
+    now = datetime.now(UTC)
+    opened = orders.open_orders(["T1"], now, claim_for="a", lease_s=30)
+    assert [o["delivery_id"] for o in opened] == [orders.deliveries()[0]["id"]]
+    orders.open_order("T2", now)  # not claimed
+    now = datetime.now(UTC)  # the deliveries are due from when they were written
+    # T1's delivery is a's, being sent: neither a nor b takes it again; b takes T2's
+    assert [d.order["id"] for d in orders.claim_deliveries("b", 10, 30, now)] == ["OT2-1"]
+    assert orders.claim_deliveries("a", 10, 30, now) == []
+    assert orders.claim_deliveries("b", 10, 30, now) == []
+    # a died: after its lease, another dispatcher sends it
+    later = now + timedelta(seconds=31)
+    taken = orders.claim_deliveries("c", 10, 30, later)
+    assert sorted(d.order["id"] for d in taken) == ["OT1-1", "OT2-1"]
+    assert taken[0].order["ticket"]["town_name"] == "北镇"
+    assert orders.delivered("c", [d.id for d in taken], later) == 2
+    assert orders.delivered("b", [d.id for d in taken], later) == 0
+    assert all(d["delivered_at"] for d in orders.deliveries())
