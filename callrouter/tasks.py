@@ -80,10 +80,11 @@ async def poll_loop(name: str, step: Callable[[], Awaitable[float]], stop: async
             streak = 0
             delay = retry_initial_s
         if wait > 0:
-            await _wait_any(stop, wake, wait)
+            await wait_any(stop, wake, wait)
 
 
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+async def wait_any(stop: asyncio.Event, wake: asyncio.Event | None, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``stop`` (or ``wake``, when given) is set."""
     waits = {asyncio.ensure_future(stop.wait())}
     if wake is not None:
         waits.add(asyncio.ensure_future(wake.wait()))

@@ -42,6 +42,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from callrouter.tasks import wait_any
+
 from .consumer import GroupBehind, groups_behind
 from .store import OutboxRow, TicketStore
 
@@ -254,13 +256,7 @@ class OutboxRelay:
             except TimeoutError:
                 return False
             return True
-        waits = {asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._wake.wait())}
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+        await wait_any(self._stop, self._wake, seconds)
         return self._stop.is_set()
 
     # --- bounded growth -----------------------------------------------------------------
