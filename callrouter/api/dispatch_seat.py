@@ -277,7 +277,7 @@ async def _ticket_for_follow_up(request: web.Request) -> dict[str, Any]:
 async def dispatch_summary(request: web.Request) -> web.Response:
     require(request, "supervisor")
     now = datetime.now(UTC)
-    month = request.query.get("month", now.astimezone().strftime("%Y-%m"))
+    month = request.query.get("month", now.strftime("%Y-%m"))
     if not MONTH_RE.fullmatch(month):
         return error(400, "bad_query", "month is YYYY-MM, e.g. 2026-12")
     store = request.app[DISPATCH_KEY]
