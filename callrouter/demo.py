@@ -362,7 +362,18 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
                       file=sys.stderr)
             print(f"engine connected; {len(DEMO_SEATS)} simulated seats registered and logged in; placing {calls} "
                   f"calls at {rate}/s over the legacy numbers", file=sys.stderr)
-            report = await asyncio.to_thread(trunk.run_calls, settings, traffic_specs(settings, calls), rate)
+            # SIGTERM / SIGINT (the engine's stop) ends the callers' SIPp at once
+            cancel = threading.Event()
+            cancel_on_stop = asyncio.create_task(_set_when(stop, cancel), name="demo-cancel-calls")
+            try:
+                report = await asyncio.to_thread(trunk.run_calls, settings, traffic_specs(settings, calls), rate,
+                                                 cancel=cancel)
+            finally:
+                cancel_on_stop.cancel()
+            if stop.is_set():
+                result["interrupted"] = 1
+                print("stopped by a signal before the calls were done: no summary", file=sys.stderr)
+                return
             print(f"SIP: {len(report.calls) - report.failed} of {len(report.calls)} calls answered and completed; "
                   f"INVITE->200 OK p50 {report.percentile(50)} ms, p99 {report.percentile(99)} ms", file=sys.stderr)
             result["failed"] = report.failed
@@ -377,6 +388,9 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
                 settled = await dispatch.settle(DISPATCH_SETTLE_S)
                 print(f"dispatch: {'units and follow-up calls done' if settled else 'NOT settled'} "
                       f"{time.monotonic() - waited:.1f} s after the last call's ticket was written", file=sys.stderr)
+                if stop.is_set():
+                    result["interrupted"] = 1
+                    print("stopped by a signal: the summary shows what was done by then", file=sys.stderr)
                 mine, orders = await dispatch.read()
                 if not keep_running:
                     await dispatch.close()
@@ -400,8 +414,9 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
             else:
                 print(f"\ndispatch skipped: {skipped}")
         finally:
-            if not keep_running:
-                await asyncio.to_thread(seats.stop)
+            if not keep_running or stop.is_set():
+                # stopping on a signal: Asterisk goes next, no time to unregister
+                await asyncio.to_thread(seats.stop, unregister=not stop.is_set())
         if keep_running:
             print(f"\nkept running: Asterisk on udp:{settings.sip_bind}:{settings.sip_port}, engine API "
                   f"{settings.api_url}, simulated seats registered"
@@ -415,7 +430,12 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
     finally:
         if dispatch is not None:
             await dispatch.close()
-    return 1 if result.get("failed", 1) or result.get("without_order", 0) else 0
+    return 1 if result.get("failed", 1) or result.get("without_order", 0) or result.get("interrupted") else 0
+
+
+async def _set_when(stop: asyncio.Event, then: threading.Event) -> None:
+    await stop.wait()
+    then.set()
 
 
 def run_demo(settings: Settings, calls: int = 60, rate: float = 10.0, keep_running: bool = False) -> int:

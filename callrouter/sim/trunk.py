@@ -172,8 +172,9 @@ def sipp_binary() -> str:
 
 def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_ip: str = "127.0.0.1",
               target: str | None = None, max_concurrent: int = 2000, timeout_s: float | None = None,
-              scenario: str = SCENARIO) -> TrunkReport:
-    """Place ``specs`` at ``rate`` calls/s through SIPp and wait for all to finish."""
+              scenario: str = SCENARIO, cancel: threading.Event | None = None) -> TrunkReport:
+    """Place ``specs`` at ``rate`` calls/s through SIPp and wait for all to finish.
+    ``cancel`` set: SIPp is terminated at once (the report has what it got to)."""
     if not specs:
         raise SimError("no calls to place")
     if rate <= 0:
@@ -208,11 +209,11 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                    "-trace_rtt", "-rtt_freq", "1", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
                    "-max_recv_loops", "10000", "-aa"]
             started = time.monotonic()
-            proc = subprocess.run(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  check=False, timeout=timeout_s + 30)
+            proc = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stderr = _wait_sipp(proc, timeout_s + 30, cancel)
             # a port taken between the bind test and SIPp's bind (another process): new ports
             bind_race = proc.returncode != 0 and not logs.exists() and bind_failed(
-                proc.stderr + (errs.read_text(errors="replace") if errs.exists() else ""))
+                stderr + (errs.read_text(errors="replace") if errs.exists() else ""))
             if not bind_race or attempt == 2:
                 break
             errs.unlink(missing_ok=True)
@@ -237,8 +238,8 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                     except ValueError:
                         pass
         errors = errs.read_text(errors="replace").splitlines()[-50:] if errs.exists() else []
-        if proc.stderr.strip():
-            errors.append(proc.stderr.strip()[-2000:])
+        if stderr.strip():
+            errors.append(stderr.strip()[-2000:])
     calls = []
     for i, spec in enumerate(specs, 1):
         outcome = outcomes.get(i, "failed")
@@ -247,6 +248,31 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
         calls.append(CallResult(i, spec.number, spec.caller, outcome))
     return TrunkReport(calls=calls, rtt_ms=rtts, elapsed_s=elapsed, sipp_exit=proc.returncode, errors=errors,
                        rtt_samples=samples)
+
+
+def _wait_sipp(proc: subprocess.Popen[str], timeout_s: float, cancel: threading.Event | None) -> str:
+    """SIPp's stderr once it ended (``subprocess.run``'s timeout: killed, TimeoutExpired);
+    terminated as soon as ``cancel`` is set."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return proc.communicate(timeout=0.2 if cancel is not None else timeout_s)[1] or ""
+        except subprocess.TimeoutExpired:
+            cancelled = cancel is not None and cancel.is_set()
+            if not cancelled and time.monotonic() < deadline:
+                continue
+            if cancelled:
+                proc.terminate()
+            else:
+                proc.kill()
+            try:
+                err = proc.communicate(timeout=5)[1] or ""
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                err = proc.communicate()[1] or ""
+            if not cancelled:
+                raise subprocess.TimeoutExpired(proc.args, timeout_s, stderr=err) from None
+            return err
 
 
 def plan_numbers(settings: Settings) -> list[str]:

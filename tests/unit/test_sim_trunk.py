@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
-from callrouter.sim.trunk import UNLISTED_SAMPLES, CallResult, CallSpec, TrunkReport, percentile, storm_specs
+from callrouter.sim.trunk import (
+    UNLISTED_SAMPLES,
+    CallResult,
+    CallSpec,
+    TrunkReport,
+    _wait_sipp,
+    percentile,
+    storm_specs,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,3 +135,24 @@ def test_free_media_ports_are_free_aligned_and_never_handed_out_twice() -> None:
             s.close()
     assert bind_failed("Unable to bind video RTP socket (IP=127.0.0.1, port=57853), errno = 98 (Address already in use)")
     assert not bind_failed("REGISTER timed out")
+
+
+def test_sipp_wait_ends_the_process_when_cancelled_and_kills_it_at_the_timeout() -> None:
+    code = "import sys, time; sys.stderr.write('started'); sys.stderr.flush(); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    began = time.monotonic()
+    assert _wait_sipp(proc, 60, cancel) == "started"
+    assert time.monotonic() - began < 10
+    assert proc.returncode is not None and proc.returncode != 0  # terminated, not finished
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        _wait_sipp(proc, 0.5, None)  # subprocess.run's timeout: killed, then raised
+    assert proc.returncode is not None
+
+    done = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('bye')"], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    assert _wait_sipp(done, 30, threading.Event()) == "bye"
+    assert done.returncode == 0
