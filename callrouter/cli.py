@@ -549,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     dun.add_argument("--file", help="default: the setting units (queues/units.toml)")
     dp.set_defaults(func=cmd_dispatch)
 
-    d = sub.add_parser("demo", help="bring everything up, run simulated traffic, summarise, stop")
+    d = sub.add_parser("demo", help="bring everything up, run simulated calls and (with Redis) dispatch to "
+                                    "simulated units, summarise, stop")
     d.add_argument("--calls", type=int, default=60)
     d.add_argument("--rate", type=float, default=10.0)
     d.add_argument("--keep-running", action="store_true", help="leave Asterisk and the engine running")
