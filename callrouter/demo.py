@@ -206,6 +206,7 @@ class DemoDispatch:
         self.follow_ups: SimFollowUps | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._api: ApiClient | None = None
+        self._closed = False
 
     @classmethod
     def prepare(cls, settings: Settings, since: datetime) -> DemoDispatch:
@@ -274,13 +275,16 @@ class DemoDispatch:
                 return True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 0.5)
-            for task in self._tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise RuntimeError(f"{task.get_name()} ended: {task.exception()!r}")
+            if self._failed():
+                break  # said by problems(); the summary shows what was done
         return False
 
+    def _failed(self) -> list[str]:
+        return [f"{t.get_name()} ended: {t.exception()!r}" for t in self._tasks
+                if t.done() and not t.cancelled() and t.exception() is not None]
+
     def problems(self) -> list[str]:
-        out = []
+        out = self._failed()
         if self.units is not None and self.units.tally.errors:
             out.append(f"simulated units: {len(self.units.tally.errors)} requests refused, e.g. "
                        f"{self.units.tally.errors[0]}")
@@ -290,6 +294,9 @@ class DemoDispatch:
         return out
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self.stop.set()
         if self._tasks:
             done, pending = await asyncio.wait(self._tasks, timeout=5)
@@ -348,6 +355,7 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
         service.listeners.append(on_event)
 
     async def traffic(service: CallService) -> None:
+        nonlocal dispatch, skipped
         await asyncio.wait_for(service.ari.connected.wait(), 20)
         quick_agents(service)
         seats = await asyncio.to_thread(start_seats, settings, [
@@ -356,7 +364,13 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
             for seat in DEMO_SEATS:
                 service.feed(SeatLogin(seat))
             if dispatch is not None:
-                await dispatch.start(stop)
+                try:
+                    await dispatch.start(stop)
+                except (RedisError, OSError) as exc:  # Redis went away since it answered
+                    await dispatch.close()
+                    dispatch, skipped = None, f"Redis at {redacted(settings.redis_url)} failed ({exc!r})"
+                    print(f"dispatch skipped: {skipped}", file=sys.stderr)
+            if dispatch is not None:
                 print(f"dispatch: a dispatcher on {stream_name(settings.redis_prefix)}, simulated units acknowledging "
                       "and reporting over the orders API, the 96345 seats making the follow-up calls",
                       file=sys.stderr)
