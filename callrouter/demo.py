@@ -205,7 +205,6 @@ class DemoDispatch:
         self.units: SimUnits | None = None
         self.follow_ups: SimFollowUps | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._api: ApiClient | None = None
         self._closed = False
 
     @classmethod
@@ -236,16 +235,23 @@ class DemoDispatch:
         dispatcher = Dispatcher(self.store, settings.redis_url, stream, {}, name="demo",
                                 lease_s=settings.dispatch_lease_s, webhook_timeout_s=settings.dispatch_webhook_timeout_s,
                                 retry_max_s=settings.dispatch_retry_max_s)
-        self._api = ApiClient(settings.api_url)
-        await self._api.open()
+        api = ApiClient(settings.api_url)
         unit_tokens = {k.removeprefix("unit:"): v for k, v in self.tokens.items() if k.startswith("unit:")}
         seat_tokens = {k.removeprefix("seat:"): v for k, v in self.tokens.items() if k.startswith("seat:")}
-        self.units = SimUnits(self._api, settings.secret("api_token"), unit_tokens, since=self.since, seed=11)
-        self.follow_ups = SimFollowUps(self._api, seat_tokens, since=self.since, seed=13)
+        self.units = SimUnits(api, settings.secret("api_token"), unit_tokens, since=self.since, seed=11)
+        self.follow_ups = SimFollowUps(api, seat_tokens, since=self.since, seed=13)
         self._tasks = [asyncio.create_task(self._linked(engine_stop), name="demo-dispatch-stop"),
                        asyncio.create_task(dispatcher.run(self.stop), name="demo-dispatcher"),
-                       asyncio.create_task(self.units.run(self.stop), name="demo-units"),
-                       asyncio.create_task(self.follow_ups.run(self.stop), name="demo-follow-ups")]
+                       asyncio.create_task(self._people(api), name="demo-units-and-seats")]
+
+    async def _people(self, api: ApiClient) -> None:
+        # the client's connections close as soon as the people stop: an engine stopping
+        # must not wait for them
+        if self.units is None or self.follow_ups is None:
+            raise RuntimeError("DemoDispatch._people before start()")
+        async with api, asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.units.run(self.stop), name="demo-units")
+            tasks.create_task(self.follow_ups.run(self.stop), name="demo-follow-ups")
 
     async def _linked(self, engine_stop: asyncio.Event) -> None:
         stopped = asyncio.create_task(engine_stop.wait())
@@ -299,7 +305,7 @@ class DemoDispatch:
         self._closed = True
         self.stop.set()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=5)
+            done, pending = await asyncio.wait(self._tasks, timeout=3)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -307,9 +313,6 @@ class DemoDispatch:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("event=demo_dispatch_task_failed task=%s error=%r", task.get_name(), task.exception())
             self._tasks = []
-        if self._api is not None:
-            await self._api.close()
-            self._api = None
         await asyncio.to_thread(self.store.tickets.close)
 
 
@@ -429,6 +432,8 @@ async def _demo(settings: Settings, calls: int, rate: float, keep_running: bool)
                 print(f"\ndispatch skipped: {skipped}")
         finally:
             if not keep_running or stop.is_set():
+                if dispatch is not None:
+                    await dispatch.close()
                 # stopping on a signal: Asterisk goes next, no time to unregister
                 await asyncio.to_thread(seats.stop, unregister=not stop.is_set())
         if keep_running:
