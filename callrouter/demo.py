@@ -292,10 +292,12 @@ class DemoDispatch:
     def problems(self) -> list[str]:
         out = self._failed()
         if self.units is not None and self.units.tally.errors:
-            out.append(f"simulated units: {len(self.units.tally.errors)} requests refused, e.g. "
+            out.append(f"simulated units: {len(self.units.tally.errors)} requests failed or refused (tried again "
+                       "from the order's state), e.g. "
                        f"{self.units.tally.errors[0]}")
         if self.follow_ups is not None and self.follow_ups.tally.errors:
-            out.append(f"follow-up calls: {len(self.follow_ups.tally.errors)} requests refused, e.g. "
+            out.append(f"follow-up calls: {len(self.follow_ups.tally.errors)} requests failed or refused (tried "
+                       "again while the ticket waits), e.g. "
                        f"{self.follow_ups.tally.errors[0]}")
         return out
 

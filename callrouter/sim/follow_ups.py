@@ -72,7 +72,10 @@ class SimFollowUps:
                                         {"outcome": "reached", "note": NOTE})
                     self.tally.done += 1
                 except (ApiError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    self.tally.errors.append(f"{ticket_id}: {exc}"[:200])
+                    # the next round calls again if the ticket still waits (a second
+                    # 'reached' for one that did go through changes nothing)
+                    self.tally.errors.append(f"{ticket_id}: {exc!r}"[:200])
                     log.warning("event=sim_follow_up_failed seat=%s ticket=%s error=%r", seat, ticket_id, exc)
+                    self._taken.discard(ticket_id)
             if await pause(stop, self.poll_s):
                 return

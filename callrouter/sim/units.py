@@ -6,7 +6,9 @@ solved a little later (``POST /api/orders/{id}/report``), as a unit's duty offic
 ``/unit`` page would. What is new is seen on ``GET /api/orders`` with a supervisor's token
 (one request for every unit, instead of one poller per unit); the acts themselves are the
 units' own, so the API's rules (a unit acts only on its own orders, 409 on a wrong state)
-apply to them as to a real unit.
+apply to them as to a real unit. A request that fails (a timeout on a loaded machine) is
+tried again from the order's state at the next look: an order acknowledged but not yet
+reported is reported, never acknowledged twice.
 
 Only orders of tickets that arrived ``since`` are taken (the demo's own calls); any other
 open order is left to its unit. The tokens the simulation uses are kept in
@@ -164,7 +166,8 @@ class SimUnits:
         self.poll_s = poll_s
         self.rng = random.Random(seed)
         self.tally = UnitsTally()
-        self._taken: set[str] = set()
+        self._in_hand: set[str] = set()  # being acknowledged or reported now, or done
+        self._seen: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: what an order in hand still needs is dropped at once then."""
@@ -178,31 +181,38 @@ class SimUnits:
                     orders = []
                 for order in orders if isinstance(orders, list) else []:
                     order_id = str(order.get("id", ""))
-                    if (order_id in self._taken or order.get("state") != "notified"
-                            or not arrived_since(order, self.since)):
+                    state = order.get("state")
+                    if order_id in self._in_hand or state not in ("notified", "acknowledged") \
+                            or not arrived_since(order, self.since):
                         continue
-                    self._taken.add(order_id)
-                    self.tally.seen += 1
-                    tasks.create_task(self._take(order_id, str(order.get("unit", "")), stop))
+                    self._in_hand.add(order_id)
+                    if order_id not in self._seen:
+                        self._seen.add(order_id)
+                        self.tally.seen += 1
+                    tasks.create_task(self._take(order_id, str(order.get("unit", "")), state == "notified", stop))
                 if await pause(stop, self.poll_s):
                     return
 
-    async def _take(self, order_id: str, unit: str, stop: asyncio.Event) -> None:
+    async def _take(self, order_id: str, unit: str, needs_ack: bool, stop: asyncio.Event) -> None:
         token = self.unit_tokens.get(unit)
         if token is None:
             self.tally.errors.append(f"{order_id}: no token for unit {unit}")
-            return
-        if await pause(stop, self.rng.uniform(*self.ack_delay_s)):
-            return
+            return  # stays in hand: no point asking again
         try:
-            await self.api.call("POST", f"/api/orders/{order_id}/ack", token, {"by": "模拟值班员"})
-            self.tally.acknowledged += 1
+            if needs_ack:
+                if await pause(stop, self.rng.uniform(*self.ack_delay_s)):
+                    return
+                await self.api.call("POST", f"/api/orders/{order_id}/ack", token, {"by": "模拟值班员"})
+                self.tally.acknowledged += 1
             if await pause(stop, self.rng.uniform(*self.report_delay_s)):
                 return
             await self.api.call("POST", f"/api/orders/{order_id}/report", token,
                                 {"result": REPORT_TEXT, "solved": True})
             self.tally.reported += 1
         except (ApiError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            # e.g. 409: escalated to the next unit meanwhile; that unit takes it
-            self.tally.errors.append(f"{order_id}: {exc}"[:200])
+            # a refusal (409: escalated to the next unit meanwhile; that unit takes it) or a
+            # request that failed: the next look at the open orders decides again, from the
+            # order's state then (an acknowledgement that did go through is not repeated)
+            self.tally.errors.append(f"{order_id}: {exc!r}"[:200])
             log.warning("event=sim_unit_failed order_id=%s unit=%s error=%r", order_id, unit, exc)
+            self._in_hand.discard(order_id)
