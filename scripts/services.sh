@@ -2,7 +2,9 @@
 # Make sure the PostgreSQL and Redis the tests use answer on 127.0.0.1 (5432 trust auth
 # with a database `test`; 6379). Where they already run (as on the CI machines) this does
 # nothing; on a bare Debian machine it installs and starts them, bound to loopback only.
+# `services.sh redis` does Redis only (the demo's dispatch needs it; tickets do not).
 set -euo pipefail
+only=${1:-all}
 export DEBIAN_FRONTEND=noninteractive
 
 pg_up() { python3 - <<'PY'
@@ -21,7 +23,7 @@ except OSError:
 PY
 }
 
-if ! pg_up; then
+if [ "$only" != redis ] && ! pg_up; then
   if ! command -v pg_ctlcluster >/dev/null; then
     echo "services: installing PostgreSQL" >&2
     apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null
@@ -49,4 +51,4 @@ if ! redis_up; then
     --dir /var/lib/redis --logfile /var/log/redis/callrouter-tests.log
   for _ in $(seq 50); do redis_up && break; sleep 0.2; done
 fi
-pg_up && redis_up
+if [ "$only" = redis ]; then redis_up; else pg_up && redis_up; fi
