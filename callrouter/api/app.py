@@ -36,7 +36,7 @@ from callrouter.calls.service import CallService, TransferError
 from callrouter.categories import plan_categories
 from callrouter.numberplan import PlanError, load_plan, normalise
 from callrouter.tickets import AddNote, Reclassify, RecordingAccessed, SetLegalHold, TicketStore
-from callrouter.tickets.models import RECORDING_FILE
+from callrouter.tickets.models import CHANNELS, RECORDING_FILE
 
 log = logging.getLogger("callrouter.api")
 
@@ -354,8 +354,9 @@ def _when(value: str | None, name: str) -> datetime | None:
 
 async def list_tickets(request: web.Request) -> web.Response:
     """Tickets, newest first; filters: line, category, number (legacy, normalised), caller,
-    since/until (ISO-8601), limit (1-1000). An agent sees its own seat's tickets, and every
-    earlier ticket of the caller it is talking to (``caller=<that caller>``)."""
+    channel (phone, web, wechat, forum), since/until (ISO-8601), limit (1-1000). An agent
+    sees its own seat's tickets, and every earlier ticket of the caller it is talking to
+    (``caller=<that caller>``)."""
     q = request.query
     for key, text in q.items():
         if not printable(text):
@@ -373,6 +374,8 @@ async def list_tickets(request: web.Request) -> web.Response:
             return error(400, "bad_query", "since/until need a time zone, e.g. 2026-11-29T08:00:00+08:00")
     if q.get("line") not in (None, "110", "96345"):
         return error(400, "bad_query", "line is 110 or 96345")
+    if q.get("channel") not in (None, *CHANNELS):
+        return error(400, "bad_query", f"channel is one of {', '.join(CHANNELS)}")
     number = normalise(q["number"]) if "number" in q else None
     principal: Principal = request[PRINCIPAL]
     seat = None
@@ -382,7 +385,8 @@ async def list_tickets(request: web.Request) -> web.Response:
         talking_to = {c.caller for c in request.app[SERVICE_KEY].calls.values() if c.seat == principal.seat and c.caller}
         seat = None if q.get("caller") in talking_to else principal.seat
     rows = await asyncio.to_thread(request.app[STORE_KEY].list, limit, q.get("line"), category=q.get("category"),
-                                   number=number, caller=q.get("caller"), since=since, until=until, seat=seat)
+                                   number=number, caller=q.get("caller"), since=since, until=until, seat=seat,
+                                   channel=q.get("channel"))
     return web.json_response(rows)
 
 

@@ -13,6 +13,10 @@
   the call was made; reached closes the ticket as solved.
 * ``GET /api/dispatch/summary[?month=YYYY-MM]``: open and overdue orders per unit (overdue
   first) and the month's accountability per unit (the wallboard).
+* ``GET /api/intake/summary[?since=<ISO-8601>&limit=20]``: the other channels (web, WeChat,
+  the forum) on the wallboard: per channel the requests since ``since`` (default: the
+  engine's local midnight), linked ones and unsolved ones, and the newest unsolved requests
+  with their category, town and order (unit, state). Never a contact: it is a wall screen.
 * ``GET /api/history?minutes=60``: per line and minute, waiting callers and service level
   (:mod:`callrouter.api.history`).
 
@@ -38,6 +42,7 @@ from callrouter.api.app import (
     SERVICE_KEY,
     STORE_KEY,
     _json,
+    _when,
     _who,
     clean_text,
     error,
@@ -59,6 +64,7 @@ log = logging.getLogger("callrouter.api")
 MONTH_RE = re.compile(r"(20[0-9]{2})-(0[1-9]|1[0-2])")
 MAX_NOTE = 500
 MAX_MINUTES = 24 * 60
+MAX_INTAKE_ROWS = 100
 
 
 @dataclass
@@ -290,6 +296,16 @@ async def dispatch_summary(request: web.Request) -> web.Response:
     return web.json_response({"at": now.isoformat(), "units": units, "month": month, "accountability": report})
 
 
+async def intake_summary(request: web.Request) -> web.Response:
+    require(request, "supervisor")
+    since = _when(request.query.get("since"), "since") or datetime.now().astimezone().replace(
+        hour=0, minute=0, second=0, microsecond=0)
+    text = request.query.get("limit", "20")
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_INTAKE_ROWS):
+        return error(400, "bad_query", f"limit must be an integer 1 to {MAX_INTAKE_ROWS}")
+    return web.json_response(await asyncio.to_thread(request.app[DISPATCH_KEY].intake_summary, since, int(text)))
+
+
 async def get_history(request: web.Request) -> web.Response:
     _ladder(request)
     text = request.query.get("minutes", "60")
@@ -331,3 +347,4 @@ def add_seat_routes(app: web.Application, *, plan_path: Path, categories_path: P
     app.router.add_post("/api/tickets/{ticket}/follow-up", follow_up_done)
     app.router.add_get("/api/dispatch/summary", dispatch_summary)
     app.router.add_get("/api/history", get_history)
+    app.router.add_get("/api/intake/summary", intake_summary)

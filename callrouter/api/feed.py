@@ -12,6 +12,10 @@ Dispatch orders' changes (``order_opened``, ``order_acknowledged``, ``order_repo
 ``order_escalated``) come from the outbox relay (:meth:`Feed.on_outbox_row`), whichever
 process (the dispatcher, another engine) wrote them: a unit's feed carries its own
 unit's orders and nothing else; supervisors and admins get every order; agents none.
+Requests from the other channels (``intake``: a new ticket, ``linked``: a request joined to
+an open ticket) come the same way, to supervisors and admins only, as the ticket's id,
+channel, line, category and town: never the citizen's contact or words (the wallboard is a
+screen in the room; it reads the figures over the API).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ SEAT_KEYS = ("seat", "by_seat", "consult_seat")
 
 
 ORDER_KINDS = ("order_opened", "order_acknowledged", "order_reported", "order_escalated")
+INTAKE_KINDS = ("intake", "linked")
+INTAKE_FIELDS = ("channel", "line", "category", "town")  # no contact, caller or text
 
 
 class FeedClient:
@@ -54,6 +60,8 @@ def visible_to(client: FeedClient, message: dict[str, Any]) -> bool:
     changes that name no seat and no call; supervisors and admins everything; a role
     outside the ladder (a unit) nothing."""
     data = message.get("data") or {}
+    if message.get("type") in INTAKE_KINDS:
+        return client.role in ("supervisor", "admin")
     if message.get("type") in ORDER_KINDS:
         if client.role == "unit":
             return client.unit is not None and data.get("unit") == client.unit
@@ -86,6 +94,22 @@ def order_message(row: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": row["kind"], "at": row.get("at"), "data": data}
 
 
+def intake_message(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The feed message of a published ``intake`` or ``linked`` outbox row: the ticket's id,
+    channel, line, category and town (nothing that names or reaches the citizen); None for
+    other rows."""
+    if row.get("kind") not in INTAKE_KINDS:
+        return None
+    raw = row.get("ticket")
+    ticket: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    data: dict[str, Any] = {"ticket_id": row.get("ticket_id") or ticket.get("id")}
+    data.update({k: ticket.get(k) for k in INTAKE_FIELDS if isinstance(ticket.get(k), str | None)})
+    if not isinstance(data["ticket_id"], str) or not data["ticket_id"]:
+        log.warning("event=feed_intake_row_unreadable kind=%s event_id=%s", row.get("kind"), row.get("event_id"))
+        return None
+    return {"type": row["kind"], "at": row.get("at"), "data": data}
+
+
 class Feed:
     def __init__(self, service: CallService) -> None:
         self.service = service
@@ -106,9 +130,10 @@ class Feed:
         self.publish({"type": kind, "at": time.time(), "data": data})
 
     def on_outbox_row(self, row: dict[str, Any]) -> None:
-        """The outbox relay's listener: dispatch orders' changes go to the clients allowed
-        to see them (the page then reads the order over the API)."""
-        message = order_message(row)
+        """The outbox relay's listener: dispatch orders' changes and the other channels'
+        requests go to the clients allowed to see them (the page then reads the order, or
+        the wallboard's figures, over the API)."""
+        message = order_message(row) or intake_message(row)
         if message is not None:
             self.publish(message)
 

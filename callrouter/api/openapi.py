@@ -157,6 +157,19 @@ SEAT_DISPATCH_PATHS: dict[str, Any] = {
         query=[_query("minutes", "the last this many minutes (default 60)", {"type": "integer", "minimum": 1,
                                                                              "maximum": 1440})],
         ok={"type": "object", "required": ["minute_s", "lines"]})},
+    "/api/intake/summary": {"get": _op(
+        "The wallboard's other channels: per channel (web, wechat, forum) the requests since `since` (new "
+        "tickets, linked to an open ticket, still unsolved) and the newest unsolved requests with their "
+        "category, town and order (unit, state); never a contact", "supervisor, admin", op_id="intakeSummary",
+        query=[_query("since", "start of the day (default: local midnight)", TIME),
+               _query("limit", "at most this many open requests (default 20)",
+                      {"type": "integer", "minimum": 1, "maximum": 100})],
+        ok={"type": "object", "required": ["since", "channels", "open_requests"],
+            "properties": {"since": S, "channels": {"type": "object", "required": ["web", "wechat", "forum"]},
+                           "open_requests": {"type": "array", "items": {
+                               "type": "object", "required": ["ticket_id", "arrived_at", "channel", "category",
+                                                              "category_label", "town_name", "unit_name",
+                                                              "order_state"]}}}})},
     "/api/intake": {"post": {**_status(_closed(_op(
         "A request from the web, WeChat or the forum: a ticket of its own (201), or linked to the open ticket "
         "of the same contact and category within the intake window (200)", "intake, admin", body=_INTAKE,
@@ -235,7 +248,10 @@ OPENAPI: dict[str, Any] = {
             "talking to)", "any", ok={"type": "array", "items": JSON_OBJ}, op_id="listTickets", query=[
                 _query("line", "110 or 96345", LINE_ID), _query("category", "category slug", CALLER_TEXT),
                 _query("number", "legacy number (normalised)", CALLER_TEXT),
-                _query("caller", "caller number", CALLER_TEXT), _query("since", "arrived at or after", TIME),
+                _query("caller", "caller number", CALLER_TEXT),
+                _query("channel", "how the request came in", {"type": "string",
+                                                              "enum": ["phone", "web", "wechat", "forum"]}),
+                _query("since", "arrived at or after", TIME),
                 _query("until", "arrived before", TIME),
                 _query("limit", "at most this many", {"type": "integer", "minimum": 1, "maximum": 1000})],
             errors=("400", "401", "503")), _links("ticket", "/0/id", "getTicket", "reclassifyTicket", "addNote",
@@ -328,7 +344,7 @@ OPENAPI: dict[str, Any] = {
             "operationId": "events", "summary": "WebSocket: live queue, seat, call and ticket changes (an agent: "
             "its seat and its calls) and dispatch orders' changes (order_opened, order_acknowledged, "
             "order_reported, order_escalated: a unit its own orders and nothing else, supervisors all, agents "
-            "none). Pages use the session cookie; other clients ?token= or the header",
+            "none), and the other channels' requests (intake, linked: supervisors and admins only, no contact). Pages use the session cookie; other clients ?token= or the header",
             "description": "Role: any, unit. A client that reads too slowly is closed with 1013 and should reconnect.",
             "parameters": [_query("token", "a token, for WebSocket clients that cannot send headers", S)],
             "responses": {"101": {"description": "switching protocols"}, "400": _err("400"), "401": _err("401"),

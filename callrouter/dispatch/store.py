@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from callrouter.tickets import MarkDispatched, MarkSolved, RequestFollowUp, TicketStore
-from callrouter.tickets.models import OutboxEvent, Ticket, TicketEvent, untrusted_text, utc
+from callrouter.tickets.models import CHANNELS, OutboxEvent, Ticket, TicketEvent, untrusted_text, utc
 from callrouter.tickets.orders import OPEN_STATES, DispatchOrder, OrderNotification
 
 from .units import Unit, Units
@@ -36,6 +36,7 @@ from .units import Unit, Units
 log = logging.getLogger("callrouter.dispatch")
 
 RESULT_MAX: Final = 2000
+INTAKE_CHANNELS: Final = tuple(c for c in CHANNELS if c != "phone")  # POST /api/intake's
 MONTH_FORMAT: Final = "%Y-%m"
 # what a unit, its page and its webhook see of the ticket
 TICKET_FACTS: Final = ("id", "line", "dialled", "caller", "contact", "channel", "category", "town",
@@ -424,6 +425,55 @@ class DispatchStore:
                     "result": last.result, "solved": last.solved, "reported_at": last.to_dict()["reported_at"]}
                 out.append(data)
             return sorted(out, key=lambda d: (d["order"] or {}).get("reported_at") or "")
+
+    def intake_summary(self, since: datetime, limit: int = 20) -> dict[str, Any]:
+        """The other channels on the wallboard. ``channels``: per channel (web, WeChat, the
+        forum) the requests since ``since``: ``requests`` (new tickets and links), ``tickets``
+        (new tickets), ``linked`` (to an open ticket), ``open`` (of the new tickets, not yet
+        solved). ``open_requests``: the newest ``limit`` unsolved tickets of those channels,
+        each with its category and town names and its latest order's unit and state.
+
+        No contact: the wallboard is a screen in the room (the ticket itself has it)."""
+        now = datetime.now(UTC)
+        channels = {c: {"requests": 0, "tickets": 0, "linked": 0, "open": 0} for c in INTAKE_CHANNELS}
+        count_open = func.coalesce(func.sum(case((Ticket.solved_at.is_(None), 1), else_=0)), 0)
+        with self._sessions() as session:
+            for channel, n, unsolved in session.execute(
+                    select(Ticket.channel, func.count(), count_open)
+                    .where(Ticket.channel.in_(INTAKE_CHANNELS), Ticket.arrived_at >= since)
+                    .group_by(Ticket.channel)):
+                channels[channel].update(tickets=int(n), open=int(unsolved or 0))
+            via = TicketEvent.data["channel"].as_string()
+            for channel, n in session.execute(
+                    select(via, func.count()).where(TicketEvent.kind == "linked", TicketEvent.at >= since)
+                    .group_by(via)):
+                if channel in channels:
+                    channels[channel]["linked"] = int(n)
+            tickets = list(session.scalars(
+                select(Ticket).where(Ticket.channel.in_(INTAKE_CHANNELS), Ticket.solved_at.is_(None))
+                .order_by(Ticket.arrived_at.desc(), Ticket.id.desc()).limit(max(0, limit))))
+            latest: dict[str, DispatchOrder] = {}
+            if tickets:
+                for o in session.scalars(select(DispatchOrder)
+                                         .where(DispatchOrder.ticket_id.in_([t.id for t in tickets]))
+                                         .order_by(DispatchOrder.attempt)):
+                    latest[o.ticket_id] = o  # the last attempt wins
+            rows = []
+            for t in tickets:
+                town = self.units.town(t.town) if self.units is not None and t.town else None
+                order = latest.get(t.id)
+                rows.append({"ticket_id": t.id, "arrived_at": t.to_dict()["arrived_at"], "channel": t.channel,
+                             "line": t.line, "category": t.category,
+                             "category_label": self.labels.get(t.category, t.category), "town": t.town,
+                             "town_name": town.name if town is not None else None,
+                             "unit": order.unit_id if order is not None else None,
+                             "unit_name": self._unit_name(order.unit_id) if order is not None else None,
+                             "order_state": order.state if order is not None else None,
+                             "overdue": bool(order is not None and (order.overdue or (
+                                 order.state == "notified" and utc(order.ack_due_at) <= now)))})
+        for figures in channels.values():
+            figures["requests"] = figures["tickets"] + figures["linked"]
+        return {"since": since.astimezone(UTC).isoformat(), "channels": channels, "open_requests": rows}
 
     # --- helpers ---------------------------------------------------------------------------------
     def _need_units(self) -> Units:

@@ -425,10 +425,11 @@ class TicketStore:
 
     def list(self, limit: int = 50, line: str | None = None, *, category: str | None = None,
              number: str | None = None, caller: str | None = None, since: datetime | None = None,
-             until: datetime | None = None, seat: str | None = None) -> TicketRows:
+             until: datetime | None = None, seat: str | None = None, channel: str | None = None) -> TicketRows:
         """Newest first (by arrival), at most ``limit``, filtered by any of: line, category,
         legacy number (normalised), caller, arrival time window [since, until), seat
-        (answered or called back by it), all in the query, before the limit."""
+        (answered or called back by it), channel (phone, web, wechat, forum), all in the
+        query, before the limit."""
         stmt = (select(Ticket)
                 .order_by(Ticket.arrived_at.desc(), Ticket.id.desc())
                 .limit(max(0, limit)))
@@ -442,6 +443,8 @@ class TicketStore:
             stmt = stmt.where(Ticket.number == number)
         if caller is not None:
             stmt = stmt.where(Ticket.caller == caller)
+        if channel is not None:
+            stmt = stmt.where(Ticket.channel == channel)
         if since is not None:
             stmt = stmt.where(Ticket.arrived_at >= since)
         if until is not None:

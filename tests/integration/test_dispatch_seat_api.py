@@ -14,10 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from callrouter.acd import Acd, load_lines
-from callrouter.api.app import build_app
+from callrouter.api.app import FEED_KEY, build_app
 from callrouter.api.intake import contact_key
 from callrouter.api.tokens import TokenStore
 from callrouter.ari import AriClient
@@ -50,8 +51,9 @@ def _closed_port() -> int:
 
 
 class Api:
-    def __init__(self, base: str, store: TicketStore, writer: TicketWriter, tokens: dict[str, str]) -> None:
-        self.base, self.store, self.writer, self.tokens = base, store, writer, tokens
+    def __init__(self, base: str, store: TicketStore, writer: TicketWriter, tokens: dict[str, str],
+                 app: web.Application) -> None:
+        self.base, self.store, self.writer, self.tokens, self.app = base, store, writer, tokens, app
 
     async def call(self, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"}
@@ -98,7 +100,7 @@ async def api(tmp_path: Path, make_store: MakeStore) -> AsyncIterator[Callable[.
                  "agent1": tokens.create("agent", "s110-01"), "agent2": tokens.create("agent", "s110-02"),
                  "agent96": tokens.create("agent", "s96345-01"), "intake": tokens.create("intake", name="web-form"),
                  "unit": tokens.create("unit", unit="fire_zhukou")}
-        return Api(f"http://127.0.0.1:{server.port}", store, writer, names)
+        return Api(f"http://127.0.0.1:{server.port}", store, writer, names, app)
 
     yield make
     for server, ari, task in started:
@@ -274,6 +276,99 @@ async def test_intake_bodies_are_checked(api: Any) -> None:
     assert status == 201, answer
     assert (a.store.get(answer["ticket_id"]) or {}).get("contact") == "wx_openid_abc"
     assert a.store.count() == 1, "no rejected request left a ticket"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_the_wallboard_counts_the_other_channels_without_a_contact(api: Any, backend: str) -> None:
+    a = await api(backend)
+    settings = load_settings()
+    units = load_units(settings.units_path, load_plan(settings.numberplan_path))
+    web = {"channel": "web", "contact": "138 0013 8001", "category": "water_repair", "town": "zhukou",
+           "text": "小区停水"}
+    status, first = await a.call("intake", "POST", "/api/intake", web)
+    assert status == 201, first
+    status, again = await a.call("intake", "POST", "/api/intake", {**web, "channel": "wechat",
+                                                                   "contact": "+8613800138001", "text": "还没水"})
+    assert status == 200 and again["linked"] is True
+    status, forum = await a.call("intake", "POST", "/api/intake", {"channel": "forum", "contact": "wx_OPENID_7",
+                                                                   "category": "urban_management", "text": "路灯坏了"})
+    assert status == 201, forum
+    a.call_ticket(5, "s110-01")  # a call: never in the other channels' figures
+    order = DispatchStore(a.store, units=units).open_order(first["ticket_id"], datetime.now(UTC))
+    assert order is not None
+    status, body = await a.call("supervisor", "GET", "/api/intake/summary")
+    assert status == 200, body
+    assert body["channels"] == {"web": {"requests": 1, "tickets": 1, "linked": 0, "open": 1},
+                                "wechat": {"requests": 1, "tickets": 0, "linked": 1, "open": 0},
+                                "forum": {"requests": 1, "tickets": 1, "linked": 0, "open": 1}}, body
+    newest, older = body["open_requests"]
+    assert (newest["ticket_id"], newest["channel"], newest["category_label"], newest["town_name"],
+            newest["unit_name"], newest["order_state"]) == (forum["ticket_id"], "forum", "城市管理", None, None, None)
+    water = units.unit(order["unit"])
+    assert water is not None
+    assert (older["ticket_id"], older["channel"], older["category_label"], older["town_name"], older["unit"],
+            older["unit_name"], older["order_state"], older["overdue"]) == \
+        (first["ticket_id"], "web", "供水抢修", "竹口镇", water.id, water.name, "notified", False)
+    text = str(body)
+    assert "13800138001" not in text and "wx_openid_7" not in text and "路灯" not in text, "no contact, no words"
+    # a day that starts later counts nothing; one open request at most; bad queries
+    status, body = await a.call("admin", "GET", "/api/intake/summary?limit=1&since=" +
+                                (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+", "%2B"))
+    assert status == 200 and body["channels"]["web"]["requests"] == 0 and len(body["open_requests"]) == 1, body
+    for query in ("?limit=0", "?limit=101", "?limit=x", "?since=yesterday", "?since=2026-12-01T00:00:00"):
+        status, answer = await a.call("supervisor", "GET", "/api/intake/summary" + query)
+        assert status == 400, (query, answer)
+    for who in ("agent1", "intake", "unit"):
+        status, _ = await a.call(who, "GET", "/api/intake/summary")
+        assert status == 403, who
+    # the supervisors' ticket list: intake tickets with their channel, and a channel filter
+    status, rows = await a.call("supervisor", "GET", "/api/tickets?channel=web")
+    assert status == 200 and [(r["id"], r["channel"]) for r in rows] == [(first["ticket_id"], "web")], rows
+    status, rows = await a.call("supervisor", "GET", "/api/tickets?limit=10")
+    assert status == 200 and {r["channel"] for r in rows} == {"web", "forum", "phone"}, rows
+    status, rows = await a.call("supervisor", "GET", "/api/tickets?channel=phone")
+    assert status == 200 and [r["channel"] for r in rows] == ["phone"], rows
+    for bad in ("sms", "", "WEB"):
+        status, answer = await a.call("supervisor", "GET", f"/api/tickets?channel={bad}")
+        assert status == 400 and answer["error"] == "bad_query", (bad, answer)
+
+
+async def test_intake_requests_reach_supervisors_feeds_without_a_contact_and_never_agents_or_units(api: Any) -> None:
+    a = await api()
+    feed = a.app[FEED_KEY]
+    async with aiohttp.ClientSession() as http:
+        sockets = {who: await http.ws_connect(f"{a.base}/api/events?token={a.tokens[who]}")
+                   for who in ("supervisor", "admin", "agent1", "unit")}
+        try:
+            for ws in sockets.values():
+                assert (await ws.receive_json(timeout=5))["type"] == "status"
+            body = {"channel": "web", "contact": "138 0013 8002", "category": "water_repair", "town": "zhukou",
+                    "text": "水管爆了"}
+            status, first = await a.call("intake", "POST", "/api/intake", body)
+            assert status == 201
+            status, _ = await a.call("intake", "POST", "/api/intake", {**body, "channel": "forum"})
+            assert status == 200
+            # the relay hands the published rows to the feed, as it does in the engine
+            rows = [r for r in a.store.outbox() if r["kind"] in ("intake", "linked")]
+            assert [r["kind"] for r in rows] == ["intake", "linked"]
+            assert all(r["ticket"]["contact"] == "13800138002" for r in rows), "the stream keeps the contact"
+            for row in rows:
+                feed.on_outbox_row(row)
+            feed.on_event("overflow", {"line": "110", "active": True})  # the end of what this test sent
+            for who in ("supervisor", "admin"):
+                got = [await sockets[who].receive_json(timeout=5) for _ in range(3)]
+                assert [m["type"] for m in got] == ["intake", "linked", "overflow"], (who, got)
+                expected = {"ticket_id": first["ticket_id"], "channel": "web", "line": "96345",
+                            "category": "water_repair", "town": "zhukou"}
+                assert got[0]["data"] == expected and got[1]["data"] == expected, got
+                assert "13800138002" not in str(got) and "水管" not in str(got), "no contact or words in the feed"
+            assert (await sockets["agent1"].receive_json(timeout=5))["type"] == "overflow", "agents: no intake"
+            for who in ("agent1", "unit"):
+                with pytest.raises(TimeoutError):
+                    await sockets[who].receive_json(timeout=0.3)
+        finally:
+            for ws in sockets.values():
+                await ws.close()
 
 
 def test_contacts_are_compared_in_one_form() -> None:

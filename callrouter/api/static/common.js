@@ -67,6 +67,9 @@ const FLAG_ZH = {probable_emergency: "可能紧急", probable_non_emergency: "�
 function flagText(t) {
   return (t && t.flags || []).map((f) => (FLAG_ZH[f] || f)).join("、");
 }
+// how a request came in, and a dispatch order's state (the unit page, the wallboard)
+const CHANNEL_ZH = {phone: "电话", web: "网站", wechat: "微信", forum: "论坛"};
+const ORDER_STATE_ZH = {notified: "待签收", acknowledged: "已签收，待反馈", reported: "已反馈", escalated: "已超时转派"};
 const STATE_ZH = {logged_out: "未登录", ready: "空闲", ringing: "振铃", on_call: "通话中", wrap_up: "话后处理",
                   paused: "暂停"};
 // categories are shown to people by their Chinese label (GET /api/categories), never the

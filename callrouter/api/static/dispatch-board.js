@@ -1,8 +1,11 @@
 // The wallboard's dispatch side: the last hour of each line as a live chart (waiting callers
 // per minute as bars, the minute's 15-second service level as a line; GET /api/history),
 // open orders per unit with the overdue ones first, and the month's accountability per unit
-// (GET /api/dispatch/summary, supervisors and admins). Drawn as SVG built node by node;
-// every value goes in as text or a number attribute, never as markup.
+// (GET /api/dispatch/summary, supervisors and admins); the other channels: today's requests
+// per channel (web, WeChat, forum) and the newest unsolved ones with their order
+// (GET /api/intake/summary; the channel only, never the citizen's contact: the wallboard is
+// a screen in the room). Drawn as SVG built node by node; every value goes in as text or a
+// number attribute, never as markup.
 "use strict";
 const SVG_NS = "http://www.w3.org/2000/svg";
 const CHART = {w: 640, h: 170, left: 34, right: 40, top: 12, bottom: 22};
@@ -96,12 +99,48 @@ async function refreshDispatch() {
   section.hidden = false;
 }
 
+function clock(iso) {
+  const d = new Date(iso);
+  return isNaN(d) ? "–" : d.toLocaleTimeString("zh-CN", {hour12: false, hour: "2-digit", minute: "2-digit"});
+}
+
+async function refreshIntake() {
+  const section = document.getElementById("intake");
+  const midnight = new Date(); midnight.setHours(0, 0, 0, 0);
+  let data;
+  try { data = await api("GET", "/api/intake/summary?since=" + encodeURIComponent(midnight.toISOString())); }
+  catch (e) { section.hidden = true; return; }  // supervisors and admins only
+  const th = (t) => el("th", {}, t);
+  document.getElementById("intake-channels").replaceChildren(
+    el("tr", {}, th("渠道"), th("诉求"), th("新工单"), th("并入已有工单"), th("未办结")),
+    ...Object.entries(data.channels).map(([ch, c]) => el("tr", {data: {channel: ch}},
+      el("td", {}, CHANNEL_ZH[ch] || ch), el("td", {data: {k: "requests"}}, c.requests),
+      el("td", {data: {k: "tickets"}}, c.tickets), el("td", {data: {k: "linked"}}, c.linked),
+      el("td", {data: {k: "open"}}, c.open))));
+  const rows = data.open_requests;
+  document.getElementById("intake-open").replaceChildren(
+    el("tr", {}, th("时间"), th("渠道"), th("类别"), th("乡镇"), th("派往单位"), th("状态")),
+    ...(rows.length ? rows.map((r) => el("tr", {className: r.overdue ? "overdue" : "",
+                                               data: {ticket: r.ticket_id, channel: r.channel}},
+      el("td", {}, clock(r.arrived_at)), el("td", {data: {k: "channel"}}, CHANNEL_ZH[r.channel] || r.channel),
+      el("td", {data: {k: "category"}}, r.category_label || categoryLabel(r.category)),
+      el("td", {data: {k: "town"}}, r.town_name || "乡镇未知"), el("td", {data: {k: "unit"}}, r.unit_name || "–"),
+      el("td", {data: {k: "state"}}, r.order_state ? (ORDER_STATE_ZH[r.order_state] || r.order_state) : "待派单")))
+      : [el("tr", {}, el("td", {colSpan: 6, className: "muted"}, "无未办结诉求"))]));
+  section.hidden = false;
+}
+
 // the wallboard's feed hands every message here: order changes refresh the tables at once
 // (coalesced), call changes the chart a little later
-let dispatchPending = null, historyPending = null;
+let dispatchPending = null, historyPending = null, intakePending = null;
 function dispatchBoardEvent(msg) {
-  if (String(msg.type).startsWith("order_") && !dispatchPending) {
+  const order = String(msg.type).startsWith("order_");
+  if (order && !dispatchPending) {
     dispatchPending = setTimeout(() => { dispatchPending = null; refreshDispatch().catch(() => {}); }, 300);
+  }
+  // a request from another channel (new or linked), or an order's change: the intake tables
+  if ((order || msg.type === "intake" || msg.type === "linked") && !intakePending) {
+    intakePending = setTimeout(() => { intakePending = null; refreshIntake().catch(() => {}); }, 300);
   }
   if (["call_arrived", "call_connected", "call_ended"].includes(msg.type) && !historyPending) {
     historyPending = setTimeout(() => { historyPending = null; refreshHistory().catch(() => {}); }, 2000);
@@ -109,5 +148,7 @@ function dispatchBoardEvent(msg) {
 }
 refreshHistory().catch(() => {});
 refreshDispatch().catch(() => {});
+refreshIntake().catch(() => {});
 setInterval(() => refreshHistory().catch(() => {}), 15000);
+setInterval(() => refreshIntake().catch(() => {}), 15000);
 setInterval(() => refreshDispatch().catch(() => {}), 15000);

@@ -9,8 +9,6 @@
   let me = null, orders = [];
   const drafts = {};  // a report being typed survives the list being read again
   const $ = (id) => document.getElementById(id);
-  const ORDER_STATE_ZH = {notified: "待签收", acknowledged: "已签收，待反馈", reported: "已反馈", escalated: "已超时转派"};
-  const CHANNEL_ZH = {phone: "电话", web: "网站", wechat: "微信", forum: "论坛"};
 
   function when(iso) {
     if (!iso) return "–";
