@@ -3,7 +3,8 @@ against a live engine on the real Asterisk with SIPp callers and seats: the cons
 caller's town and the category (by its Chinese label) and sends the ticket to dispatch, and
 completes the follow-up call (回访); the wallboard draws the last hour of a line and lists
 the units with overdue orders first; a web request and its duplicate make one ticket and,
-through the dispatcher (its own process), one order."""
+through the dispatcher (its own process), one order, and the wallboard shows the other
+channels' requests (a new one live) by channel, never by contact."""
 
 from __future__ import annotations
 
@@ -170,6 +171,25 @@ def test_wallboard_chart_and_overdue_units_first_and_a_web_request_with_its_dupl
         finally:
             store.close()
         web.get(f"{engines.settings.api_url}/wallboard?token={supervisor}")
+        # the other channels on the wallboard: the web request with its order, by channel only (the
+        # screen is public in the room: never the citizen's contact)
+        row = f'#intake-open tr[data-ticket="{first["ticket_id"]}"]'
+        wait_for(lambda: _text(web, row + ' [data-k="unit"]') == water.name, 10, "the web request and its unit")
+        assert [_text(web, f'{row} [data-k="{k}"]') for k in ("channel", "category", "town", "state")] == \
+            ["网站", "供水抢修", TOWN_NAME, "待签收"]
+        assert _text(web, '#intake-channels tr[data-channel="web"] [data-k="requests"]') == "1"
+        assert _text(web, '#intake-channels tr[data-channel="wechat"] [data-k="linked"]') == "1"
+        # live: a forum request shows up through the feed, well before the page's 15 s fallback poll
+        status, forum = api_as(engines, intake, "POST", "/api/intake",
+                               {"channel": "forum", "contact": "Forum_User_Secret", "category": "urban_management",
+                                "text": "路灯坏了" + HOSTILE_REPORT})
+        assert status == 201, forum
+        wait_for(lambda: _text(web, f'#intake-open tr[data-ticket="{forum["ticket_id"]}"] [data-k="channel"]')
+                 == "论坛", 8, "the forum request on the wallboard, live")
+        page = web.page_source
+        for secret in ("13950000041", "139 5000 0041", "forum_user_secret", "Forum_User_Secret", "路灯坏了"):
+            assert secret not in page, f"{secret!r} on the wall screen"
+        assert not web.find_elements(By.CSS_SELECTOR, "main img:not(#staffing-chart)"), "no markup from a request"
         # its deadline passes a second later: the page learns it live (the escalation on the feed)
         wait_for(lambda: _attr(web, "#open-orders tr[data-unit]", "data-unit") == fire.id and
                  _attr(web, "#open-orders tr[data-unit]", "class") == "overdue", 20,
