@@ -67,6 +67,15 @@ def fast_lines(src: Path, dest: Path, **values: float) -> Path:
     return dest
 
 
+def unrecorded_lines(src: Path, dest: Path) -> Path:
+    """The shipped lines file with recording off on every line: the baselines record
+    nobody, so neither does the engine (bench_held, bench_answer; --recording keeps the
+    shipped policy)."""
+    text, _n = re.subn(r"(?m)^(enabled\s*=\s*)true", r"\g<1>false", src.read_text())
+    dest.write_text(text)
+    return dest
+
+
 class CpuSampler:
     """CPU seconds (utime+stime) and RSS of one pid, read from /proc."""
 

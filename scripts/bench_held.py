@@ -2,10 +2,10 @@
 
 SIP success says little here (DESIGN.md, "Held callers: the physical limit here"): the
 hold audio breaks long before any call fails. So a few probe calls
-(sip-sim/scenarios/probe-call.xml) put their SDP address on Python UDP sockets, which
-timestamp every hold-music RTP packet in the kernel (SO_TIMESTAMPNS, so this process's
-own scheduling does not count), and the gaps between packets are the figure: 20 ms is
-clean; > 40 ms is an audible dropout.
+(sip-sim/scenarios/probe-call.xml) put their SDP address on Python UDP sockets
+(callrouter.sim.rtp.RtpProbes), which timestamp every hold-music RTP packet in the kernel
+(SO_TIMESTAMPNS, so this process's own scheduling does not count), and the gaps between
+packets are the figure: 20 ms is clean; > 40 ms is an audible dropout.
 
 Three paths, the same callers, probes and measurements (--paths, in that order at every
 step, each with an Asterisk restarted for it):
@@ -41,12 +41,7 @@ import argparse
 import base64
 import csv
 import dataclasses
-import itertools
 import json
-import re
-import selectors
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -55,10 +50,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench_common import BenchEngine, CpuSampler, asterisk_pid, fmt, machine, pct, rx, stamp
+from bench_common import BenchEngine, CpuSampler, asterisk_pid, fmt, machine, pct, rx, stamp, unrecorded_lines
 
 from callrouter.config import load_settings
 from callrouter.provision import asterisk as prov
+from callrouter.sim.rtp import RtpProbes
 from callrouter.sim.trunk import (
     CallSpec,
     TrunkReport,
@@ -72,69 +68,6 @@ from callrouter.sim.trunk import (
 BENCH_IP = "127.0.0.3"
 GREETING_S = 17.0  # greeting-110/96345.wav; callers join the holding bridge after it
 PROBE_NUMBERS = ["110", "122", "110", "122"]
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-
-
-class RtpProbes:
-    """UDP sockets on loopback recording (kernel receive time ns, RTP seq) per packet."""
-
-    def __init__(self, count: int, host: str = "127.0.0.1") -> None:
-        self.socks = []
-        self.packets: list[list[tuple[int, int]]] = [[] for _ in range(count)]
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            s.bind((host, 0))
-            s.setblocking(False)
-            self.socks.append(s)
-        self.ports = [s.getsockname()[1] for s in self.socks]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        sel = selectors.DefaultSelector()
-        for i, s in enumerate(self.socks):
-            sel.register(s, selectors.EVENT_READ, i)
-        space = socket.CMSG_SPACE(16)
-        while not self._stop.is_set():
-            for key, _ in sel.select(timeout=0.2):
-                s, i = key.fileobj, key.data
-                while True:
-                    try:
-                        data, anc, _flags, _addr = s.recvmsg(2048, space)  # type: ignore[union-attr]
-                    except BlockingIOError:
-                        break
-                    ns = time.time_ns()
-                    for level, kind, payload in anc:
-                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                            sec, nsec = struct.unpack("qq", payload[:16])
-                            ns = sec * 1_000_000_000 + nsec
-                    if len(data) >= 12:
-                        self.packets[i].append((ns, struct.unpack("!H", data[2:4])[0]))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        for s in self.socks:
-            s.close()
-
-    def gaps(self, t0: float, t1: float) -> tuple[list[float], int, int]:
-        """Gaps (ms) between consecutive packets whose later packet arrived in [t0, t1];
-        also packets received in the window and RTP sequence numbers missing."""
-        out: list[float] = []
-        received = lost = 0
-        lo, hi = int(t0 * 1e9), int(t1 * 1e9)
-        for pkts in self.packets:
-            for (a, sa), (b, sb) in itertools.pairwise(pkts):
-                if lo <= b <= hi:
-                    out.append((b - a) / 1e6)
-                    received += 1
-                    step = (sb - sa) % 65536
-                    if 1 < step < 1000:  # a jump of thousands is a new RTP stream (source change)
-                        lost += step - 1
-        return out, received, lost
 
 
 def run_probe_calls(settings, numbers: list[str], ports: list[int], hold_s: float, out: list[dict],  # type: ignore[no-untyped-def]
@@ -146,7 +79,8 @@ def run_probe_calls(settings, numbers: list[str], ports: list[int], hold_s: floa
         fh.write("SEQUENTIAL\n")
         w = csv.writer(fh, delimiter=";", lineterminator="\n")
         for i, (number, port) in enumerate(zip(numbers, ports)):
-            w.writerow([number, f"1399000{i:04d}", int(hold_s * 1000), "127.0.0.1", port])
+            caller = f"1399000{i:04d}"
+            w.writerow([number, caller, int(hold_s * 1000), caller, 0, "127.0.0.1", port])
     logs = tmp / "results.log"
     cmd = [sipp_binary(), f"{settings.sip_bind}:{settings.sip_port}", "-sf", str(scenario_path(settings, "probe-call.xml")),
            "-inf", str(inf), "-m", str(len(numbers)), "-r", "10", "-l", "100", "-i", local_ip, "-bind_local",
@@ -281,14 +215,6 @@ def one_step(settings, n: int, path: str, args: argparse.Namespace) -> dict:  # 
     res["warnings"] = sum(1 for ln in log.splitlines() if "level=warning" in ln or "level=error" in ln)
     res["log_dir"] = str(tmp)
     return res
-
-
-def unrecorded_lines(src: Path, dest: Path) -> Path:
-    """The shipped lines file with recording off on every line: the baselines record
-    nobody, so neither does the engine here (--recording keeps the shipped policy)."""
-    text, _n = re.subn(r"(?m)^(enabled\s*=\s*)true", r"\g<1>false", src.read_text())
-    dest.write_text(text)
-    return dest
 
 
 def max_gap(t: tuple[list[float], int, int]) -> float:

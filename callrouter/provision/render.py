@@ -100,6 +100,21 @@ def bench_queue_dialplan(settings: Settings) -> str:
     return "\n".join(out)
 
 
+def bench_greeting_dialplan(settings: Settings) -> str:
+    """Benchmark baseline (bench_trunk_ip only), in [bench-plain]: 'G' + a line id answers
+    as [callrouter-engine] does (Answer's i: no wait for the caller's first audio), then
+    plays that line's greeting, the prompt the engine plays over ARI (scripts/bench_answer.py:
+    200 OK -> first greeting audio, the same work without the engine). One extension per
+    line of the lines file: nothing the caller dials reaches the prompt's name."""
+    from callrouter.acd import load_lines
+
+    out = ["; 'G' + line id: answered here at once, then the line's greeting (as the engine plays it)"]
+    for line in load_lines(settings.lines_path).lines:
+        out += [f"exten => G{line.id},1,Answer(,i)", f" same => n,Playback(callrouter/greeting-{line.id})",
+                " same => n,MusicOnHold(default)", " same => n,Hangup()"]
+    return "\n".join(out) + "\n"
+
+
 def bench_queue_sections(settings: Settings) -> str:
     """queues.conf for the baseline: one queue per line with the line's own seats
     (penalty 0) and the overflow seats allowed on it (penalty 1: rung only when no
@@ -139,7 +154,7 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
             "exten => _+!,1,Answer()\n same => n,MusicOnHold(default)\n same => n,Hangup()\n"
             "; 'Q' + number: the same caller through Asterisk's own app_queue instead\n"
             "exten => _Q.,1,Goto(bench-queue,${EXTEN:1},1)\n"
-        ) + bench_queue_dialplan(settings)
+        ) + bench_greeting_dialplan(settings) + bench_queue_dialplan(settings)
         bench_queues = bench_queue_sections(settings)
         bench_modules = "\n; benchmark baseline only: Gosub on the answering queue member\nload = app_stack.so\n"
     return {

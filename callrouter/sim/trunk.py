@@ -25,6 +25,7 @@ from callrouter.config import Settings
 
 SCENARIO = "trunk-call.xml"
 SCENARIO_AT = "trunk-call-at.xml"  # each caller waits CallSpec.start_s before its INVITE
+SCENARIO_PROBE = "probe-call.xml"  # the far end's RTP goes to CallSpec.rtp_to (a probe socket)
 # numbers no plan lists: they must still reach a person (line 96345, category unlisted)
 UNLISTED_SAMPLES = ("12399", "05786999999", "+86 578 6999998", "4001234567", "999")
 
@@ -40,6 +41,9 @@ class CallSpec:
     hold_s: float  # seconds after answer before the caller hangs up; < 0: wait for BYE
     caller_name: str = ""  # the From display name (default: the caller number); no '"' or ';'
     start_s: float = 0.0  # with scenario SCENARIO_AT: seconds after launch before the INVITE
+    # with scenario SCENARIO_PROBE: (IPv4 address, port) the caller's SDP asks the far end's
+    # audio to be sent to (callrouter.sim.rtp.RtpProbes); None: the caller's own address
+    rtp_to: tuple[str, int] | None = None
 
 
 @dataclass
@@ -64,6 +68,9 @@ class TrunkReport:
     # (SIPp's Date_ms column, INVITE->200 ms) per answered call, in file order: for
     # percentiles over a part of a long run (the first and last minutes of a soak)
     rtt_samples: list[tuple[float, float]] = field(default_factory=list)
+    # call index -> when SIPp took its 200 OK (Unix time, s), for scenarios that log it
+    # (SCENARIO_PROBE: the start of the caller's wait for audio)
+    answered_at: dict[int, float] = field(default_factory=dict)
 
     @property
     def answered(self) -> int:
@@ -95,6 +102,24 @@ def percentile(values: list[float], p: float) -> float | None:
     # nearest rank: the smallest value with at least p % of the values at or below it
     k = max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))
     return round(ordered[k], 2)
+
+
+def read_results(log_text: str) -> tuple[dict[int, str], dict[int, float]]:
+    """What the scenario's <log> lines say: each call's last outcome ("RESULT;call;dialled;
+    caller;outcome", answered then completed) and when its 200 OK was taken
+    ("ANSWERED_AT;call;seconds;microseconds", SIPp's gettimeofday)."""
+    outcomes: dict[int, str] = {}
+    answered_at: dict[int, float] = {}
+    for line in log_text.splitlines():
+        parts = line.strip().split(";")
+        try:
+            if len(parts) >= 5 and parts[0].endswith("RESULT"):
+                outcomes[int(parts[1])] = parts[4]  # the last word wins
+            elif len(parts) >= 4 and parts[0].endswith("ANSWERED_AT"):
+                answered_at[int(parts[1])] = float(parts[2]) + float(parts[3]) / 1e6
+        except ValueError:
+            continue  # a line cut short (SIPp killed mid-write)
+    return outcomes, answered_at
 
 
 def scenario_path(settings: Settings, name: str = SCENARIO) -> Path:
@@ -196,8 +221,9 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                 hold_ms = -1 if spec.hold_s < 0 else int(spec.hold_s * 1000)
                 # SIPp fields cannot hold ';' and the URI user part no spaces
                 name = (spec.caller_name or spec.caller).replace(";", "").replace('"', "")
+                rtp_ip, rtp_port = spec.rtp_to or (local_ip, 0)
                 w.writerow([spec.number.replace(" ", "").replace(";", ""), spec.caller, hold_ms, name,
-                            max(0, int(spec.start_s * 1000))])
+                            max(0, int(spec.start_s * 1000)), rtp_ip, rtp_port])
         logs, errs = tmp / "results.log", tmp / "errors.log"
         for attempt in range(3):
             cmd = [sipp, target, "-sf", str(scenario_path(settings, scenario)), "-inf", str(inf),
@@ -218,14 +244,7 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
                 break
             errs.unlink(missing_ok=True)
         elapsed = time.monotonic() - started
-        outcomes: dict[int, str] = {}
-        if logs.exists():
-            for line in logs.read_text(errors="replace").splitlines():
-                parts = line.strip().split(";")
-                if len(parts) >= 5 and parts[0].endswith("RESULT"):
-                    idx = int(parts[1])
-                    # the last word wins: answered, then completed
-                    outcomes[idx] = parts[4]
+        outcomes, answered_at = read_results(logs.read_text(errors="replace") if logs.exists() else "")
         rtts: list[float] = []
         samples: list[tuple[float, float]] = []
         for f in tmp.glob("*_rtt.csv"):
@@ -247,7 +266,7 @@ def run_calls(settings: Settings, specs: list[CallSpec], rate: float, *, local_i
             outcome = "failed"  # answered but never completed: the call broke mid-way
         calls.append(CallResult(i, spec.number, spec.caller, outcome))
     return TrunkReport(calls=calls, rtt_ms=rtts, elapsed_s=elapsed, sipp_exit=proc.returncode, errors=errors,
-                       rtt_samples=samples)
+                       rtt_samples=samples, answered_at=answered_at)
 
 
 def _wait_sipp(proc: subprocess.Popen[str], timeout_s: float, cancel: threading.Event | None) -> str:

@@ -161,6 +161,19 @@ def test_bench_trunk_only_when_configured(render: Render) -> None:
     assert section(bench["pjsip.conf"], "trunk") == section(plain["pjsip.conf"], "trunk")
 
 
+def test_bench_greeting_per_line_answers_as_the_engine_context(render: Render) -> None:
+    """bench_answer's plain path: 'G' + line answers without waiting for the caller's audio
+    (as [callrouter-engine]) and plays that line's greeting, the engine's prompt."""
+    out = render(bench_trunk_ip="127.0.0.2")["extensions.conf"]
+    plain = section(out, "bench-plain")
+    assert "Answer(,i)" in "\n".join(section(out, "callrouter-engine"))
+    for line in ("110", "96345"):
+        at = plain.index(f"exten => G{line},1,Answer(,i)")
+        assert plain[at + 1] == f"same => n,Playback(callrouter/greeting-{line})"
+    # one extension per line: what the caller dials never names the prompt
+    assert not [x for x in plain if "Playback(" in x and "${" in x]
+
+
 _DIALPLAN_LINE = re.compile(r"^(?:exten\s*=>\s*[^,]+,|same\s*=>\s*)[^,]+,(\w+)\((.*)\)$")
 
 

@@ -19,6 +19,7 @@ from callrouter.sim.trunk import (
     TrunkReport,
     _wait_sipp,
     percentile,
+    read_results,
     storm_specs,
 )
 
@@ -156,3 +157,20 @@ def test_sipp_wait_ends_the_process_when_cancelled_and_kills_it_at_the_timeout()
                             stdout=subprocess.DEVNULL, text=True)
     assert _wait_sipp(done, 30, threading.Event()) == "bye"
     assert done.returncode == 0
+
+
+# --- the scenario's log --------------------------------------------------------------
+def test_read_results_last_outcome_and_200_times() -> None:
+    log = """ANSWERED_AT;1;1796114991.000000;179738.000000
+RESULT;1;110;1390001;answered
+RESULT;1;110;1390001;completed
+2026-12-01 08:00:00.000000 RESULT;2;12345;1390002;rejected_503
+ANSWERED_AT;3;1796114992.000000;5000
+RESULT;3;96345;1390003;answered
+ANSWERED_AT;4;17961
+RESULT;x;1;2;completed
+"""  # the last two: cut short, not a call number (ignored)
+    outcomes, answered_at = read_results(log)
+    assert outcomes == {1: "completed", 2: "rejected_503", 3: "answered"}
+    assert answered_at == {1: pytest.approx(1796114991.179738), 3: pytest.approx(1796114992.005)}
+    assert read_results("") == ({}, {})
