@@ -366,11 +366,16 @@ class UnseenCallImporter:
         """At every (re)connect, once the engine has adopted what Asterisk holds: import in
         the background (the database may be slow or away; events must keep flowing).
         Calls that ended before the connection (``connected_at``, less a second for the
-        events socket opened just before) are recorded at once."""
+        events socket opened just before) are recorded at once; one that ended within that
+        second waits for its grace, so a second import follows once the grace is over (not
+        the next periodic import, up to ``interval_s`` later)."""
         self._spawn(service, connected_at - 1.0)
+        self._spawn(service, connected_at - 1.0, delay_s=self.grace_s + 0.5)
 
-    def _spawn(self, service: CallService, settled_before: float) -> None:
+    def _spawn(self, service: CallService, settled_before: float, delay_s: float = 0.0) -> None:
         async def once() -> None:
+            if delay_s:
+                await asyncio.sleep(delay_s)
             try:
                 await self.import_now(service, settled_before)
             except (OSError, ValueError) as exc:
