@@ -4,9 +4,9 @@ The CLI calls :func:`simulate_main`; code that wants the figures calls
 :func:`run_simulation` with a scenario from :func:`load_scenario`.
 """
 
-from callrouter.acd.scenario import Scenario, load_scenario
-from callrouter.acd.simreport import format_json, format_text, simulate_main
-from callrouter.acd.simulator import LineReport, SimResult, run_simulation
+from callrouter.capacity.scenario import Scenario, load_scenario
+from callrouter.capacity.simreport import format_json, format_text, simulate_main
+from callrouter.capacity.simulator import LineReport, SimResult, run_simulation
 
 __all__ = [
     "LineReport",

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from callrouter.acd.lines import POLICIES
-from callrouter.acd.scenario import load_scenario
-from callrouter.acd.simulator import run_simulation
+from callrouter.capacity.scenario import load_scenario
+from callrouter.capacity.simulator import run_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 

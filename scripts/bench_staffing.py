@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import BenchEngine, machine, stamp
 
 from callrouter.acd.lines import load_lines
-from callrouter.acd.scenario import Scenario, load_scenario
+from callrouter.capacity.scenario import Scenario, load_scenario
 from callrouter.capacity.staffing import Figures, plan_staffing
 from callrouter.config import load_settings
 from callrouter.sim.staffing_check import Profile, draw_arrivals, replay, run_real, seed_spread

@@ -4,8 +4,10 @@
 line's target, found by running the real ACD core in the simulator over a whole day;
 the what-if mode. ``history``: a day's traffic learned from the ticket store.
 ``report``: the plan as a table (text, CSV, JSON) and an SVG chart for the wallboard.
-``cli``: ``callrouter staffing``. (The simulator and its scenarios still live in
-``callrouter.acd``; DESIGN.md plans to move them here.)
+``cli``: ``callrouter staffing``. ``simulator``: the real ACD core on a virtual clock;
+``scenario``: its traffic files (``queues/scenarios/*.toml``); ``simreport``: ``callrouter
+simulate``. They sit beside ``callrouter.acd``, which is only the core: the core imports
+nothing from here.
 """
 
 from callrouter.capacity.staffing import (

@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from callrouter.acd.errors import ConfigFileError
 from callrouter.acd.lines import load_lines
-from callrouter.acd.scenario import Scenario, load_scenario
 from callrouter.capacity.report import format_csv, format_json, format_text, render_svg
+from callrouter.capacity.scenario import Scenario, load_scenario
 from callrouter.capacity.staffing import (
     DEFAULT_SEEDS,
     DEFAULT_SURGE,

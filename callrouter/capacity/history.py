@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import select
 
 from callrouter.acd.lines import LinesConfig
-from callrouter.acd.scenario import Draw, Scenario, SeatBehaviour, Stream, hourly_rates
+from callrouter.capacity.scenario import Draw, Scenario, SeatBehaviour, Stream, hourly_rates
 from callrouter.tickets.models import Ticket, utc
 from callrouter.tickets.store import TicketStore
 

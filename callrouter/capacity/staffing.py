@@ -1,6 +1,6 @@
 """The staffing planner: the fewest seats per hour that meet each line's target.
 
-A day (or a week) of traffic is a :class:`~callrouter.acd.scenario.Scenario`: streams of
+A day (or a week) of traffic is a :class:`~callrouter.capacity.scenario.Scenario`: streams of
 callers per line and category with their arrival rates, handle times and patience
 (from a scenario file, or learned from the tickets by :mod:`callrouter.capacity.history`).
 Each line's target comes from ``queues/lines.toml`` (``staffing_measure``,
@@ -44,8 +44,8 @@ from typing import Any, Literal
 
 from callrouter.acd import erlang
 from callrouter.acd.lines import LineConfig, LinesConfig, PoolSeatConfig, SeatConfig, StaffingMeasure
-from callrouter.acd.scenario import Scenario, Stream
-from callrouter.acd.simulator import TRANSFER_TALK_SHARE, Interval, run_simulation
+from callrouter.capacity.scenario import Scenario, Stream
+from callrouter.capacity.simulator import TRANSFER_TALK_SHARE, Interval, run_simulation
 
 PERIOD_S = 3600.0
 MAX_SEATS = 300  # per line and for the pool: a plan that needs more is refused

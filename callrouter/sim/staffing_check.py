@@ -32,8 +32,8 @@ from datetime import datetime
 from typing import Any
 
 from callrouter.acd.lines import LinesConfig
-from callrouter.acd.scenario import Draw, Scenario, SeatBehaviour, Stream, hourly_rates
-from callrouter.acd.simulator import run_simulation
+from callrouter.capacity.scenario import Draw, Scenario, SeatBehaviour, Stream, hourly_rates
+from callrouter.capacity.simulator import run_simulation
 from callrouter.capacity.staffing import Figures, Staffing, evaluate
 from callrouter.config import Settings
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats

@@ -18,7 +18,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from callrouter.acd import Acd, load_lines
-from callrouter.acd.scenario import load_scenario
 from callrouter.api.app import build_app
 from callrouter.api.tokens import TokenStore
 from callrouter.ari import AriClient
@@ -26,6 +25,7 @@ from callrouter.calls.service import CallService
 from callrouter.capacity.cli import _publish, staffing_main
 from callrouter.capacity.history import learn_scenario, read_rows
 from callrouter.capacity.report import render_svg
+from callrouter.capacity.scenario import load_scenario
 from callrouter.capacity.staffing import expected_calls, plan_staffing
 from callrouter.cli import build_parser
 from callrouter.config import Settings, load_settings

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from callrouter.acd import ConfigFileError
-from callrouter.acd.scenario import load_scenario
-from callrouter.acd.simulator import SimResult, run_simulation
+from callrouter.capacity.scenario import load_scenario
+from callrouter.capacity.simulator import SimResult, run_simulation
 from callrouter.simulate import simulate_main
 
 ROOT = Path(__file__).resolve().parents[2]

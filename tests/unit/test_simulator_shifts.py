@@ -13,8 +13,8 @@ from callrouter.acd.core import Acd
 from callrouter.acd.events import CallArrived, OfferAnswered, SeatLogin, SeatRegistered
 from callrouter.acd.lines import load_lines
 from callrouter.acd.model import STAFFED, SeatState
-from callrouter.acd.scenario import Stream, hourly_rates, load_scenario
-from callrouter.acd.simulator import SimResult, run_simulation
+from callrouter.capacity.scenario import Stream, hourly_rates, load_scenario
+from callrouter.capacity.simulator import SimResult, run_simulation
 
 ROOT = Path(__file__).resolve().parents[2]
 STORM = ROOT / "queues" / "scenarios" / "storm-night.toml"

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from callrouter.acd import erlang
 from callrouter.acd.lines import load_lines
-from callrouter.acd.scenario import Draw, Scenario, SeatBehaviour, Stream, hourly_rates, load_scenario
 from callrouter.capacity.report import CSV_FIELDS, format_csv, format_json, format_text, render_svg
+from callrouter.capacity.scenario import Draw, Scenario, SeatBehaviour, Stream, hourly_rates, load_scenario
 from callrouter.capacity.staffing import (
     Figures,
     Goal,

@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 from callrouter.acd.errors import ConfigFileError
 from callrouter.acd.lines import POLICIES, OverflowPolicyName
-from callrouter.acd.scenario import Scenario, load_scenario
-from callrouter.acd.simulator import LineReport, SimResult, run_simulation
+from callrouter.capacity.scenario import Scenario, load_scenario
+from callrouter.capacity.simulator import LineReport, SimResult, run_simulation
 
 
 def _clock(seconds: float | None) -> str:

@@ -55,7 +55,7 @@ from callrouter.acd.events import (
 )
 from callrouter.acd.lines import LinesConfig, OverflowPolicyName
 from callrouter.acd.model import SeatState
-from callrouter.acd.scenario import Draw, Scenario, Stream
+from callrouter.capacity.scenario import Draw, Scenario, Stream
 
 # event kinds, in the order they run when they fall on the same instant: a shift change
 # before the callers of that instant, the Tick after everything else
