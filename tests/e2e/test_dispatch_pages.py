@@ -194,16 +194,20 @@ def test_wallboard_chart_and_overdue_units_first_and_a_web_request_with_its_dupl
         wait_for(lambda: _attr(web, "#open-orders tr[data-unit]", "data-unit") == fire.id and
                  _attr(web, "#open-orders tr[data-unit]", "class") == "overdue", 20,
                  "the unit with the overdue order first, marked overdue")
-        first_row = web.find_element(By.CSS_SELECTOR, "#open-orders tr[data-unit]")
-        assert fire.name in first_row.text and _text(web, '#open-orders tr[data-unit] [data-k="overdue"]') == "1"
+        # the feed may redraw the table between a find and a read (a stale element reads as ""): retried
+        wait_for(lambda: fire.name in _text(web, "#open-orders tr[data-unit]") and
+                 _text(web, '#open-orders tr[data-unit] [data-k="overdue"]') == "1", 5, "the overdue unit's row")
         assert web.find_elements(By.CSS_SELECTOR, f'#open-orders tr[data-unit="{water.id}"]'), "the web request's unit"
         wait_for(lambda: web.find_elements(By.CSS_SELECTOR, f'#accountability tr[data-unit="{fire.id}"]'), 10,
                  "the month's accountability")
         # the chart: a caller waits on 110 (no seat there) and shows up in this minute's bar
         wait_for(lambda: web.find_elements(By.CSS_SELECTOR, 'svg[data-history-line="110"]'), 20, "the 110 chart")
         thread, out = engines.calls_in_background([CallSpec("110", "13950000043", 8.0)], 1)
-        wait_for(lambda: any(int(r.get_attribute("data-waiting") or 0) >= 1 for r in web.find_elements(
-            By.CSS_SELECTOR, 'svg[data-history-line="110"] rect[data-waiting]')), 25, "the waiting caller on the chart")
+        # the chart is redrawn every few seconds: its bars are read in one script, never found then read
+        wait_for(lambda: web.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0]))"
+            ".some(r => Number(r.getAttribute('data-waiting') || 0) >= 1)",
+            'svg[data-history-line="110"] rect[data-waiting]'), 25, "the waiting caller on the chart")
         assert "排队" in _text(web, "#history-section")
         ARTIFACTS.mkdir(exist_ok=True)
         web.set_window_size(1400, 1700)  # the whole board: chart, orders and accountability below the lines
