@@ -9,6 +9,7 @@ defaults; ``CALLROUTER_<FIELD>`` environment variables override both.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import os
 import secrets
@@ -24,13 +25,23 @@ class ConfigError(Exception):
     """A setting is malformed; the message names the source and the fix."""
 
 
+# the shipped data: the checkout's top-level directories, in an installed wheel
+# callrouter/data/<dir> (setup.py maps them there at build time)
+DATA_DIRS = ("asterisk-conf", "ivr_prompts", "queues", "sip-sim")
+
+
 def _default_data_dir() -> Path:
-    # A checkout (editable install, CI, the demo) keeps queues/, asterisk-conf/ ... beside
-    # the package; an installed image puts them under /usr/share/callrouter.
+    """Where the shipped data is when no setting names it (``data_dir`` or
+    ``CALLROUTER_DATA_DIR`` come first; single files such as ``numberplan`` override that)."""
+    # a source checkout (editable install, CI, the demo) reads the directories beside the
+    # package, so an edit there takes effect without a rebuild
     repo = PACKAGE_DIR.parent
-    if (repo / "queues").is_dir() and (repo / "asterisk-conf").is_dir():
+    if all((repo / name).is_dir() for name in DATA_DIRS):
         return repo
-    return Path("/usr/share/callrouter")
+    # an installed wheel carries them in the package (a zipped install, which has no
+    # directory to hand to Asterisk or SIPp, is not supported)
+    packaged = importlib.resources.files("callrouter") / "data"
+    return packaged if isinstance(packaged, Path) else PACKAGE_DIR / "data"
 
 
 def _default_home() -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from callrouter.config import ConfigError, Settings, load_settings
+from callrouter.config import DATA_DIRS, ConfigError, Settings, load_settings
 
 WriteConfig = Callable[[str], Path]
 
@@ -32,6 +32,15 @@ def test_defaults_listen_on_loopback_only() -> None:
     assert s.trunk_ips == ("127.0.0.1",)
     assert s.bench_trunk_ip == ""
     assert s.asterisk_mode == "auto"
+
+
+def test_a_checkout_reads_its_top_level_data_and_a_setting_overrides_it(tmp_path: Path) -> None:
+    # an installed wheel's lookup (callrouter/data/ inside the package) is tested by
+    # tests/e2e/test_wheel.py on a real install
+    checkout = Path(__file__).resolve().parents[2]
+    assert load_settings(env={}).data_dir == checkout
+    assert all((checkout / name).is_dir() for name in DATA_DIRS)
+    assert load_settings(env={"CALLROUTER_DATA_DIR": str(tmp_path)}).data_dir == tmp_path
 
 
 def test_derived_paths_follow_home_and_data_dir(tmp_path: Path) -> None:
