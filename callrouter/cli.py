@@ -204,7 +204,7 @@ def cmd_recordings(args: argparse.Namespace, settings: Settings) -> int:
 
 # ------------------------------------------------------------------ run
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from callrouter.calls.engine import run_engine
+    from callrouter.engine import run_engine
     from callrouter.shutdown import run_bounded
 
     # not asyncio.run: its exit waits without limit for worker threads (a hung database call)

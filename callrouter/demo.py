@@ -40,10 +40,10 @@ from redis.exceptions import RedisError, ResponseError
 from callrouter.acd import SeatLogin, WrapUpDone
 from callrouter.acd.errors import ConfigFileError
 from callrouter.calls import CallService
-from callrouter.calls.engine import run_engine
 from callrouter.config import Settings
 from callrouter.dispatch.dispatcher import GROUP, Dispatcher, open_store
 from callrouter.dispatch.store import DispatchStore
+from callrouter.engine import run_engine
 from callrouter.numberplan import PlanError
 from callrouter.provision import asterisk as prov
 from callrouter.sim import trunk

@@ -1,5 +1,7 @@
 """Wire the engine together and run it until told to stop.
 
+The one top-level place that knows every package: it imports calls/, api/, speech/,
+recordings/, tickets/ and ari/, and none of them imports it (scripts/import_cycles.py).
 One place builds every dependency (settings -> number plan, lines, ACD, ticket store and
 writer, ARI client, call service, state store, API) and owns the long-lived tasks: the
 ticket writer, the ARI event loop, the ACD clock (Tick), the state saver and the API

@@ -1,7 +1,7 @@
 """The imperative shell: ARI events in, ACD events out; ACD actions in, ARI requests out.
 
-`callrouter.calls.engine.run_engine` wires it all (imported from there: the engine also
-pulls in the API, which itself uses this package).
+Wired in `callrouter.engine.run_engine`, above this package and the API (which uses it):
+nothing here imports the API, speech or recordings.
 """
 
 from callrouter.calls.model import CallPhase, LiveCall, SeatLeg

@@ -423,6 +423,6 @@ def test_database_outage_calls_flow_and_tickets_arrive_in_order(stoppable_postgr
           f"{len(rows)} tickets, {n_events} events exactly once; spool: {spool.group(1) if spool else 'NOT USED'}")
     # the changes made while the database was away were kept in the durable spool
     assert spool is not None, ("the engine did not use the writer's durable spool during the database outage "
-                               "(TicketWriter is built without spool_path in callrouter/calls/engine.py); "
+                               "(TicketWriter is built without spool_path in callrouter/engine.py); "
                                "ops were held in memory only")
     assert "ticket spool" in log and "written" in log
