@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
+from callrouter.acd.callflow import CallPhase
 from callrouter.numberplan import Route
 
-
-class CallPhase(StrEnum):
-    WAITING = "waiting"  # answered, greeted or held; no seat ringing
-    RINGING = "ringing"  # a seat's phone rings for this caller
-    TALKING = "talking"  # caller and seat in one mixing bridge
+__all__ = ["CallPhase", "LiveCall", "SeatLeg"]
 
 
 @dataclass

@@ -85,10 +85,7 @@ def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:
     for call in [c for c in service.calls.values() if c.id not in callers]:
         if service.recorder is not None and service.recorder.detouring(call.id):
             continue  # out of the application for its recording's start: back in a moment
-        service.counters["lost_in_gap"] += 1
-        talking = call.phase is CallPhase.TALKING
-        service._finish(call, "completed" if talking else "abandoned", "ended while the engine was away")
-        service.feed(CallEnded(call.id) if talking else CallAbandoned(call.id))
+        service.ended_in_gap(call)
     # calls only the ACD snapshot knows (after a restart) whose caller is gone: the ticket
     # id derives from arrival and channel, so their tickets close without a look-up
     for entry in service.acd.snapshot(service.now_ts())["calls"]:
@@ -111,10 +108,7 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
         leg_id = next((c for c in (mixing.channels if mixing else ()) if c in legs), None)
         call = service.calls.get(channel.id)
         if call is None:
-            dialled = channel.channelvars.get("CR_DIALLED") or channel.exten
-            call = service._track(channel, dialled)
-            call.answered = channel.state == "Up"
-            service.counters["adopted"] += 1
+            call = service.adopt(channel)
             log.info("event=call_adopted ticket=%s channel=%s talking=%s", call.ticket_id, channel.id,
                      leg_id is not None)
         if leg_id is not None and mixing is not None:
@@ -132,34 +126,8 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
         if service.acd.call_state(call.id) is None:
             service.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
         if service.holding.bridge_of(call.id) is None and call.offer_leg is None:
-            # a greeting the dead engine started may still be playing (its id is
-            # deterministic): stop it, or the channel takes no bridge until it ends
-            call.greeting_playback = f"greet-{call.id}"
-            service._lane(call, _rehold(service, call.id, channel.state), "rehold")
+            service.rehold(call, channel.state)
     return talking_legs
-
-
-async def _rehold(service: CallService, call_id: str, state: str) -> None:
-    call = service.calls.get(call_id)
-    if call is None:
-        return
-    if call.greeting_playback:
-        playback, call.greeting_playback = call.greeting_playback, ""
-        try:
-            await service.ari.stop_playback(playback)
-        except AriError:
-            pass  # none playing
-    if state != "Up":
-        try:
-            await service.ari.answer(call_id)
-        except AriError:
-            return
-    recorder = service.recorder
-    # held by the dialplan while the engine was away: recorded from now on
-    if (recorder is not None and recorder.should_record(call) and not await recorder.record(call)
-            and call.id not in service.calls):
-        return  # hung up meanwhile
-    await service._hold(call)
 
 
 async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_legs: set[str],
@@ -170,14 +138,14 @@ async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_
         if leg_id in talking_legs or (known is not None and not known.cancelled):
             continue
         # a seat still ringing (or answered, unbridged) for a dead engine's offer
-        await service._hangup(leg_id)
+        await service.hangup(leg_id)
         log.info("event=orphan_leg_hung_up leg=%s", leg_id)
     for leg_id in [lid for lid in service.legs if lid not in legs]:
         service.leg_ended(leg_id, 0)  # ended during the gap
     for channel_id in channels:
         if channel_id.startswith(SIDE_PREFIX) and channel_id not in service.side_channels:
             # a snoop or external media channel of a dead engine's speech: nobody listens
-            await service._hangup(channel_id)
+            await service.hangup(channel_id)
             log.info("event=orphan_side_channel_hung_up channel=%s", channel_id)
     for bridge in bridges.values():
         if bridge.id in service.side_bridges:

@@ -1,7 +1,9 @@
-"""The call shell's logic: ARI events become ACD events; ACD actions become ARI requests.
+"""The call shell's executor: ARI events become ACD events; decisions become ARI requests.
 
-The ACD core decides (who waits, which seat rings, when overflow joins); this module
-does what it says, one call at a time. Every ARI request for a call runs in that call's
+The ACD core decides who waits, which seat rings and when overflow joins;
+``callrouter.acd.callflow`` decides what a transfer, a consult, a seat leg's end, the
+caller's end, an in-call code or a REFER mean for the call. This module carries both out,
+one call at a time. Every ARI request for a call runs in that call's
 own serial lane (a lock per call): requests of one call keep their order, and a slow or
 failed request holds up no other caller. Ticket ops go to the TicketWriter's queue and
 never stand in front of a caller.
@@ -42,9 +44,32 @@ from callrouter.acd import (
     Tick,
 )
 from callrouter.acd import Event as AcdEvent
+from callrouter.acd.callflow import (
+    CallerLeft,
+    CallPhase,
+    ConsultHandover,
+    ConsultLeft,
+    DropConsult,
+    FlowRefused,
+    OfferLost,
+    SeatHungUp,
+    caller_of,
+    consult_expired,
+    decide_caller_end,
+    decide_consult,
+    decide_consult_connect,
+    decide_leg_end,
+    decide_transfer,
+    dtmf_step,
+    gap_outcome,
+    in_call_codes,
+    is_consult,
+    parse_refer,
+    refer_line,
+)
 from callrouter.ari import AriClient, AriError, Channel
 from callrouter.calls.holding import CallerGone, HoldingBridges
-from callrouter.calls.model import CallPhase, LiveCall, SeatLeg
+from callrouter.calls.model import LiveCall, SeatLeg
 from callrouter.categories import plan_categories
 from callrouter.logs import q
 from callrouter.numberplan import NumberPlan
@@ -77,18 +102,8 @@ LEG_PREFIX = "cr-leg-"
 SIDE_PREFIX = "cr-side-"
 # Stasis(callrouter,recording): a caller back from [callrouter-record] (MixMonitor started)
 RECORDING_ARG = "recording"
-# keyed by a seat during a call (DTMF): hand the caller to that line
-IN_CALL_CODES = {"*1": "110", "*9": "96345"}
-# Q.850 causes of a seat leg that ended before answer
-BUSY_CAUSES = {17, 21}  # user busy, call rejected
-NO_ANSWER_CAUSES = {18, 19}  # no user responding, no answer
-
-
-class TransferError(Exception):
-    def __init__(self, error_id: str, details: str) -> None:
-        super().__init__(details)
-        self.error_id = error_id
-        self.details = details
+# a refused transfer, consult or reclassification: error id and details for the API
+TransferError = FlowRefused
 
 
 def utcnow() -> datetime:
@@ -101,9 +116,6 @@ def parse_ari_time(value: str) -> datetime | None:
         return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(UTC)
     except ValueError:
         return None
-
-
-CONSULT_PREFIX = "consult~"
 
 
 MIXING_PREFIX = f"{BRIDGE_PREFIX}call-"
@@ -143,6 +155,7 @@ class CallService:
         self.changes = 0  # ACD events handled: the state saver writes when this moved
         self._leg_seq = 0
         self._endpoint_seat = self._endpoint_map()
+        self._codes = in_call_codes(acd.config)
         # mixing bridges seen empty and serving no live call at the last sweep
         self._stale_mixing: set[str] = set()
         self._next_sweep = time.monotonic() + MIXING_SWEEP_S
@@ -163,9 +176,7 @@ class CallService:
     # ------------------------------------------------------------ plumbing
     def call_for(self, acd_id: str) -> LiveCall | None:
         """The live caller an ACD call id stands for (a consult's id names its caller)."""
-        if acd_id.startswith(CONSULT_PREFIX):
-            return self.calls.get(acd_id[len(CONSULT_PREFIX):])
-        return self.calls.get(acd_id)
+        return self.calls.get(caller_of(acd_id))
 
     def now_ts(self) -> float:
         return self.clock().timestamp()
@@ -197,7 +208,8 @@ class CallService:
                 await coro
         self.tasks.spawn(run(), name=f"{name}:{call.id}")
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+    def emit(self, kind: str, data: dict[str, Any]) -> None:
+        """Tell the listeners (the API's feed, speech, the CEL importer) what happened."""
         for listener in self.listeners:
             try:
                 listener(kind, data)
@@ -242,7 +254,7 @@ class CallService:
                  route.priority, route.listed, held)
         if self.recorder is not None:
             self.recorder.track(call, channel)  # recorded already by an earlier engine's detour?
-        self._emit("call_arrived", call.summary())
+        self.emit("call_arrived", call.summary())
         return call
 
     async def _arrive(self, call: LiveCall, state: str) -> None:
@@ -282,7 +294,7 @@ class CallService:
             if call.answered and call.id in self.calls:
                 # the caller is answered and hears us: side features (speech) start now,
                 # beside this lane, never in front of the caller's own requests
-                self._emit("call_held", call.summary())
+                self.emit("call_held", call.summary())
 
     def playback_finished(self, playback_id: str) -> None:
         kind, _, rest = playback_id.partition("-")
@@ -341,17 +353,17 @@ class CallService:
                     loop.call_later(wrap_up_s + 0.005, self.tick)
             log.info("event=seat_state seat=%s state=%s reason=%s registered=%s", action.seat, action.state.value,
                      q(action.reason), action.registered)
-            self._emit("seat_state", {"seat": action.seat, "state": action.state.value, "reason": action.reason,
+            self.emit("seat_state", {"seat": action.seat, "state": action.state.value, "reason": action.reason,
                                       "registered": action.registered})
         elif isinstance(action, OverflowChanged):
             log.info("event=overflow line=%s active=%s seats=%s trigger=%s", action.line, action.active,
                      ",".join(action.seats) or "-", action.trigger)
-            self._emit("overflow", {"line": action.line, "active": action.active, "seats": list(action.seats),
+            self.emit("overflow", {"line": action.line, "active": action.active, "seats": list(action.seats),
                                     "trigger": action.trigger})
 
     def _offer(self, action: Offer) -> None:
         call = self.call_for(action.call_id)
-        consult = action.call_id.startswith(CONSULT_PREFIX)
+        consult = is_consult(action.call_id)
         if call is None or (consult and call.consult_id != action.call_id):
             # the ACD offered a call the shell no longer has: tell it, so the seat is freed
             self.feed(OfferFailed(action.call_id, action.seat, "error"))
@@ -384,7 +396,7 @@ class CallService:
                 return
             leg.originated = True
             if leg.cancelled:
-                await self._hangup(leg.id)  # cancelled while the originate was under way
+                await self.hangup(leg.id)  # cancelled while the originate was under way
         # Not in the caller's lane: a seat must ring at once, whatever the caller's channel
         # is busy with (a greeting, a slow request). CancelOffer copes with the overlap.
         self.tasks.spawn(originate(), name=f"offer:{call.id}")
@@ -399,9 +411,10 @@ class CallService:
                     if call.phase is CallPhase.RINGING:
                         call.phase = CallPhase.WAITING
                 if leg.originated:  # else the originate task hangs it up when it returns
-                    self.tasks.spawn(self._hangup(leg.id), name=f"cancel:{leg.id}")
+                    self.tasks.spawn(self.hangup(leg.id), name=f"cancel:{leg.id}")
 
-    async def _hangup(self, channel_id: str, reason: str = "normal") -> None:
+    async def hangup(self, channel_id: str, reason: str = "normal") -> None:
+        """Hang a channel up; one already gone is no failure."""
         try:
             await self.ari.hangup(channel_id, reason)
         except AriError as exc:
@@ -409,7 +422,7 @@ class CallService:
                 log.warning("event=hangup_failed channel=%s error=%s", channel_id, q(exc))
 
     def _connect(self, action: Connect) -> None:
-        if action.call_id.startswith(CONSULT_PREFIX):
+        if is_consult(action.call_id):
             self._consult_joined(action)
             return
         call = self.calls.get(action.call_id)
@@ -418,7 +431,7 @@ class CallService:
         if call is None or leg is None:
             log.warning("event=connect_lost channel=%s seat=%s", action.call_id, action.seat)
             if leg is not None:
-                self.tasks.spawn(self._hangup(leg.id), name=f"connect-lost:{leg.id}")
+                self.tasks.spawn(self.hangup(leg.id), name=f"connect-lost:{leg.id}")
             return
         call.phase = CallPhase.TALKING
         call.seat = action.seat
@@ -429,7 +442,7 @@ class CallService:
         self.writer.submit(SetSeat(id=call.ticket_id, seat=action.seat, at=call.seat_answered_at))
         log.info("event=call_connected ticket=%s channel=%s seat=%s line=%s wait_s=%.1f", call.ticket_id, call.id,
                  action.seat, action.line, action.wait_s)
-        self._emit("call_connected", {**call.summary(), "wait_s": action.wait_s})
+        self.emit("call_connected", {**call.summary(), "wait_s": action.wait_s})
 
         async def bridge() -> None:
             for attr in ("greeting_playback", "notice_playback", "announce_playback"):
@@ -490,7 +503,7 @@ class CallService:
         leg = self.legs.get(channel.id)
         if leg is None or leg.cancelled:
             # an answer for an offer we already gave up on
-            self.tasks.spawn(self._hangup(channel.id), name=f"stale-leg:{channel.id}")
+            self.tasks.spawn(self.hangup(channel.id), name=f"stale-leg:{channel.id}")
             return
         leg.answered = True
         log.info("event=seat_answered channel=%s seat=%s leg=%s", leg.call_id, leg.seat, leg.id)
@@ -501,53 +514,90 @@ class CallService:
         if leg is None or leg.cancelled:
             return
         call = self.call_for(leg.call_id)
-        if call is not None and call.seat_leg == leg.id and call.consult_leg is not None:
-            # the seat that asked for the consult left it: the consulted seat keeps the caller
-            self._consult_handover(call, leg)
-            return
-        if call is not None and call.seat_leg == leg.id:
-            # the seat hung up a connected call: the call is over for the caller too
+        decision = decide_leg_end(call, leg, cause)
+        if isinstance(decision, ConsultHandover) and call is not None:
+            self._consult_handover(call, leg, decision)
+        elif isinstance(decision, SeatHungUp) and call is not None:
             log.info("event=seat_hung_up ticket=%s seat=%s", call.ticket_id, leg.seat)
-            self._finish(call, "completed")
-            self.feed(CallEnded(call.acd_id))
-            self.tasks.spawn(self._hangup(call.id), name=f"end-caller:{call.id}")
-            return
-        if call is not None and call.consult_leg == leg.id:
-            # the consulted seat left; the first seat and the caller talk on
+            self.finish(call, "completed")
+            self.feed(CallEnded(decision.acd_id))
+            self.tasks.spawn(self.hangup(call.id), name=f"end-caller:{call.id}")
+        elif isinstance(decision, ConsultLeft) and call is not None:
             log.info("event=consult_left ticket=%s seat=%s", call.ticket_id, leg.seat)
-            self.feed(CallEnded(leg.call_id))
+            self.feed(CallEnded(decision.consult_id))
             call.consult_id = call.consult_leg = call.consult_line = None
-            return
-        if call is not None and call.offer_leg == leg.id:
-            call.offer_leg = None
-            call.phase = CallPhase.WAITING
-        reason = "busy" if cause in BUSY_CAUSES else "no_answer" if cause in NO_ANSWER_CAUSES or cause == 0 else "error"
-        if leg.answered:
-            reason = "error"  # answered but the bridge never formed
-        log.info("event=offer_failed channel=%s seat=%s reason=%s cause=%d", leg.call_id, leg.seat, reason, cause)
-        self.feed(OfferFailed(leg.call_id, leg.seat, reason))  # type: ignore[arg-type]
+        elif isinstance(decision, OfferLost):
+            if decision.back_to_waiting and call is not None:
+                call.offer_leg = None
+                call.phase = CallPhase.WAITING
+            log.info("event=offer_failed channel=%s seat=%s reason=%s cause=%d", decision.call_id, decision.seat,
+                     decision.reason, cause)
+            self.feed(OfferFailed(decision.call_id, decision.seat, decision.reason))
 
     # ------------------------------------------------------------ the caller leaves
     def caller_ended(self, channel_id: str, cause: str = "") -> None:
         call = self.calls.get(channel_id)
         if call is None:
             return
-        if call.consult_id is not None:
-            consult_id = call.consult_id
-            self.feed(CallEnded(consult_id) if call.consult_leg else CallAbandoned(consult_id))
-            if call.consult_leg and self.legs.pop(call.consult_leg, None) is not None:
-                self.tasks.spawn(self._hangup(call.consult_leg), name=f"end-consult:{call.consult_leg}")
-        if call.phase is CallPhase.TALKING:
-            self._finish(call, "completed", cause)
-            self.feed(CallEnded(call.acd_id))
-            if call.seat_leg and call.seat_leg in self.legs:
-                self.legs.pop(call.seat_leg)
-                self.tasks.spawn(self._hangup(call.seat_leg), name=f"end-seat:{call.seat_leg}")
-        else:
-            self._finish(call, "abandoned", cause)
-            self.feed(CallAbandoned(call.acd_id))
+        self._caller_left(call, decide_caller_end(call), cause)
 
-    def _finish(self, call: LiveCall, outcome: str, cause: str = "") -> None:
+    def _caller_left(self, call: LiveCall, left: CallerLeft, cause: str) -> None:
+        if left.consult_id is not None:
+            self.feed(CallEnded(left.consult_id) if left.consult_ended else CallAbandoned(left.consult_id))
+            if left.consult_leg is not None and self.legs.pop(left.consult_leg, None) is not None:
+                self.tasks.spawn(self.hangup(left.consult_leg), name=f"end-consult:{left.consult_leg}")
+        self.finish(call, left.outcome, cause)
+        self.feed(CallEnded(left.acd_id) if left.ended else CallAbandoned(left.acd_id))
+        if left.seat_leg is not None and self.legs.pop(left.seat_leg, None) is not None:
+            self.tasks.spawn(self.hangup(left.seat_leg), name=f"end-seat:{left.seat_leg}")
+
+    # ------------------------------------------------------------ after a (re)connect (recovery.reconcile)
+    def adopt(self, channel: Channel) -> LiveCall:
+        """A caller in the application the engine did not know (held by the dialplan or
+        by a dead engine): tracked like a new arrival, keeping its original arrival."""
+        call = self._track(channel, channel.channelvars.get("CR_DIALLED") or channel.exten)
+        call.answered = channel.state == "Up"
+        self.counters["adopted"] += 1
+        return call
+
+    def ended_in_gap(self, call: LiveCall) -> None:
+        """A known caller who left while the engine was away (no StasisEnd was seen)."""
+        self.counters["lost_in_gap"] += 1
+        outcome = gap_outcome(call)
+        self.finish(call, outcome, "ended while the engine was away")
+        self.feed(CallEnded(call.id) if outcome == "completed" else CallAbandoned(call.id))
+
+    def rehold(self, call: LiveCall, state: str) -> None:
+        """An adopted waiting caller goes (back) into a holding bridge, in its lane."""
+        # a greeting the dead engine started may still be playing (its id is
+        # deterministic): stop it, or the channel takes no bridge until it ends
+        call.greeting_playback = f"greet-{call.id}"
+        self._lane(call, self._rehold(call.id, state), "rehold")
+
+    async def _rehold(self, call_id: str, state: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            return
+        if call.greeting_playback:
+            playback, call.greeting_playback = call.greeting_playback, ""
+            try:
+                await self.ari.stop_playback(playback)
+            except AriError:
+                pass  # none playing
+        if state != "Up":
+            try:
+                await self.ari.answer(call_id)
+            except AriError:
+                return
+        recorder = self.recorder
+        # held by the dialplan while the engine was away: recorded from now on
+        if (recorder is not None and recorder.should_record(call) and not await recorder.record(call)
+                and call.id not in self.calls):
+            return  # hung up meanwhile
+        await self._hold(call)
+
+    def finish(self, call: LiveCall, outcome: str, cause: str = "") -> None:
+        """The call is over: its ticket closes with ``outcome``, its mixing bridge goes."""
         if self.calls.pop(call.id, None) is None:
             return
         self.holding.left(call.id)
@@ -558,7 +608,7 @@ class CallService:
         self.counters["ended"] += 1
         log.info("event=call_ended ticket=%s channel=%s outcome=%s seat=%s duration_s=%.1f cause=%s",
                  call.ticket_id, call.id, outcome, call.seat or "-", (now - call.arrived_at).total_seconds(), q(cause))
-        self._emit("call_ended", {**call.summary(), "outcome": outcome})
+        self.emit("call_ended", {**call.summary(), "outcome": outcome})
         if call.bridge:
             bridge_id = call.bridge
 
@@ -622,29 +672,20 @@ class CallService:
     # ------------------------------------------------------------ transfer between lines
     def transfer(self, call_id: str, to_line: str, reason: str, by_seat: str | None = None,
                  priority: int | None = None) -> LiveCall:
-        """A seat hands its caller to the other line (110 -> 96345, or an escalation to 110).
+        """A seat hands its caller to the other line (a transfer onto the line ranked first,
+        110, is an escalation: callflow.decide_transfer).
 
         The caller hears a short notice, then hold music in the target line's holding
-        bridge, keeping their place by original arrival (an escalation to 110 goes to the
+        bridge, keeping their place by original arrival (an escalation goes to the
         front of its priority class); the seat that transferred goes to wrap-up; the same
         ticket follows the caller with the transfer recorded. Raises TransferError.
         """
-        call = self.calls.get(call_id)
-        if call is None:
-            raise TransferError("unknown_call", f"no live call {call_id!r}")
-        if to_line not in self.acd.config.line_ids:
-            raise TransferError("unknown_line", f"{to_line!r}: use one of {', '.join(self.acd.config.line_ids)}")
-        if to_line == call.line:
-            raise TransferError("same_line", f"the call is already on line {to_line}")
-        if call.phase is not CallPhase.TALKING:
-            raise TransferError("not_talking", "only a call a seat is talking to can be transferred")
-        if by_seat is not None and call.seat != by_seat:
-            raise TransferError("not_your_call", f"seat {by_seat} is not on call {call_id}")
-        from_line, seat, leg_id, bridge_id = call.line, call.seat, call.seat_leg, call.bridge
-        escalated = to_line == "110"
-        if call.consult_id is not None:
-            raise TransferError("consult_under_way", "finish or drop the three-way consult first")
-        self.feed(CallTransferred(call.acd_id, to_line, priority=priority, escalated=escalated))
+        found = self.calls.get(call_id)
+        decision = decide_transfer(found, call_id, to_line, self.acd.config, by_seat)
+        call = self.calls[decision.call_id]
+        from_line, seat, leg_id, bridge_id = decision.from_line, decision.seat, decision.leg_id, decision.bridge_id
+        escalated = decision.escalated
+        self.feed(CallTransferred(decision.acd_id, to_line, priority=priority, escalated=escalated))
         call.line, call.phase, call.seat, call.seat_leg, call.bridge = to_line, CallPhase.WAITING, None, None, None
         if leg_id is not None:
             leg = self.legs.pop(leg_id, None)
@@ -654,11 +695,11 @@ class CallService:
                                        reason=reason, at=self.clock()))
         log.info("event=call_transferred ticket=%s channel=%s from=%s to=%s seat=%s escalated=%s reason=%s",
                  call.ticket_id, call.id, from_line, to_line, seat or "-", escalated, q(reason))
-        self._emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": seat, "reason": reason})
+        self.emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": seat, "reason": reason})
 
         async def move() -> None:
             if self.recorder is not None and self.recorder.should_record(call, to_line):
-                # onto a line that records (an escalation to 110): recorded from here on
+                # onto a line that records (an escalation to 110, say): recorded from here on
                 await self.recorder.record(call)
             # the caller first: into the target line's holding bridge, then the notice;
             # only then is the seat's leg hung up, so the caller never hears silence
@@ -672,7 +713,7 @@ class CallService:
             except AriError as exc:
                 log.warning("event=transfer_move_failed ticket=%s error=%s", call.ticket_id, q(exc))
             if leg_id is not None:
-                await self._hangup(leg_id)
+                await self.hangup(leg_id)
             if bridge_id is not None:
                 try:
                     await self.ari.destroy_bridge(bridge_id)
@@ -705,45 +746,33 @@ class CallService:
         first seat simply keeps the caller. When the first seat then leaves, the consulted
         seat keeps the caller and the ticket records the hand-over.
         """
-        call = self.calls.get(call_id)
-        if call is None:
-            raise TransferError("unknown_call", f"no live call {call_id!r}")
-        if line not in self.acd.config.line_ids or line == call.line:
-            raise TransferError("bad_line", f"consult the other line, not {line!r}")
-        # TALKING from the seat's answer on; the mixing bridge may still be in the making
-        # (tens of ms, seconds under load): the consulted seat joins it when it answers,
-        # which takes at least its ring, and a consult whose call never got a bridge is
-        # dropped there (_consult_joined)
-        if call.phase is not CallPhase.TALKING:
-            raise TransferError("not_talking", "only a call a seat is talking to can have a consult")
-        if by_seat is not None and call.seat != by_seat:
-            raise TransferError("not_your_call", f"seat {by_seat} is not on call {call_id}")
-        if call.consult_id is not None:
-            raise TransferError("consult_under_way", "a consult is already under way")
-        consult_id = f"{CONSULT_PREFIX}{call.id}"
+        found = self.calls.get(call_id)
+        decision = decide_consult(found, call_id, line, self.acd.config, by_seat)
+        call = self.calls[call_id]
+        consult_id = decision.consult_id
         call.consult_id, call.consult_line = consult_id, line
         log.info("event=consult_requested ticket=%s seat=%s line=%s", call.ticket_id, call.seat, line)
         self.feed(CallArrived(consult_id, line, 1, self.now_ts(), escalated=True))
-        timeout = self.acd.config.line(line).ring_timeout_s
 
         def give_up() -> None:
-            if call.consult_id == consult_id and call.consult_leg is None:
+            if consult_expired(call, consult_id):
                 log.info("event=consult_no_seat ticket=%s line=%s: the first seat keeps the caller",
                          call.ticket_id, line)
                 call.consult_id = call.consult_line = None
                 self.feed(CallAbandoned(consult_id))
-                self._emit("consult_failed", {**call.summary(), "line": line})
-        asyncio.get_running_loop().call_later(timeout, give_up)
+                self.emit("consult_failed", {**call.summary(), "line": line})
+        asyncio.get_running_loop().call_later(decision.ring_timeout_s, give_up)
         return call
 
     def _consult_joined(self, action: Connect) -> None:
         call = self.call_for(action.call_id)
         leg = next((lg for lg in self.legs.values() if lg.call_id == action.call_id and lg.seat == action.seat
                     and not lg.cancelled), None)
-        if call is None or leg is None or call.consult_id != action.call_id or call.bridge is None:
-            if leg is not None:
-                self.tasks.spawn(self._hangup(leg.id), name=f"consult-lost:{leg.id}")
-            if call is not None and call.consult_id == action.call_id:
+        decision = decide_consult_connect(call, leg, action.call_id)
+        if isinstance(decision, DropConsult) or call is None:
+            if decision.leg_id is not None:
+                self.tasks.spawn(self.hangup(decision.leg_id), name=f"consult-lost:{decision.leg_id}")
+            if isinstance(decision, DropConsult) and decision.clear and call is not None:
                 # dropped (the caller's own bridge never formed): the first seat keeps the
                 # caller and may ask again
                 log.warning("event=consult_dropped ticket=%s seat=%s: the call has no bridge", call.ticket_id,
@@ -751,24 +780,24 @@ class CallService:
                 call.consult_id = call.consult_leg = call.consult_line = None
             self.feed(CallEnded(action.call_id))
             return
-        call.consult_leg = leg.id
-        bridge_id = call.bridge
+        call.consult_leg = decision.leg_id
+        bridge_id, leg_id = decision.bridge_id, decision.leg_id
         log.info("event=consult_joined ticket=%s seat=%s line=%s", call.ticket_id, action.seat, action.line)
-        self._emit("consult_joined", {**call.summary(), "consult_seat": action.seat})
+        self.emit("consult_joined", {**call.summary(), "consult_seat": action.seat})
 
         async def join() -> None:
             try:
-                await self.ari.add_to_bridge(bridge_id, leg.id)
+                await self.ari.add_to_bridge(bridge_id, leg_id)
             except AriError as exc:
                 log.warning("event=consult_bridge_failed ticket=%s error=%s", call.ticket_id, q(exc))
         self._lane(call, join(), "consult")
 
-    def _consult_handover(self, call: LiveCall, first: SeatLeg) -> None:
+    def _consult_handover(self, call: LiveCall, first: SeatLeg, decision: ConsultHandover) -> None:
         consult_leg = self.legs.get(call.consult_leg or "")
         if consult_leg is None or call.consult_id is None or call.consult_line is None:
             return
-        from_line, from_seat = call.line, first.seat
-        self.feed(CallEnded(call.acd_id))  # the first seat's part is over: wrap-up
+        from_line, from_seat = decision.from_line, decision.from_seat
+        self.feed(CallEnded(decision.first_acd_id))  # the first seat's part is over: wrap-up
         call.acd_id, call.line = call.consult_id, call.consult_line
         call.seat, call.seat_leg = consult_leg.seat, consult_leg.id
         call.consult_id = call.consult_leg = call.consult_line = None
@@ -778,41 +807,40 @@ class CallService:
         self.writer.submit(SetSeat(id=call.ticket_id, seat=consult_leg.seat, at=now))
         log.info("event=consult_handover ticket=%s from_seat=%s to_seat=%s line=%s", call.ticket_id, from_seat,
                  consult_leg.seat, call.line)
-        self._emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": from_seat,
+        self.emit("call_transferred", {**call.summary(), "from_line": from_line, "by_seat": from_seat,
                                         "reason": "three-way consult"})
 
     def seat_dtmf(self, leg_id: str, digit: str) -> None:
-        """In-call codes a seat keys on its phone: *1 hands the caller to 110, *9 to 96345."""
+        """In-call codes a seat keys on its phone (callflow.in_call_codes): *1 hands the
+        caller to the line ranked first (110), *9 to the line ranked last (96345)."""
         leg = self.legs.get(leg_id)
         if leg is None:
             return
-        if digit == "*":
-            leg.dtmf = "*"
+        leg.dtmf, code = dtmf_step(leg.dtmf, digit, self._codes)
+        if code is None:
             return
-        code, leg.dtmf = leg.dtmf + digit, ""
-        to_line = IN_CALL_CODES.get(code)
-        if to_line is None:
-            return
+        to_line = self._codes[code]
         try:
             self.transfer(leg.call_id, to_line, f"seat keyed {code}", by_seat=leg.seat)
         except TransferError as exc:
             log.warning("event=transfer_refused seat=%s code=%s error=%s", leg.seat, code, q(exc.details))
 
     def seat_refer(self, raw: dict[str, Any]) -> None:
-        """A seat's phone sent a blind transfer (SIP REFER) to 110 or 96345.
+        """A seat's phone sent a blind transfer (SIP REFER) to one of the lines.
 
         The seat legs carry PJSIP_TRANSFER_HANDLING()=ari-only, so Asterisk leaves the
         REFER to us (ChannelTransfer event) instead of redirecting the caller into the
         dialplan: the caller then keeps their place and their ticket like any transfer.
         """
-        source = ((raw.get("referred_by") or {}).get("source_channel") or {}).get("id", "")
-        dest = str(((raw.get("refer_to") or {}).get("requested_destination") or {}).get("destination", ""))
-        leg = self.legs.get(str(source))
+        refer = parse_refer(raw)
+        dest = refer.destination
+        leg = self.legs.get(refer.leg_id)
         if leg is None:
             return
-        to_line = next((line for line in self.acd.config.line_ids if dest.lstrip("+").endswith(line)), None)
+        to_line = refer_line(dest, self.acd.config)
         if to_line is None:
-            log.warning("event=refer_refused seat=%s destination=%s: only 110 or 96345", leg.seat, q(dest))
+            log.warning("event=refer_refused seat=%s destination=%s: only %s", leg.seat, q(dest),
+                        " or ".join(self.acd.config.line_ids))
             return
         try:
             self.transfer(leg.call_id, to_line, f"seat transferred (REFER to {dest})", by_seat=leg.seat)
@@ -834,6 +862,7 @@ class CallService:
         refuses one that drops a line (AcdError, raised with ``raise_refusal``)."""
         self.feed(Reconfigure(config), raise_refusal=raise_refusal)
         before, self._endpoint_seat = self._endpoint_seat, self._endpoint_map()
+        self._codes = in_call_codes(self.acd.config)
         if set(self._endpoint_seat) - set(before):
             # a seat endpoint not watched yet: its registration events from now on
             self.tasks.spawn(self.watch_seats(), name="watch-seats")

@@ -390,7 +390,7 @@ class SpeechService:
                                                      priority=s.priority, final=final))
         if call is not None:
             call.transcript = record
-            self.service._emit("call_transcript", call.summary())
+            self.service.emit("call_transcript", call.summary())
 
     async def _teardown(self, s: Session) -> None:
         if s.transport is not None:
