@@ -138,6 +138,8 @@ class Wheels:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for venv in self.tmp.glob("venv-*"):  # about 110 MB each
+            shutil.rmtree(venv, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -207,7 +209,8 @@ def test_the_installed_wheel_finds_its_data_and_runs(wheels: Wheels, version: st
     def run(*args: str, timeout: float = 120) -> str:
         done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
         assert done.returncode == 0, f"{args}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done.stdout + done.stderr
+        # stdout only: stderr may hold a dependency's warnings (pydub's SyntaxWarning on 3.12+)
+        return done.stdout
 
     callrouter = str(inst.bin / "callrouter")
     assert "demo" in run(callrouter, "--help")
