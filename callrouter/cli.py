@@ -60,6 +60,23 @@ def cmd_asterisk(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ cluster
+def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.provision import cluster
+
+    if args.action == "up":
+        report = cluster.up(settings, args.nodes)
+        _print_json({"started": report.started, "kept": report.kept, "elsewhere": report.remote,
+                     "built_chroot_s": report.built_chroot_s, "seconds": round(report.seconds, 3)})
+    elif args.action == "down":
+        _print_json({"stopped": cluster.down(settings, args.nodes)})
+    else:
+        info = cluster.status(settings, args.nodes)
+        _print_json(info)
+        return 0 if info["healthy"] else 1
+    return 0
+
+
 # ------------------------------------------------------------------ plan
 def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     from callrouter.numberplan import PlanError, check_plan, load_plan
@@ -209,6 +226,25 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     # not asyncio.run: its exit waits without limit for worker threads (a hung database call)
     run_bounded(run_engine(settings))
+    return 0
+
+
+# ------------------------------------------------------------------ serve, image
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.serve import serve
+
+    return serve(settings)
+
+
+def cmd_image(args: argparse.Namespace, settings: Settings) -> int:
+    from callrouter.provision import image
+
+    try:
+        report = image.build(settings, Path(args.context).resolve(), tag=args.tag)
+    except image.ImageError as exc:
+        print(f"callrouter image: {exc}", file=sys.stderr)
+        return 1
+    _print_json(report.to_json())
     return 0
 
 
@@ -407,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="watch: bring Asterisk up and start it again whenever it dies (foreground)")
     a.set_defaults(func=cmd_asterisk)
 
+    cl = sub.add_parser("cluster", help="Kamailio in front of several Asterisk nodes (issue 11)")
+    cl.add_argument("action", choices=["up", "down", "status"],
+                    help="up: start Kamailio and the nodes on this machine; down: stop them; status: JSON")
+    cl.add_argument("--nodes", type=int, default=None,
+                    help="how many Asterisk nodes (default: cluster_size, 2; or as many as cluster_nodes)")
+    cl.set_defaults(func=cmd_cluster)
+
     pl = sub.add_parser("plan", help="the legacy number plan")
     psub = pl.add_subparsers(dest="action", required=True)
     c = psub.add_parser("check", help="validate; exit 1 with file:line errors")
@@ -461,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ru = sub.add_parser("run", help="run the engine (ARI) until SIGTERM")
     ru.set_defaults(func=cmd_run)
+
+    sv = sub.add_parser("serve", help="Asterisk and the engine in the foreground until SIGTERM (what the "
+                                      "container image runs)")
+    sv.set_defaults(func=cmd_serve)
+
+    im = sub.add_parser("image", help="build the container image with podman (no Docker engine, no registry "
+                                      "needed)")
+    imsub = im.add_subparsers(dest="action", required=True)
+    ib = imsub.add_parser("build", help="the Dockerfile on a debootstrap'd Debian sid base, pip configured "
+                                        "as on this host")
+    ib.add_argument("--context", default=".", help="the directory holding the Dockerfile (a checkout)")
+    ib.add_argument("--tag", default="localhost/callrouter:latest")
+    im.set_defaults(func=cmd_image)
 
     s = sub.add_parser("sim", help="simulated carrier trunk (SIPp)")
     ssub = s.add_subparsers(dest="action", required=True)

@@ -80,6 +80,18 @@ class Settings:
     # seconds the dialplan holds a caller before retrying Stasis when the engine is away
     fallback_hold_s: int = 2
 
+    # `callrouter cluster up` (callrouter.provision.cluster): Kamailio on sip_bind:sip_port
+    # (where the trunk sends) in front of Asterisk nodes on cluster_nodes (empty: the
+    # cluster_size addresses after sip_bind: 127.0.0.2, 127.0.0.3 ...). Kamailio probes the
+    # nodes every cluster_probe_s and gives a node up after cluster_sip_timer_s without a
+    # reply (the call goes to the next one); a source other than the trunk and the nodes
+    # sending more than cluster_pike_limit requests in 2 s is dropped (pike).
+    cluster_size: int = 2
+    cluster_nodes: tuple[str, ...] = ()
+    cluster_probe_s: int = 2
+    cluster_sip_timer_s: int = 2
+    cluster_pike_limit: int = 16
+
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
     categories: Path | None = None  # default data_dir/queues/categories.toml (Chinese labels)
     # Dispatch (callrouter.dispatch): the units that act on tickets (default
@@ -261,6 +273,21 @@ def _coerce(name: str, raw: Any, target: Any, source: str) -> Any:
         raise ConfigError(f"{source}: setting {name!r}: cannot read {raw!r} ({exc})") from exc
 
 
+# TOML tables whose keys are settings with the table's name as prefix: [cluster] nodes = [...]
+# is cluster_nodes
+SECTIONS = ("cluster",)
+
+
+def _flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            out.update({f"{key}_{inner}": v for inner, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def load_settings(path: str | os.PathLike[str] | None = None,
                   env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ) if env is None else env
@@ -275,7 +302,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"{p}: config file not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: {exc}") from exc
-        for key, value in data.items():
+        for key, value in _flatten_sections(data).items():
             if key not in fields:
                 raise ConfigError(f"{p}: unknown setting {key!r}; known: {', '.join(sorted(fields))}")
             setattr(settings, key, _coerce(key, value, fields[key].type, str(p)))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +26,28 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from callrouter.acd import AcdError, AddSeat, ConfigFileError, RemoveSeat, UnknownLine, UnknownSeat, load_lines
 from callrouter.acd.lines import seat_name_problem
+from callrouter.api.common import (
+    PRINCIPAL,
+    SERVICE_KEY,
+    STORE_KEY,
+    _json,
+    _when,
+    _who,
+    clean_text,
+    error,
+    for_principal,
+    printable,
+    require,
+    require_seat,
+    seats_who_took,
+    status_summary,
+)
+from callrouter.api.dispatch import add_order_routes
+from callrouter.api.dispatch_seat import REFERENCE_KEY, add_seat_routes, reload_reference
 from callrouter.api.feed import Feed, relay_metrics_text
+from callrouter.api.intake import add_intake_routes
 from callrouter.api.openapi import with_reference
+from callrouter.api.staffing import add_routes as add_staffing_routes
 from callrouter.api.tokens import Principal, TokenStore
 from callrouter.ari import AriError
 from callrouter.calls.features import seat_event
@@ -40,11 +59,8 @@ from callrouter.tickets.models import CHANNELS, RECORDING_FILE
 
 log = logging.getLogger("callrouter.api")
 
-SERVICE_KEY: web.AppKey[CallService] = web.AppKey("service", CallService)
 TOKENS_KEY: web.AppKey[TokenStore] = web.AppKey("tokens", TokenStore)
-STORE_KEY: web.AppKey[TicketStore] = web.AppKey("store", TicketStore)
 FEED_KEY: web.AppKey[Feed] = web.AppKey("feed", Feed)
-PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
 SPEECH_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("speech_status")
@@ -60,10 +76,6 @@ SESSION_MAX_AGE_S = 12 * 3600  # a shift; then the page is opened with ?token= a
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; connect-src 'self'")
 HOST_RE = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
-
-
-def error(status: int, error_id: str, details: str) -> web.Response:
-    return web.json_response({"status": status, "error": error_id, "details": details}, status=status)
 
 
 # a refused call action: a call that is not live is 404, bad input 400, and a well-formed
@@ -143,72 +155,6 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     except (OSError, TimeoutError) as exc:
         log.warning("event=api_unavailable part=io path=%s error=%r", request.path, exc)
         return error(503, "unavailable", f"a part the engine needs did not answer ({type(exc).__name__}); try again")
-
-
-def require(request: web.Request, role: str) -> Principal:
-    """403 unless the token's role is at least ``role``."""
-    principal: Principal = request[PRINCIPAL]
-    if not principal.at_least(role):
-        raise web.HTTPForbidden(text=f"needs the {role} role; this token is {principal.role}")
-    return principal
-
-
-def require_seat(request: web.Request, seat: str | None) -> Principal:
-    """An agent acts only on its own seat; supervisors and admins on any."""
-    principal: Principal = request[PRINCIPAL]
-    if principal.role == "agent" and (seat is None or seat != principal.seat):
-        raise web.HTTPForbidden(text=f"an agent token acts only on seat {principal.seat}")
-    return principal
-
-
-def clean_text(value: object, limit: int) -> str:
-    """A free-text field from a request: at most ``limit`` characters, no control characters
-    but newline and tab (PostgreSQL refuses NUL; logs and pages need no escapes)."""
-    text = value if isinstance(value, str) else ""
-    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs"))[:limit]
-
-
-def printable(value: str, limit: int = 200) -> bool:
-    """A query or path value we look up: bounded, no control characters or lone surrogates."""
-    return len(value) <= limit and all(unicodedata.category(c) not in ("Cc", "Cs") for c in value)
-
-
-def for_principal(summary: dict[str, Any], principal: Principal) -> dict[str, Any]:
-    """An agent sees the lines' occupancy and its own seat, not the other seats; a role
-    outside the ladder (a unit) none of it."""
-    if not principal.at_least("agent"):
-        return {"at": summary.get("at")}
-    if principal.role != "agent":
-        return summary
-    return {**summary, "seats": {k: v for k, v in summary.get("seats", {}).items() if k == principal.seat}}
-
-
-def status_summary(snapshot: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """Per line: waiting, longest wait, seats by state, overflow; what `status --json` prints.
-
-    ``now`` ages a saved snapshot: the longest wait keeps growing after it was written.
-    """
-    acd = snapshot.get("acd", snapshot)
-    age = max(0.0, now - float(acd.get("at") or now)) if now is not None else 0.0
-    lines = {}
-    for line_id, line in acd.get("lines", {}).items():
-        waiting = line.get("waiting") or 0
-        lines[line_id] = {
-            "name": line.get("name"),
-            "waiting": waiting,
-            "longest_wait_s": round(float(line.get("longest_wait_s") or 0) + (age if waiting else 0.0), 1),
-            "seats": line.get("seats"),
-            "overflow_active": line.get("overflow_active"),
-            "overflow_seats": line.get("overflow_seats"),
-            "service_level": (line.get("service") or {}).get("service_level"),
-            "offered": (line.get("service") or {}).get("offered"),
-            "answered": (line.get("service") or {}).get("answered"),
-            "abandoned": (line.get("service") or {}).get("abandoned"),
-            "predicted_service_level": line.get("predicted_service_level"),
-        }
-    seats = {sid: {k: s.get(k) for k in ("state", "reason", "registered", "since")}
-             for sid, s in acd.get("seats", {}).items()}
-    return {"at": acd.get("at"), "lines": lines, "seats": seats, "engine": snapshot.get("engine", {})}
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -339,19 +285,6 @@ async def hangup_call(request: web.Request) -> web.Response:
     return web.json_response({"call_id": call_id, "hung_up": True})
 
 
-def _when(value: str | None, name: str) -> datetime | None:
-    """An ISO-8601 time with a zone from the query; HTTPBadRequest with the reason."""
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"{name}: {exc}; use ISO-8601, e.g. 2026-11-29T08:00:00+08:00") from exc
-    if when.tzinfo is None:
-        raise web.HTTPBadRequest(text=f"{name} needs a time zone, e.g. 2026-11-29T08:00:00+08:00")
-    return when
-
-
 async def list_tickets(request: web.Request) -> web.Response:
     """Tickets, newest first; filters: line, category, number (legacy, normalised), caller,
     channel (phone, web, wechat, forum), since/until (ISO-8601), limit (1-1000). An agent
@@ -480,18 +413,6 @@ async def reclassify_ticket(request: web.Request) -> web.Response:
     return web.json_response({"ticket": ticket_id, "category": category})
 
 
-def _who(principal: Principal) -> str:
-    """The token, as ticket events name it: role and seat (an agent) or name."""
-    return ":".join(p for p in (principal.role, principal.seat or principal.name) if p)
-
-
-def seats_who_took(ticket: dict[str, Any]) -> set[str]:
-    """Every seat that answered the call: the last one, and each that handed it on
-    (a transfer or a consult's hand-over names the seat it came from)."""
-    seats = {str(t.get("seat")) for t in ticket.get("transfers") or [] if t.get("seat")}
-    return seats | ({str(ticket["seat"])} if ticket.get("seat") else set())
-
-
 async def get_recording(request: web.Request) -> web.StreamResponse:
     """Stream a call's recording (audio/wav; Range requests welcome) to a supervisor or
     admin, or to an agent whose seat took the call; nobody else (403). Every access,
@@ -564,7 +485,6 @@ async def get_plan(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from callrouter.api.dispatch_seat import REFERENCE_KEY  # imports this module
 
     ref = request.app.get(REFERENCE_KEY)
     towns = [t.id for t in ref.units.towns] if ref is not None and ref.units is not None else None
@@ -594,7 +514,6 @@ async def reload_plan(request: web.Request) -> web.Response:
         plan = await asyncio.to_thread(load_plan, path)
     except PlanError as exc:
         return error(400, "invalid_plan", str(exc))
-    from callrouter.api.dispatch_seat import reload_reference  # imports this module
 
     problem = await reload_reference(request.app, plan)
     if problem:  # a category without a Chinese label or a unit: the old plan stays
@@ -602,18 +521,6 @@ async def reload_plan(request: web.Request) -> web.Response:
     service.plan = plan
     log.info("event=plan_reloaded path=%s entries=%d", path, len(plan.entries))
     return web.json_response({"reloaded": str(path), "entries": len(plan.entries)})
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text="body must be a JSON object")
-    return data
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -668,8 +575,6 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_post("/api/tickets/{ticket}/legal-hold", set_legal_hold)
     app.router.add_get("/api/plan", get_plan)
     app.router.add_get("/api/me", get_me)
-    from callrouter.api.dispatch import add_order_routes  # imports this module
-
     add_order_routes(app)  # dispatch orders: read by their unit and supervisors, acknowledged and reported by the unit
     for path in PAGES:
         app.router.add_get(path, page)
@@ -690,14 +595,9 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     app.router.add_post("/api/lines/{line}/seats", add_seat)
     app.router.add_delete("/api/lines/{line}/seats/{seat}", remove_seat)
     if staffing_dir is not None:  # the staffing plan `callrouter staffing --publish` wrote
-        from callrouter.api.staffing import add_routes
-
-        add_routes(app, staffing_dir)
+        add_staffing_routes(app, staffing_dir)
     # the seats' and the wallboard's side of dispatch, and the other channels' requests
     # (category labels and units default to the files beside the number plan)
-    from callrouter.api.dispatch_seat import add_seat_routes
-    from callrouter.api.intake import add_intake_routes
-
     add_seat_routes(app, plan_path=plan_path, categories_path=categories_path or plan_path.with_name("categories.toml"),
                     units_path=units_path or plan_path.with_name("units.toml"))
     add_intake_routes(app, intake_window_s=intake_window_s)

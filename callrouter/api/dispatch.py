@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from callrouter.api.app import PRINCIPAL, _json, clean_text, error, printable
+from callrouter.api.common import PRINCIPAL, _json, clean_text, error, printable
 from callrouter.api.tokens import UNIT_ID_RE, Principal
 from callrouter.dispatch.store import DispatchStore, OrderError
 

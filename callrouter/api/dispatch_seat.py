@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from callrouter.api.app import (
+from callrouter.api.common import (
     PRINCIPAL,
     SERVICE_KEY,
     STORE_KEY,

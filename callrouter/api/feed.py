@@ -30,6 +30,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from callrouter.api.common import PRINCIPAL, for_principal, status_summary
 from callrouter.api.tokens import Principal
 from callrouter.calls.service import CallService
 
@@ -154,7 +155,6 @@ class Feed:
                             client.seat, client.unit)
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        from callrouter.api.app import PRINCIPAL, for_principal, status_summary
 
         principal: Principal = request[PRINCIPAL]
         ws = web.WebSocketResponse(heartbeat=20.0)

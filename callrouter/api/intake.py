@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from callrouter.api.app import PRINCIPAL, SERVICE_KEY, STORE_KEY, _json, clean_text, error
+from callrouter.api.common import PRINCIPAL, SERVICE_KEY, STORE_KEY, _json, clean_text, error
 from callrouter.api.dispatch_seat import REFERENCE_KEY
 from callrouter.api.tokens import Principal
 from callrouter.categories import plan_categories

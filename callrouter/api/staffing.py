@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from callrouter.api.app import error, require
+from callrouter.api.common import error, require
 
 STAFFING_DIR_KEY: web.AppKey[Path] = web.AppKey("staffing_dir", Path)
 FILES = {"/api/staffing": ("plan.json", "application/json"),

@@ -31,7 +31,8 @@ from callrouter.provision.render import AsteriskPaths, render_config
 log = logging.getLogger("callrouter.provision")
 
 HOST_PACKAGES = {"debootstrap": "debootstrap", "sipp": "sip-tester",
-                 "svmap": "sipvicious", "svwar": "sipvicious", "svcrack": "sipvicious"}
+                 "svmap": "sipvicious", "svwar": "sipvicious", "svcrack": "sipvicious",
+                 "kamailio": "kamailio", "kamcmd": "kamailio"}
 CHROOT_PACKAGES = "asterisk,asterisk-modules,asterisk-core-sounds-en-gsm"
 
 
@@ -57,10 +58,15 @@ class Target:
             inner = "/run" + inner[len("/var/run"):]
         return self.root / inner.lstrip("/") if self.mode == "chroot" else Path(inner)
 
+    def conf_args(self) -> list[str]:
+        """``-C``: needed on the host, and for a chroot's cluster node (its own etc dir)."""
+        if self.mode == "chroot" and self.paths.etc_dir == AsteriskPaths().etc_dir:
+            return []
+        return ["-C", f"{self.paths.etc_dir}/asterisk.conf"]
+
     def command(self, *args: str) -> list[str]:
         base = ["chroot", str(self.root)] if self.mode == "chroot" else []
-        conf = [] if self.mode == "chroot" else ["-C", f"{self.paths.etc_dir}/asterisk.conf"]
-        return [*base, "/usr/sbin/asterisk", *conf, *args]
+        return [*base, "/usr/sbin/asterisk", *self.conf_args(), *args]
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,16 +171,23 @@ def chroot_healthy(root: Path) -> bool:
 
 def build_chroot(settings: Settings, root: Path) -> float:
     """debootstrap a Debian sid minbase with Asterisk into root; returns seconds taken."""
+    log.info("building the Asterisk chroot (Debian sid) in %s; about a minute", root)
+    return debootstrap(settings, root, CHROOT_PACKAGES.split(","))
+
+
+def debootstrap(settings: Settings, root: Path, packages: list[str]) -> float:
+    """A Debian sid minbase with ``packages`` in ``root`` (replaced whole when done), from
+    the mirror of the host's apt sources; returns seconds taken. Also the container
+    image's base (callrouter.provision.image)."""
     ensure_host_packages(["debootstrap"])
     started = time.monotonic()
     tmp = root.with_name(root.name + ".building")
     if tmp.exists():
         shutil.rmtree(tmp)
     mirror = settings.apt_mirror or host_mirror()
-    cmd = ["debootstrap", "--variant=minbase", f"--include={CHROOT_PACKAGES}", "sid", str(tmp)]
+    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", "sid", str(tmp)]
     if mirror:
         cmd.append(mirror)
-    log.info("building the Asterisk chroot (Debian sid) in %s; about a minute", root)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
@@ -312,19 +325,21 @@ def _asterisk_ids(target: Target) -> tuple[int, int]:
     raise ProvisionError(f"{target.host_path('/etc/passwd')}: no asterisk user")
 
 
-def _seat_names(settings: Settings) -> list[str]:
+def seat_names(settings: Settings) -> list[str]:
     from callrouter.acd.lines import load_lines
 
     lines = load_lines(settings.lines_path)
     return [s.endpoint for line in lines.lines for s in line.seats] + [p.endpoint for p in lines.pool]
 
 
-def render(settings: Settings, target: Target) -> None:
+def render(settings: Settings, target: Target, extra: dict[str, str] | None = None) -> None:
+    """Render the configuration (``extra``: template values that replace the computed
+    ones, e.g. a cluster node's), build the prompts, make Asterisk's directories."""
     paths = target.paths
     uid, gid = _asterisk_ids(target) if target.mode == "chroot" or _host_has_asterisk_user() else (
         os.getuid(), os.getgid())
     etc = target.host_path(paths.etc_dir)
-    for files in render_config(settings, etc, paths, _seat_names(settings)):
+    for files in render_config(settings, etc, paths, seat_names(settings), extra):
         os.chown(files, 0, gid)
     build_sounds(settings.data_dir / "ivr_prompts", target.host_path(paths.sounds_dir),
                  target.host_path(paths.moh_dir))
@@ -412,7 +427,7 @@ def _start_command(target: Target, *args: str) -> tuple[list[str], str | None]:
     if target.mode == "chroot":
         # chroot(1) starts in the new root, which the asterisk user cannot write
         return ["chroot", str(target.root), "/bin/sh", "-c", f'cd {shlex.quote(inner)} && exec "$@"', "asterisk",
-                "/usr/sbin/asterisk", "-g", *args], None
+                "/usr/sbin/asterisk", *target.conf_args(), "-g", *args], None
     return target.command("-g", *args), inner
 
 
@@ -548,6 +563,22 @@ class UpReport:
 def up(settings: Settings) -> UpReport:
     started_at = time.monotonic()
     target = select_target(settings)
+    built = ensure_chroot(settings, target)
+    render(settings, target)
+    was_running = running(target)
+    if was_running:
+        # Same configuration files, live reload: calls in progress are untouched.
+        rx(target, "core reload", timeout=30)
+        _load_new_modules(target)
+    else:
+        stop(target)  # a stale pid file or half-dead process
+        start(target)
+    return UpReport(target.mode, str(target.root), built, not was_running, time.monotonic() - started_at)
+
+
+def ensure_chroot(settings: Settings, target: Target) -> float | None:
+    """For a chroot target: (re)build it when broken, prepare it and give its asterisk
+    user the host account's ids; returns seconds spent building (None: not built)."""
     built = None
     if target.mode == "chroot":
         if os.geteuid() != 0:
@@ -565,16 +596,7 @@ def up(settings: Settings) -> UpReport:
                 log.warning("stopping Asterisk to move it to uid %d (calls in progress end)", uid)
                 stop(target)
             migrate_chroot_ids(target.root, uid, gid)
-    render(settings, target)
-    was_running = running(target)
-    if was_running:
-        # Same configuration files, live reload: calls in progress are untouched.
-        rx(target, "core reload", timeout=30)
-        _load_new_modules(target)
-    else:
-        stop(target)  # a stale pid file or half-dead process
-        start(target)
-    return UpReport(target.mode, str(target.root), built, not was_running, time.monotonic() - started_at)
+    return built
 
 
 def watch(settings: Settings, stop: threading.Event, interval_s: float = 1.0,

@@ -179,17 +179,21 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
         "bench_queues": bench_queues,
         "bench_modules": bench_modules,
         "seats": seat_sections(seats, settings),
+        # a cluster node's name (callrouter.provision.cluster): prefixes its channel ids
+        "system_name_line": "",
     }
 
 
-def render_config(settings: Settings, dest: Path, paths: AsteriskPaths, seats: list[str]) -> list[Path]:
-    """Render every template into ``dest`` (emptied of other .conf files first).
+def render_config(settings: Settings, dest: Path, paths: AsteriskPaths, seats: list[str],
+                  extra: dict[str, str] | None = None) -> list[Path]:
+    """Render every template into ``dest`` (emptied of other .conf files first);
+    ``extra`` replaces computed template values.
 
     Stale configuration left in ``dest`` would be read by Asterisk's modules, so the
     directory ends up holding exactly what asterisk-conf/ holds.
     """
     src = settings.data_dir / "asterisk-conf"
-    values = template_values(settings, paths, seats)
+    values = {**template_values(settings, paths, seats), **(extra or {})}
     rendered = {t.name: render_text(t.read_text(), values, str(t)) for t in sorted(src.glob("*.conf"))}
     if not rendered:
         raise RenderError(f"{src}: no *.conf templates found")

@@ -1,0 +1,261 @@
+"""`callrouter cluster`: real Kamailio in front of two real Asterisk nodes, SIPp as the
+trunk (issue 11, first slice: the infrastructure; no engine is connected, so the nodes'
+dialplan answers and holds every caller, as it does when the engine is away).
+
+Addresses: Kamailio on $CALLROUTER_TEST_CLUSTER_PROXY (default sip_bind + 16, so the
+single-node Asterisk of the other e2e tests keeps its own), the nodes on the next two, the
+trunk's two sources and two strangers after them. About 40 s on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from callrouter.config import Settings
+from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
+from tests.conftest import missing_part, wait_for
+
+
+@dataclasses.dataclass
+class ClusterUnderTest:
+    settings: Settings
+    env: dict[str, str]
+    trunk: tuple[str, str]  # the trunk's two source addresses
+    seat_source: str  # where a seat softphone registers from
+    strangers: tuple[str, str]  # sources that are not the trunk
+
+    def cli(self, *args: str, timeout: float = 120) -> tuple[int, Any]:
+        proc = subprocess.run([sys.executable, "-m", "callrouter.cli", "cluster", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        try:
+            return proc.returncode, json.loads(proc.stdout)
+        except ValueError:
+            return proc.returncode, proc.stdout + proc.stderr
+
+    def plan(self) -> Any:
+        from callrouter.provision import cluster
+
+        return cluster.plan(self.settings)
+
+    def counts(self) -> dict[str, dict[str, int | None]]:
+        """Each node's active channels and calls processed since its start (Asterisk CLI)."""
+        from callrouter.provision import cluster
+
+        return {n.name: cluster.node_channels(n) for n in self.plan().nodes}
+
+    def dispatcher(self) -> dict[str, str]:
+        from callrouter.provision import cluster
+
+        return {d["name"]: d["state"] for d in cluster.dispatcher_state(self.plan())}
+
+    def calls(self, n: int, rate: float, source: str, *, hold_s: float = 0.5, number: str = "110",
+              timeout_s: float | None = None) -> TrunkReport:
+        specs = [CallSpec(number, f"139{source.split('.')[-1]:0>3}{i:05d}", hold_s) for i in range(n)]
+        return run_calls(self.settings, specs, rate, local_ip=source, timeout_s=timeout_s)
+
+
+def _addresses(settings: Settings) -> list[str]:
+    proxy = os.environ.get("CALLROUTER_TEST_CLUSTER_PROXY") or str(ipaddress.ip_address(settings.sip_bind) + 16)
+    first = ipaddress.ip_address(proxy)
+    return [str(first + i) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def cluster(settings: Settings) -> Iterator[ClusterUnderTest]:
+    """Kamailio and two Asterisk nodes, started with `callrouter cluster up` and ended with
+    `callrouter cluster down` whatever happened (then checked: nothing of theirs runs)."""
+    from callrouter.provision import asterisk as prov
+    from callrouter.provision import cluster as cl
+
+    if os.geteuid() != 0:
+        missing_part("root, to run Kamailio and the Asterisk chroot")
+    try:
+        prov.ensure_host_packages(["sipp", "kamailio"])
+    except prov.ProvisionError as exc:
+        missing_part(f"SIPp or Kamailio: {exc}")
+    a = _addresses(settings)
+    proxy, seat_source, trunk, strangers = a[0], a[3], (a[4], a[5]), (a[6], a[7])
+    env = {**os.environ, "CALLROUTER_SIP_BIND": proxy, "CALLROUTER_TRUNK_IPS": ",".join(trunk),
+           "CALLROUTER_CLUSTER_SIZE": "2", "CALLROUTER_CLUSTER_NODES": ""}
+    under_test = ClusterUnderTest(dataclasses.replace(settings, sip_bind=proxy, trunk_ips=trunk, cluster_size=2,
+                                                      cluster_nodes=()), env, trunk, seat_source, strangers)
+    started = time.monotonic()
+    code, out = under_test.cli("up")
+    if code != 0:
+        under_test.cli("down")
+        missing_part(f"`callrouter cluster up` failed ({code}): {out}")
+    sys.stderr.write(f"\ncluster up in {time.monotonic() - started:.1f} s: {out}\n")
+    try:
+        # both nodes answer Kamailio's probe before the first call
+        wait_for(lambda: set(under_test.dispatcher().values()) == {"active"}, 15, "both nodes active")
+        yield under_test
+    finally:
+        code, out = under_test.cli("down")
+        plan = under_test.plan()
+        left = [*cl._own_kamailios(plan), *(p for n in plan.nodes for p in cl._node_strays(n))]
+        assert code == 0 and not left, f"`cluster down` ({code}, {out}) left processes running: {left}"
+
+
+@pytest.fixture
+def nodes_clean(cluster: ClusterUnderTest) -> Iterator[ClusterUnderTest]:
+    """After the test, every node's channels must be gone (callers hung up): counted."""
+    yield cluster
+
+    def active() -> dict[str, int | None]:
+        return {name: c["channels"] for name, c in cluster.counts().items()}
+
+    try:
+        wait_for(lambda: all(v == 0 for v in active().values()), 10, "every node's channels to end")
+    finally:
+        from callrouter.provision import asterisk as prov
+
+        for node in cluster.plan().nodes:
+            if prov.pid(node.target) is not None:
+                prov.rx(node.target, "channel request hangup all")
+
+
+def _processed(counts: dict[str, dict[str, int | None]]) -> dict[str, int]:
+    return {name: c["processed"] or 0 for name, c in counts.items()}
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
+def test_calls_spread_over_both_nodes_and_status_shows_the_cluster(nodes_clean: ClusterUnderTest) -> None:
+    cluster = nodes_clean
+    before = _processed(cluster.counts())
+    report = cluster.calls(20, 20, cluster.trunk[0])
+    assert report.failed == 0, report.to_json()
+    spread = _delta(_processed(cluster.counts()), before)
+    # round robin over two healthy nodes
+    assert sum(spread.values()) == 20 and min(spread.values()) >= 8, spread
+
+    code, status = cluster.cli("status")
+    assert code == 0, status
+    assert status["healthy"] is True
+    assert {d["name"]: d["state"] for d in status["proxy"]["dispatcher"]} == {"node1": "active", "node2": "active"}
+    assert [n["name"] for n in status["nodes"] if n["running"]] == ["node1", "node2"]
+    # each node its own address, RTP share and ARI port
+    assert len({n["sip"] for n in status["nodes"]}) == 2 and len({n["ari"] for n in status["nodes"]}) == 2
+    assert status["nodes"][0]["rtp"][1] < status["nodes"][1]["rtp"][0]
+    sys.stderr.write(f"\ncluster spread: {spread}, INVITE->200 p99 {report.percentile(99)} ms\n")
+
+
+def test_a_seat_registered_at_kamailio_is_rung_by_either_node(nodes_clean: ClusterUnderTest) -> None:
+    from callrouter.provision import asterisk as prov
+    from callrouter.provision import cluster as cl
+    from callrouter.sim.seats import SeatSim, SeatSpec
+
+    cluster = nodes_clean
+    seat = prov.seat_names(cluster.settings)[0]
+    sim = SeatSim(cluster.settings, SeatSpec(seat, answer_delay_s=0.1, talk_s=0.3, talk_dist="fixed"),
+                  local_ip=cluster.seat_source)
+    try:
+        sim.start()
+        assert [r["seat"] for r in cl.registered_seats(cluster.plan())] == [seat]
+        for node in cluster.plan().nodes:
+            prov.rx(node.target, f"channel originate PJSIP/{seat} application Wait 5")
+        wait_for(lambda: sim.result().completed >= 2, 15, "the seat to answer a call from each node")
+    finally:
+        result = sim.stop()
+    assert result.answered == 2, result.to_json()
+    wait_for(lambda: cl.registered_seats(cluster.plan()) == [], 5, "the seat's unregistration")
+
+
+def test_an_invite_from_a_non_trunk_source_is_refused_at_kamailio(nodes_clean: ClusterUnderTest) -> None:
+    cluster = nodes_clean
+    before = _processed(cluster.counts())
+    report = cluster.calls(3, 5, cluster.strangers[0], timeout_s=10)
+    assert [c.outcome for c in report.calls] == ["rejected_403"] * 3, report.to_json()
+    assert _delta(_processed(cluster.counts()), before) == {"node1": 0, "node2": 0}
+
+
+def test_pike_cuts_a_flood_while_the_trunk_gets_through(nodes_clean: ClusterUnderTest) -> None:
+    cluster = nodes_clean
+    flooder = cluster.strangers[1]
+    before = _processed(cluster.counts())
+    flood: list[TrunkReport] = []
+    thread = threading.Thread(target=lambda: flood.append(cluster.calls(300, 150, flooder, timeout_s=6)))
+    thread.start()
+    try:
+        trunk = cluster.calls(10, 5, cluster.trunk[1])
+    finally:
+        thread.join(60)
+    assert trunk.failed == 0, trunk.to_json()
+    refused = sum(1 for c in flood[0].calls if c.outcome == "rejected_403")
+    unanswered = sum(1 for c in flood[0].calls if c.outcome == "failed")
+    # pike lets the first requests of a burst through (403: not a trunk), then drops the
+    # rest without a reply
+    assert refused < 100 and unanswered > 200, flood[0].to_json()
+    assert sum(1 for c in flood[0].calls if c.ok) == 0
+    # only the trunk's calls reached the nodes
+    assert sum(_delta(_processed(cluster.counts()), before).values()) == 10
+    log = cluster.plan().log_file.read_text(errors="replace")
+    assert f"event=pike_blocked method=INVITE src={flooder}" in log
+    sys.stderr.write(f"\npike: flood of 300 INVITEs at 150/s: {refused} refused (403), {unanswered} dropped\n")
+
+
+def test_kill_9_of_a_node_new_calls_answered_by_the_other(nodes_clean: ClusterUnderTest) -> None:
+    """Node death -> new calls answered by the other within the probe interval plus the SIP
+    timer; then `cluster up` brings the node back and the probe puts it back in rotation."""
+    from callrouter.provision import asterisk as prov
+
+    cluster = nodes_clean
+    settings = cluster.settings
+    node1 = cluster.plan().nodes[0]
+    pid = prov.pid(node1.target)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    marked: list[float] = []
+
+    def watch_dispatcher() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not marked:
+            if cluster.dispatcher().get("node1") == "inactive":
+                marked.append(time.time() - killed_at)
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_dispatcher)
+    watcher.start()
+    # new calls from the moment of death: 16 over 4 s
+    calls_from = time.time()
+    report = cluster.calls(16, 4, cluster.trunk[0])
+    watcher.join(30)
+    assert report.failed == 0, report.to_json()
+    worst_ms = max(report.rtt_ms)
+    # SIPp's Date_ms counts from its start
+    first_answer_s = calls_from - killed_at + min(t for t, _ in report.rtt_samples) / 1000
+    bound_s = settings.cluster_probe_s + settings.cluster_sip_timer_s
+    assert worst_ms / 1000 <= settings.cluster_sip_timer_s + 1.0, report.rtt_ms
+    assert marked and marked[0] <= bound_s + 1.0, marked
+    counts = cluster.counts()
+    assert counts["node1"]["processed"] is None or counts["node1"]["channels"] is None  # node1 is gone
+
+    # back: `cluster up` starts only what is missing; the probe returns it to rotation
+    back_at = time.time()
+    code, out = cluster.cli("up")
+    assert code == 0 and out["started"] == ["node1"], out
+    wait_for(lambda: cluster.dispatcher().get("node1") == "active", bound_s + 5, "node1 back in rotation")
+    back_s = time.time() - back_at
+    before = _processed(cluster.counts())
+    again = cluster.calls(6, 10, cluster.trunk[0])
+    assert again.failed == 0 and min(_delta(_processed(cluster.counts()), before).values()) >= 2
+    sys.stderr.write(
+        f"\nnode death (probe {settings.cluster_probe_s} s, SIP timer {settings.cluster_sip_timer_s} s): "
+        f"16/16 new calls answered; first answered {first_answer_s:.2f} s after kill -9; worst INVITE->200 "
+        f"{worst_ms:.0f} ms; node marked inactive after {marked[0]:.2f} s; back in rotation {back_s:.2f} s "
+        "after `cluster up` began\n")
