@@ -1,42 +1,65 @@
-# callrouter + Asterisk 22 in one image. NOT BUILT HERE: the development machines have no
-# Docker engine. Written with care; see README "Docker".
+# callrouter + Asterisk 22 in one image: Asterisk and the engine under tini, as
+# `callrouter serve` (Asterisk up, the engine in the foreground; SIGTERM stops the engine,
+# then Asterisk). Built and run by the test suite with podman (tests/e2e/test_container.py).
 #
 # Debian sid is the first Debian with an Asterisk package again (bookworm has none).
-# Asterisk runs inside this container as a host install (asterisk_mode=host); its
-# configuration is rendered from asterisk-conf/ at start, with secrets generated into the
-# state volume on first start (never baked into the image).
-FROM debian:sid-slim
+# Asterisk runs inside the container as a host install (asterisk_mode=host); its
+# configuration is rendered at start, with secrets generated into the state volume on
+# first start (never baked into the image).
+#
+#   docker build -t callrouter .
+#   docker run -d --name callrouter --network host -v callrouter-state:/var/lib/callrouter callrouter
+#
+# BASE: any Debian sid; without a registry, callrouter.provision.image makes one with
+# debootstrap that already holds DEBIAN_PACKAGES (apt is then skipped).
+# pip: the optional build secret `pip.conf` (a pip configuration file: index, find-links)
+# is used by pip in the build and kept out of the image:
+#   docker build --secret id=pip.conf,src=$HOME/.config/pip/pip.conf -t callrouter .
+ARG BASE=debian:sid-slim
+FROM ${BASE}
 
+ARG DEBIAN_PACKAGES="asterisk asterisk-modules asterisk-core-sounds-en-gsm python3 python3-venv espeak-ng ca-certificates tini sip-tester"
 ENV DEBIAN_FRONTEND=noninteractive \
     CALLROUTER_HOME=/var/lib/callrouter \
     CALLROUTER_ASTERISK_MODE=host \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/callrouter/bin:$PATH
 
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      asterisk asterisk-modules asterisk-core-sounds-en-gsm \
-      python3 python3-venv espeak-ng sip-tester ca-certificates tini \
- && rm -rf /var/lib/apt/lists/*
+RUN if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends $DEBIAN_PACKAGES \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
-WORKDIR /opt/callrouter
-COPY pyproject.toml setup.cfg README.md ./
-COPY callrouter ./callrouter
-COPY asterisk-conf ./asterisk-conf
-COPY queues ./queues
-COPY ivr_prompts ./ivr_prompts
-COPY sip-sim ./sip-sim
-RUN python3 -m venv /opt/callrouter/.venv \
- && /opt/callrouter/.venv/bin/pip install --no-cache-dir . \
- && ln -s /opt/callrouter/.venv/bin/callrouter /usr/local/bin/callrouter
-ENV CALLROUTER_DATA_DIR=/opt/callrouter
+# The wheel is built from the build context and installed into /opt/callrouter (a venv);
+# no source tree stays in the image. The wheel carries its data (queues, asterisk-conf,
+# prompts, SIPp scenarios).
+RUN --mount=type=bind,target=/src \
+    --mount=type=secret,id=pip.conf \
+    --mount=type=cache,target=/root/.cache/pip \
+    set -e; \
+    export PIP_CONFIG_FILE=/run/secrets/pip.conf PIP_DISABLE_PIP_VERSION_CHECK=1; \
+    mkdir /tmp/src /tmp/dist; \
+    tar -C /src --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./dist --exclude=./artifacts \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=./tests -cf - . | tar -C /tmp/src -xf -; \
+    python3 -m venv /opt/callrouter; \
+    /opt/callrouter/bin/pip wheel --no-deps --wheel-dir /tmp/dist /tmp/src; \
+    /opt/callrouter/bin/pip install /tmp/dist/*.whl; \
+    site=$(/opt/callrouter/bin/python -c 'import callrouter, os; print(os.path.dirname(callrouter.__file__))'); \
+    if [ ! -d "$site/data/queues" ]; then \
+      mkdir -p /usr/share/callrouter; \
+      cp -r /tmp/src/queues /tmp/src/asterisk-conf /tmp/src/ivr_prompts /tmp/src/sip-sim /usr/share/callrouter/; \
+    fi; \
+    rm -rf /tmp/src /tmp/dist; \
+    callrouter plan check >/dev/null
 
 VOLUME ["/var/lib/callrouter"]
 # SIP and RTP face the carrier and the softphones: bind them where the container's network
-# lets them reach (e.g. CALLROUTER_SIP_BIND=0.0.0.0 behind your firewall). ARI stays on
-# loopback inside the container.
-EXPOSE 5060/udp 10000-20000/udp
+# lets them reach (e.g. CALLROUTER_SIP_BIND=0.0.0.0 behind your firewall, with
+# CALLROUTER_TRUNK_IPS the carrier's addresses). ARI stays on loopback inside the container.
+EXPOSE 5060/udp 10000-20000/udp 8080/tcp
 
-# Render the configuration, start Asterisk, then run the engine in the foreground;
-# SIGTERM (docker stop) stops the engine cleanly, then Asterisk.
+# tini is PID 1 and forwards signals; `callrouter serve` brings Asterisk up, runs the
+# engine and, on SIGTERM (docker/podman stop), stops the engine and then Asterisk.
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["sh", "-c", "callrouter asterisk up && trap 'callrouter asterisk down' EXIT && callrouter run"]
+CMD ["callrouter", "serve"]

@@ -8,11 +8,12 @@ bash scripts/bootstrap.sh
 bash scripts/services.sh
 # the pages are tested in a real headless Chromium (Debian's, with its driver)
 # (and a Chinese font, so the screenshots show the labels); gdb reads the backtrace of an
-# Asterisk that crashed during a test out of its core
+# Asterisk that crashed during a test out of its core; the container image is built and run
+# with podman (rootful, runc: tests/e2e/test_container.py)
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! fc-list :lang=zh | grep -q . \
-   || ! command -v gdb >/dev/null; then
-  echo "test: installing Debian's chromium, chromium-driver, a Chinese font and gdb" >&2
-  pkgs=(chromium chromium-driver fonts-wqy-microhei gdb)
+   || ! command -v gdb >/dev/null || ! command -v podman >/dev/null || ! command -v runc >/dev/null; then
+  echo "test: installing Debian's chromium, chromium-driver, a Chinese font, gdb, podman and runc" >&2
+  pkgs=(chromium chromium-driver fonts-wqy-microhei gdb podman runc)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${pkgs[@]}" >/dev/null; }
 fi
