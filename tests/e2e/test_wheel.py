@@ -9,8 +9,9 @@ imports, the shipped data is found inside the installed package (number plan, li
 categories, units, keywords, prompt scripts spoken through espeak-ng and pydub, SIPp
 scenarios, pages), the Asterisk configuration renders, the simulator runs a shipped
 scenario; the wheel holds every data file byte for byte. On 3.13 (Debian sid's Python, the
-image's) `callrouter demo` runs against the session's Asterisk. 1.5 to 2.5 min in all on the shared 2-core box (warm pip cache), most of
-it the three installs (run at once) and the demo (about 25 s).
+image's) `callrouter demo` runs against the session's Asterisk. 1.5 to 2.5 min in all on the
+shared 2-core box (warm pip cache), most of it the three installs (run at once) and the demo
+(about 25 s).
 """
 
 from __future__ import annotations
