@@ -45,11 +45,6 @@ RUN --mount=type=bind,target=/src \
     python3 -m venv /opt/callrouter; \
     /opt/callrouter/bin/pip wheel --no-deps --wheel-dir /tmp/dist /tmp/src; \
     /opt/callrouter/bin/pip install /tmp/dist/*.whl; \
-    site=$(/opt/callrouter/bin/python -c 'import callrouter, os; print(os.path.dirname(callrouter.__file__))'); \
-    if [ ! -d "$site/data/queues" ]; then \
-      mkdir -p /usr/share/callrouter; \
-      cp -r /tmp/src/queues /tmp/src/asterisk-conf /tmp/src/ivr_prompts /tmp/src/sip-sim /usr/share/callrouter/; \
-    fi; \
     rm -rf /tmp/src /tmp/dist; \
     callrouter plan check >/dev/null
 
