@@ -1,6 +1,6 @@
 """Build hook: the wheel carries callrouter's default data inside the package.
 
-The repository keeps the data at the top level (asterisk-conf/, ivr_prompts/, queues/,
+The repository keeps the data at the top level (asterisk-conf/, ivr_prompts/, kamailio-conf/, queues/,
 sip-sim/), where a checkout reads it. ``build_py`` copies those directories into the built
 package as ``callrouter/data/<dir>/``, so an installed callrouter finds them through
 importlib.resources (``callrouter.config``) with no setting. An editable install reads the
@@ -18,7 +18,7 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 # keep in step with callrouter.config.DATA_DIRS (the build must not import the package)
-DATA_DIRS = ("asterisk-conf", "ivr_prompts", "queues", "sip-sim")
+DATA_DIRS = ("asterisk-conf", "ivr_prompts", "kamailio-conf", "queues", "sip-sim")
 
 
 class BuildPyWithData(build_py):

@@ -27,7 +27,7 @@ class ConfigError(Exception):
 
 # the shipped data: the checkout's top-level directories, in an installed wheel
 # callrouter/data/<dir> (setup.py maps them there at build time)
-DATA_DIRS = ("asterisk-conf", "ivr_prompts", "queues", "sip-sim")
+DATA_DIRS = ("asterisk-conf", "ivr_prompts", "kamailio-conf", "queues", "sip-sim")
 
 
 def _default_data_dir() -> Path:
@@ -54,7 +54,7 @@ def _default_home() -> Path:
 class Settings:
     # where generated state lives: secrets, the Asterisk chroot, the SQLite ticket file
     home: Path = field(default_factory=_default_home)
-    # where the shipped data lives: queues/, asterisk-conf/, ivr_prompts/, sip-sim/
+    # where the shipped data lives: queues/, asterisk-conf/, kamailio-conf/, ivr_prompts/, sip-sim/
     data_dir: Path = field(default_factory=_default_data_dir)
 
     # Asterisk: "auto" uses a host Asterisk >= 20 if installed, else the Debian sid chroot
