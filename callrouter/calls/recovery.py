@@ -21,9 +21,10 @@ from typing import Any
 
 from callrouter.acd import CallAbandoned, CallArrived, CallEnded, CallState
 from callrouter.ari import AriError, Bridge, Channel
+from callrouter.calls.bridges import BRIDGE_PREFIX, is_mixing_bridge_of
 from callrouter.calls.holding import HOLD_RE
 from callrouter.calls.model import CallPhase, SeatLeg
-from callrouter.calls.service import BRIDGE_PREFIX, LEG_PREFIX, SIDE_PREFIX, CallService, is_mixing_bridge_of
+from callrouter.calls.service import LEG_PREFIX, SIDE_PREFIX, CallService
 from callrouter.logs import q
 from callrouter.tickets import CloseTicket, ticket_id_for_channel
 

@@ -68,8 +68,10 @@ from callrouter.acd.callflow import (
     refer_line,
 )
 from callrouter.ari import AriClient, AriError, Channel
+from callrouter.calls.bridges import MixingSweep, mixing_bridge_id
 from callrouter.calls.holding import CallerGone, HoldingBridges
 from callrouter.calls.model import LiveCall, SeatLeg
+from callrouter.calls.seats import endpoint_of_channel, endpoint_seats, watch_endpoints
 from callrouter.categories import plan_categories
 from callrouter.logs import q
 from callrouter.numberplan import NumberPlan
@@ -93,9 +95,8 @@ log = logging.getLogger("callrouter.calls")
 
 Clock = Callable[[], datetime]
 
-# Bridges and seat legs the engine creates carry these prefixes (deterministic ids), so
-# after a restart Asterisk can be asked what is ours.
-BRIDGE_PREFIX = "callrouter-"
+# Seat legs the engine creates carry this prefix (deterministic ids, as its bridges:
+# bridges.BRIDGE_PREFIX), so after a restart Asterisk can be asked what is ours.
 LEG_PREFIX = "cr-leg-"
 # channels a side feature (speech) makes beside a call (snoop, external media): they enter
 # the application too, but are nobody's caller or seat
@@ -116,19 +117,6 @@ def parse_ari_time(value: str) -> datetime | None:
         return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z").astimezone(UTC)
     except ValueError:
         return None
-
-
-MIXING_PREFIX = f"{BRIDGE_PREFIX}call-"
-MIXING_SWEEP_S = 15.0  # a stale mixing bridge is gone within two sweeps (15-30 s)
-
-
-def mixing_bridge_id(call_id: str, n: int) -> str:
-    """The n-th seat a caller talks to (a transfer makes a second) meets them here."""
-    return f"{BRIDGE_PREFIX}call-{call_id}-{n}"
-
-
-def is_mixing_bridge_of(bridge_id: str, call_id: str) -> bool:
-    return bridge_id.startswith(f"{BRIDGE_PREFIX}call-{call_id}-")
 
 
 def announcement(position: int, minutes: int) -> list[str]:
@@ -154,12 +142,9 @@ class CallService:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.changes = 0  # ACD events handled: the state saver writes when this moved
         self._leg_seq = 0
-        self._endpoint_seat = self._endpoint_map()
+        self._endpoint_seat = endpoint_seats(acd.config)
         self._codes = in_call_codes(acd.config)
-        # mixing bridges seen empty and serving no live call at the last sweep
-        self._stale_mixing: set[str] = set()
-        self._next_sweep = time.monotonic() + MIXING_SWEEP_S
-        self._sweeping = False
+        self.mixing_sweep = MixingSweep(ari, self._bridge_of_call)
         # channels and bridges a side feature keeps for a live call: reconciliation leaves
         # these alone and removes any other SIDE_PREFIX channel (a dead engine's)
         self.side_channels: set[str] = set()
@@ -167,11 +152,9 @@ class CallService:
         # call recording (callrouter.recordings), wired by the engine; None: nothing recorded
         self.recorder: CallRecorder | None = None
 
-    def _endpoint_map(self) -> dict[str, str]:
-        cfg = self.acd.config
-        mapping = {s.endpoint: s.id for line in cfg.lines for s in line.seats}
-        mapping.update({p.endpoint: p.id for p in cfg.pool})
-        return mapping
+    def _bridge_of_call(self, call_id: str) -> str | None:
+        call = self.calls.get(call_id)
+        return call.bridge if call is not None else None
 
     # ------------------------------------------------------------ plumbing
     def call_for(self, acd_id: str) -> LiveCall | None:
@@ -621,43 +604,9 @@ class CallService:
 
     # ------------------------------------------------------------ seats
     async def watch_seats(self) -> None:
-        """Subscribe to the seats' endpoints (EndpointStateChange: registered or not) and
-        read their state now.
-
-        Only the seats' endpoints, never the whole technology (``endpoint:PJSIP``): the
-        trunk is an endpoint too, and its EndpointStateChange, sent at every arrival and
-        every departure, lists the id of every channel on it. Measured at 1,400 held:
-        about 30 KB per event, 100 events a second while callers come and go, built and
-        written by Asterisk's one ARI taskprocessor of the application, which backed up
-        (500+ queued) until PJSIP ignored new INVITEs (answered at the caller's
-        retransmission, 0.5 s later) and decoded by the engine's event loop.
-        """
-        ari = self.ari
-        endpoints = sorted(self._endpoint_seat)
-        try:
-            # an older engine's subscription to every PJSIP endpoint outlives it in Asterisk;
-            # Asterisk 22.10 answers 200 but keeps it (reconcile warns, see wide_endpoint_watch)
-            await ari.unsubscribe("endpoint:PJSIP")
-        except AriError:
-            pass  # 422: not subscribed (the usual case)
-        sources = [f"endpoint:PJSIP/{endpoint}" for endpoint in endpoints]
-        try:
-            if sources:
-                await ari.subscribe(*sources)
-        except AriError:
-            # one endpoint Asterisk does not have (a seat added to lines.toml since
-            # `callrouter asterisk up`) fails the whole request: one at a time
-            for source in sources:
-                try:
-                    await ari.subscribe(source)
-                except AriError as exc:
-                    log.warning("event=endpoint_subscribe_failed source=%s error=%s", source, q(exc))
-        try:
-            for resource, state in await ari.list_endpoints("PJSIP"):
-                if resource in self._endpoint_seat:
-                    self.endpoint_state(resource, state)
-        except AriError as exc:
-            log.warning("event=endpoint_list_failed error=%s", q(exc))
+        """Subscribe to the seats' endpoints only (never the trunk's) and read their state
+        now (seats.watch_endpoints says why)."""
+        await watch_endpoints(self.ari, sorted(self._endpoint_seat), self.endpoint_state)
 
     def endpoint_state(self, resource: str, state: str) -> None:
         seat = self._endpoint_seat.get(resource)
@@ -665,9 +614,7 @@ class CallService:
             self.feed(SeatRegistered(seat, state == "online"))
 
     def seat_of_channel(self, channel: Channel) -> str | None:
-        # PJSIP/s110-01-0000002a -> endpoint s110-01
-        name = channel.name.split("/", 1)[-1]
-        return self._endpoint_seat.get(name.rsplit("-", 1)[0])
+        return self._endpoint_seat.get(endpoint_of_channel(channel.name))
 
     # ------------------------------------------------------------ transfer between lines
     def transfer(self, call_id: str, to_line: str, reason: str, by_seat: str | None = None,
@@ -861,7 +808,7 @@ class CallService:
         """New lines configuration (validated by the caller); no call is dropped. The core
         refuses one that drops a line (AcdError, raised with ``raise_refusal``)."""
         self.feed(Reconfigure(config), raise_refusal=raise_refusal)
-        before, self._endpoint_seat = self._endpoint_seat, self._endpoint_map()
+        before, self._endpoint_seat = self._endpoint_seat, endpoint_seats(self.acd.config)
         self._codes = in_call_codes(self.acd.config)
         if set(self._endpoint_seat) - set(before):
             # a seat endpoint not watched yet: its registration events from now on
@@ -873,47 +820,5 @@ class CallService:
         surplus = self.holding.surplus()
         if surplus:
             self.tasks.spawn(self.holding.remove(surplus), name="hold-surplus")
-        if time.monotonic() >= self._next_sweep and not self._sweeping:
-            self._next_sweep = time.monotonic() + MIXING_SWEEP_S
-            self._sweeping = True
-            self.tasks.spawn(self.sweep_mixing_bridges(), name="mixing-sweep")
-
-    async def sweep_mixing_bridges(self) -> list[str]:
-        """Delete mixing bridges that serve no live call, once seen empty on two sweeps.
-
-        Measured in the soak: when the events WebSocket stalls, a ``POST /bridges/<id>``
-        queued on it can run in Asterisk up to 20 s later, after the engine (its request
-        timed out, the call moved on or ended) already deleted that bridge: the bridge comes
-        back and nobody owns it. Asterisk is the truth, so ask it. Two sweeps apart (so a
-        bridge being made right now is never taken) an empty ``callrouter-call-*`` bridge
-        that is not the current bridge of a live call goes.
-        """
-        removed: list[str] = []
-        try:
-            bridges = await self.ari.list_bridges()
-        except AriError as exc:
-            log.warning("event=mixing_sweep_failed error=%s", q(exc))
-            self._sweeping = False
-            return removed
-        try:
-            stale: set[str] = set()
-            for bridge in bridges:
-                if not bridge.id.startswith(MIXING_PREFIX) or bridge.channels:
-                    continue
-                call_id = bridge.id[len(MIXING_PREFIX):].rsplit("-", 1)[0]
-                call = self.calls.get(call_id)
-                if call is not None and call.bridge == bridge.id:
-                    continue
-                stale.add(bridge.id)
-            for bridge_id in sorted(stale & self._stale_mixing):
-                try:
-                    await self.ari.destroy_bridge(bridge_id)
-                    removed.append(bridge_id)
-                    log.info("event=stale_mixing_bridge_removed bridge=%s", bridge_id)
-                except AriError as exc:
-                    if exc.status != 404:
-                        log.warning("event=stale_mixing_bridge_remove_failed bridge=%s error=%s", bridge_id, q(exc))
-            self._stale_mixing = stale - set(removed)
-        finally:
-            self._sweeping = False
-        return removed
+        if self.mixing_sweep.due():
+            self.tasks.spawn(self.mixing_sweep.sweep(), name="mixing-sweep")

@@ -33,8 +33,9 @@ from typing import Any
 from callrouter.acd import RaisePriority
 from callrouter.acd.errors import ConfigFileError
 from callrouter.ari import AriError
+from callrouter.calls.bridges import BRIDGE_PREFIX
 from callrouter.calls.model import CallPhase
-from callrouter.calls.service import BRIDGE_PREFIX, SIDE_PREFIX, CallService
+from callrouter.calls.service import SIDE_PREFIX, CallService
 from callrouter.logs import q
 from callrouter.speech.keywords import KeywordRules, load_keywords
 from callrouter.speech.limits import Slots
