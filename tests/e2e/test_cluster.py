@@ -13,7 +13,9 @@ import dataclasses
 import ipaddress
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -181,6 +183,43 @@ def test_an_invite_from_a_non_trunk_source_is_refused_at_kamailio(nodes_clean: C
     report = cluster.calls(3, 5, cluster.strangers[0], timeout_s=10)
     assert [c.outcome for c in report.calls] == ["rejected_403"] * 3, report.to_json()
     assert _delta(_processed(cluster.counts()), before) == {"node1": 0, "node2": 0}
+
+
+def _sip_request(source: str, proxy: str, port: int, method: str, user: str) -> str:
+    """One out-of-dialog request from ``source`` (a scanner's OPTIONS or REGISTER); the
+    first line of the answer, or '' when none came within 2 s."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(2)
+        local = s.getsockname()[1]
+        tag = secrets.token_hex(4)
+        msg = (f"{method} sip:{user}@{proxy}:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {source}:{local};branch=z9hG4bK{tag}\r\n"
+               f"From: <sip:{user}@{proxy}>;tag={tag}\r\nTo: <sip:{user}@{proxy}>\r\n"
+               f"Call-ID: {tag}@{source}\r\nCSeq: 1 {method}\r\nContact: <sip:{user}@{source}:{local}>\r\n"
+               "Max-Forwards: 70\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n")
+        s.sendto(msg.encode(), (proxy, port))
+        try:
+            return s.recv(4000).decode(errors="replace").split("\r\n", 1)[0]
+        except TimeoutError:
+            return ""
+
+
+def test_a_scan_is_answered_by_kamailio_and_never_reaches_a_node(nodes_clean: ClusterUnderTest) -> None:
+    from callrouter.provision import asterisk as prov
+
+    cluster = nodes_clean
+    nodes = cluster.plan().nodes
+    logs = [n.target.host_path(f"{n.target.paths.log_dir}/security.log") for n in nodes]
+    sizes = [p.stat().st_size if p.exists() else 0 for p in logs]
+    source, proxy, port = cluster.strangers[0], cluster.settings.sip_bind, cluster.settings.sip_port
+    seat = prov.seat_names(cluster.settings)[0]
+    assert _sip_request(source, proxy, port, "OPTIONS", "100") == "SIP/2.0 200 OK"
+    assert _sip_request(source, proxy, port, "REGISTER", "admin") == "SIP/2.0 403 Forbidden"
+    assert _sip_request(source, proxy, port, "REGISTER", seat) == "SIP/2.0 401 Unauthorized"
+    time.sleep(0.5)
+    # Asterisk logs every request it could not match or authenticate: nothing came
+    assert [p.stat().st_size if p.exists() else 0 for p in logs] == sizes
 
 
 def test_pike_cuts_a_flood_while_the_trunk_gets_through(nodes_clean: ClusterUnderTest) -> None:
