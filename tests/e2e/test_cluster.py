@@ -9,6 +9,7 @@ trunk's two sources and two strangers after them. About 40 s on the 2-core machi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
@@ -37,6 +38,7 @@ class ClusterUnderTest:
     trunk: tuple[str, str]  # the trunk's two source addresses
     seat_source: str  # where a seat softphone registers from
     strangers: tuple[str, str]  # sources that are not the trunk
+    register_flooder: str
 
     def cli(self, *args: str, timeout: float = 120) -> tuple[int, Any]:
         proc = subprocess.run([sys.executable, "-m", "callrouter.cli", "cluster", *args], env=self.env,
@@ -71,7 +73,7 @@ class ClusterUnderTest:
 def _addresses(settings: Settings) -> list[str]:
     proxy = os.environ.get("CALLROUTER_TEST_CLUSTER_PROXY") or str(ipaddress.ip_address(settings.sip_bind) + 16)
     first = ipaddress.ip_address(proxy)
-    return [str(first + i) for i in range(8)]
+    return [str(first + i) for i in range(9)]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def cluster(settings: Settings) -> Iterator[ClusterUnderTest]:
     env = {**os.environ, "CALLROUTER_SIP_BIND": proxy, "CALLROUTER_TRUNK_IPS": ",".join(trunk),
            "CALLROUTER_CLUSTER_SIZE": "2", "CALLROUTER_CLUSTER_NODES": ""}
     under_test = ClusterUnderTest(dataclasses.replace(settings, sip_bind=proxy, trunk_ips=trunk, cluster_size=2,
-                                                      cluster_nodes=()), env, trunk, seat_source, strangers)
+                                                      cluster_nodes=()), env, trunk, seat_source, strangers, a[8])
     started = time.monotonic()
     code, out = under_test.cli("up")
     if code != 0:
@@ -245,6 +247,32 @@ def test_pike_cuts_a_flood_while_the_trunk_gets_through(nodes_clean: ClusterUnde
     log = cluster.plan().log_file.read_text(errors="replace")
     assert f"event=pike_blocked method=INVITE src={flooder}" in log
     sys.stderr.write(f"\npike: flood of 300 INVITEs at 150/s: {refused} refused (403), {unanswered} dropped\n")
+
+
+def test_pike_cuts_a_register_flood(nodes_clean: ClusterUnderTest) -> None:
+    """200 REGISTERs in a burst (a password guesser) from one source: pike answers only the
+    first ones; the rest get nothing."""
+    cluster = nodes_clean
+    source, proxy, port = cluster.register_flooder, cluster.settings.sip_bind, cluster.settings.sip_port
+    replies = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        local = s.getsockname()[1]
+        for i in range(200):
+            msg = (f"REGISTER sip:{proxy}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:{local};branch=z9hG4bKf{i}\r\n"
+                   f"From: <sip:{i}@{proxy}>;tag=f{i}\r\nTo: <sip:{i}@{proxy}>\r\nCall-ID: f{i}@{source}\r\n"
+                   f"CSeq: 1 REGISTER\r\nContact: <sip:{i}@{source}:{local}>\r\nMax-Forwards: 70\r\n"
+                   "Content-Length: 0\r\n\r\n")
+            s.sendto(msg.encode(), (proxy, port))
+        s.settimeout(1.0)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                s.recv(4000)
+                replies += 1
+    assert replies <= 2 * cluster.settings.cluster_pike_limit, replies
+    log = cluster.plan().log_file.read_text(errors="replace")
+    assert f"event=pike_blocked method=REGISTER src={source}" in log
+    sys.stderr.write(f"\npike: burst of 200 REGISTERs: {replies} answered, the rest dropped\n")
 
 
 def test_kill_9_of_a_node_new_calls_answered_by_the_other(nodes_clean: ClusterUnderTest) -> None:
