@@ -2,8 +2,9 @@
 """Dispatch stream: ticket change -> event on the Redis stream, relay throughput, and the
 time the outbox takes to drain after a Redis outage. SQLite and PostgreSQL.
 
-Everything runs in this process, as in the engine: a TicketWriter (``linger_s`` 0.2, the
-engine's setting; ``--linger``), an OutboxRelay (default settings: poll 50 ms, batch 200)
+Everything runs in this process, as in the engine: a TicketWriter (``linger_s`` 0.2 above
+``busy_ops_s`` 100, the engine's settings; ``--linger``, ``--busy-ops-s``), an OutboxRelay
+(woken by every commit of outbox rows; safety poll 1 s, batch 200)
 on the same TicketStore, and a reader doing XREAD on the stream. Redis is a private
 ``redis-server`` on a free loopback port started by this script (killed and restarted
 for the outage); PostgreSQL is a fresh database ``callrouter_bench_<random>`` created
@@ -12,7 +13,8 @@ through ``--pg-url`` (default ``$CALLROUTER_TEST_PG_URL`` or
 
 1. latency: one ticket change every 1/``--rate`` s (50/s) for ``--seconds`` (20): each
    change's ``submit()`` -> the reader has the event (XREAD returned it); p50/p99/max.
-   Mostly the writer's linger (``--linger``) plus the relay's poll interval (``--poll``).
+   Below ``--busy-ops-s`` the writer commits each change at once and the commit wakes
+   the relay: a commit, a claim, an XADD and a mark.
 2. throughput: ``--backlog`` (20000) events already in the outbox; one relay publishes
    them all: events/s.
 3. outage: ~60 ticket changes/s (20 calls/s: open, answer, close); Redis killed for
@@ -175,10 +177,11 @@ class Reader:
 
 
 async def bench_latency(url: str, redis_url: str, rate: float, seconds: float,
-                        linger: float, poll: float) -> dict[str, float | None]:
+                        linger: float, poll: float, busy_ops_s: float,
+                        min_gap_s: float) -> dict[str, float | None]:
     store = TicketStore(url)
     store.create_schema()
-    writer = TicketWriter(store, linger_s=linger)
+    writer = TicketWriter(store, linger_s=linger, busy_ops_s=busy_ops_s, min_gap_s=min_gap_s)
     stream = f"{STREAM}:{secrets.token_hex(4)}"  # this run's events only
     relay = OutboxRelay(store, redis_url, stream, poll_s=poll)
     reader = Reader(redis_url, stream)
@@ -239,7 +242,7 @@ async def bench_outage(url: str, redis: PrivateRedis, outage_s: float,
                        calls_per_s: float) -> dict[str, float]:
     store = TicketStore(url)
     store.create_schema()
-    writer = TicketWriter(store, linger_s=0.2)
+    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=0.04)
     stream = f"{STREAM}:outage:{secrets.token_hex(4)}"
     relay = OutboxRelay(store, redis.url, stream)
     reader = Reader(redis.url, stream)
@@ -293,9 +296,10 @@ async def main_async(args: argparse.Namespace) -> None:
         for backend in args.backends.split(","):
             with database(backend, args.pg_url) as url:
                 lat = await bench_latency(url, redis.url, args.rate, args.seconds, args.linger,
-                                        args.poll)
+                                        args.poll, args.busy_ops_s, args.min_gap)
                 rows.append(f"| {backend} | change -> readable at {args.rate:g}/s for "
-                            f"{args.seconds:g} s (writer linger {args.linger:g} s, relay poll "
+                            f"{args.seconds:g} s (writer linger {args.linger:g} s above "
+                            f"{args.busy_ops_s:g} ops/s, commits {args.min_gap:g} s apart below, relay safety poll "
                             f"{args.poll:g} s) | "
                             f"p50 {fmt(lat['p50'])} ms, p99 {fmt(lat['p99'])} ms, max "
                             f"{fmt(lat['max'])} ms ({lat['n']} changes, {lat['missing']} "
@@ -334,9 +338,15 @@ def main() -> None:
         "CALLROUTER_TEST_PG_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"))
     p.add_argument("--rate", type=float, default=50.0, help="ticket changes per second")
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--linger", type=float, default=0.2, help="writer linger (engine: 0.2)")
-    p.add_argument("--poll", type=float, default=0.05,
-                   help="relay poll interval (OutboxRelay default 0.05; the engine passes 0.2)")
+    p.add_argument("--linger", type=float, default=0.2,
+                   help="writer linger under load (engine: 0.2 above --busy-ops-s)")
+    p.add_argument("--busy-ops-s", type=float, default=100.0,
+                   help="the writer lingers only above this many ops/s (engine: 100)")
+    p.add_argument("--min-gap", type=float, default=0.04,
+                   help="below --busy-ops-s, commits start at least this far apart (engine: 0.04)")
+    p.add_argument("--poll", type=float, default=1.0,
+                   help="relay safety poll interval (OutboxRelay default and the engine: 1.0; "
+                        "commits in this process wake the relay)")
     p.add_argument("--backlog", type=int, default=20000, help="0 skips the throughput run")
     p.add_argument("--outage-s", type=float, default=30.0, help="0 skips the outage run")
     p.add_argument("--calls-per-s", type=float, default=20.0)

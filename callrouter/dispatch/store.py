@@ -516,10 +516,11 @@ class DispatchStore:
         session.flush()
         snapshot = order.to_dict()
         session.add(TicketEvent(ticket_id=order.ticket_id, at=at, kind=kind, data={"order_id": order.id, **data}))
-        session.add(OutboxEvent(event_id=uuid.uuid4().hex, ticket_id=order.ticket_id, kind=kind, at=at,
-                                created_at=now,
-                                payload={"order": snapshot, "order_id": order.id, "unit": order.unit_id,
-                                         "ticket_id": order.ticket_id, "state": order.state, "id": order.ticket_id}))
+        # claimed for this process's relay and handed to it on commit: published at once
+        self.tickets.add_outbox(session, [OutboxEvent(
+            event_id=uuid.uuid4().hex, ticket_id=order.ticket_id, kind=kind, at=at, created_at=now,
+            payload={"order": snapshot, "order_id": order.id, "unit": order.unit_id,
+                     "ticket_id": order.ticket_id, "state": order.state, "id": order.ticket_id})], now)
 
 
 def _median(values: Sequence[float]) -> float | None:

@@ -19,9 +19,11 @@ Bounded growth: with ``maxlen`` every XADD trims the stream to about that many e
 stream is trimmed too). The same housekeeping round finds consumer groups that fell
 behind the trim point (:func:`~callrouter.tickets.consumer.groups_behind`, logged and in
 ``metrics()``) and deletes outbox rows sent more than ``outbox_retention_s`` ago, in
-small batches (one short transaction each). ``wake()`` (the ticket writer after a
-commit) starts a round at once; ``poll_s`` is then only the fallback for rows written by
-other engines on the same database.
+small batches (one short transaction each). Every commit of outbox rows in this process
+(``TicketStore.on_outbox_commit``: the ticket writer, the API's intake and dispatch
+requests, an in-process dispatcher) wakes the relay, which starts a round at once; idle,
+it does nothing but a slow safety poll every ``poll_s`` (1 s) for rows written by other
+processes on the same database (a separate dispatcher, another engine, the CLI).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -42,7 +45,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from callrouter.tasks import wait_any
+from callrouter.tasks import Backoff, poll_loop
 
 from .consumer import GroupBehind, groups_behind
 from .store import OutboxRow, TicketStore
@@ -50,6 +53,8 @@ from .store import OutboxRow, TicketStore
 log = logging.getLogger("callrouter.tickets.relay")
 
 STREAM_SUFFIX: Final = ":tickets"
+# rows handed by the store kept in memory at most (more wait in the database for a claim)
+_HANDED_MAX: Final = 5000
 
 
 def stream_name(prefix: str) -> str:
@@ -76,7 +81,7 @@ class OutboxRelay:
     """
 
     def __init__(self, store: TicketStore, redis_url: str, stream: str = "callrouter:tickets",
-                 *, batch_max: int = 200, poll_s: float = 0.05, lease_s: float = 30.0,
+                 *, batch_max: int = 200, poll_s: float = 1.0, lease_s: float = 30.0,
                  retry_initial_s: float = 0.1, retry_max_s: float = 2.0,
                  redis_timeout_s: float = 5.0, maxlen: int | None = None,
                  retention_s: float | None = None, outbox_retention_s: float | None = None,
@@ -84,8 +89,6 @@ class OutboxRelay:
                  owner: str | None = None) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
-        if not 0 < retry_initial_s <= retry_max_s:
-            raise ValueError("need 0 < retry_initial_s <= retry_max_s")
         if lease_s <= 2 * redis_timeout_s:
             # a claim must outlive a hanging XADD, or another relay could send the rows too
             raise ValueError("lease_s must be more than twice redis_timeout_s")
@@ -95,8 +98,9 @@ class OutboxRelay:
         self._batch_max = batch_max
         self._poll_s = poll_s
         self._lease_s = lease_s
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
+        # Redis or the database away: logged, retried after a capped backoff
+        self._backoff = Backoff("relay", initial_s=retry_initial_s, max_s=retry_max_s, logger=log,
+                                quiet=(RedisError, OSError))
         self._maxlen = maxlen or None  # 0: no length cap
         self._retention_ms = int(retention_s * 1000) if retention_s else None
         self._outbox_retention_s = outbox_retention_s or None
@@ -105,6 +109,7 @@ class OutboxRelay:
         self._next_housekeeping = 0.0  # monotonic; the first round runs at start
         self._clock_offset_ms = 0  # Redis TIME - our clock: MINID is in Redis's time
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for wake_threadsafe()
         self.groups_behind: list[GroupBehind] = []  # at the last housekeeping round
         # called (on the event loop) with every row once it is on the stream; a listener
         # that raises is logged and costs no other listener or row
@@ -118,12 +123,16 @@ class OutboxRelay:
         self._running = False
         self._run_done = asyncio.Event()
         self._unmarked: list[str] = []  # published, not yet marked sent (database away)
+        # claimed for us (by a claim round, or handed by the store on commit), not yet
+        # published: kept here to retry, never claimed again while our lease runs
+        self._claimed: list[OutboxRow] = []
+        self._claim_now = True  # claim at the next round (rows written without a claim)
+        self._behind = False  # handed rows were dropped: claims take our own rows again
+        self._published_order: deque[str] = deque(maxlen=_HANDED_MAX)
+        self._published: set[str] = set()
+        self._next_claim = 0.0  # monotonic: the safety poll's next claim
         self._sent = 0
-        self._failures = 0
         self._lag_s = 0.0
-        self._failing_since: float | None = None
-        self._streak = 0  # failed attempts in a row
-        self._last_error: str | None = None
 
     # --- metrics ------------------------------------------------------------------------
     @property
@@ -138,17 +147,44 @@ class OutboxRelay:
 
     @property
     def failing(self) -> bool:
-        return self._failing_since is not None
+        return self._backoff.failing
 
     def metrics(self) -> dict[str, Any]:
         return {"sent": self._sent, "lag_s": round(self._lag_s, 3),
-                "failures": self._failures, "failing": self.failing,
-                "last_error": self._last_error, "stream": self.stream, "owner": self.owner,
+                "failures": self._backoff.failures, "failing": self.failing,
+                "last_error": self._backoff.last_error, "stream": self.stream, "owner": self.owner,
                 "purged": self.purged,
                 "groups_behind": [g.to_json() for g in self.groups_behind]}
 
     def wake(self) -> None:
-        """New rows were committed: publish now rather than at the next poll."""
+        """New rows were committed: claim and publish now rather than at the next poll.
+        From the event loop's thread; other threads use :meth:`wake_threadsafe`."""
+        self._claim_now = True
+        self._wake.set()
+
+    def wake_threadsafe(self, owner: str | None = None, handed: list[OutboxRow] | None = None) -> None:
+        """The store's commit hook (``TicketStore.on_outbox_commit``, in the worker thread
+        that committed): ``handed`` are rows the store claimed for us
+        (``outbox_claimer``), published without a claim round; rows written without a
+        claim (dispatch order changes), or for another relay on the same store, make the
+        next round claim. Before ``run()``
+        started, or after it ended, a no-op."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._take, handed if owner == self.owner and handed else [])
+            except RuntimeError:  # the loop closed meanwhile
+                pass
+
+    def _take(self, handed: list[OutboxRow]) -> None:
+        if handed and (self._behind or len(self._claimed) >= _HANDED_MAX or self.failing):
+            # Redis is away (or we are far behind): the rows stay claimed for us in the
+            # database; until a claim has caught up with them (taking our own claims
+            # again) no handed row may overtake them
+            self._behind = True
+        elif handed:
+            self._claimed.extend(row for row in handed if row["event_id"] not in self._published)
+        self._claim_now = self._claim_now or not handed or self._behind
         self._wake.set()
 
     # --- the loop -----------------------------------------------------------------------
@@ -158,44 +194,58 @@ class OutboxRelay:
             raise RuntimeError("OutboxRelay.run() is already running")
         self._running = True
         self._run_done.clear()
+        self._loop = asyncio.get_running_loop()
+        # every commit of outbox rows in this process (the ticket writer, the API's
+        # intake and dispatch requests) wakes us; other processes' rows wait for poll_s
+        self._store.on_outbox_commit.append(self.wake_threadsafe)
+        if self._store.outbox_claimer is None:
+            self._store.outbox_claimer = (self.owner, self._lease_s)
         try:
-            await self._loop()
+            await poll_loop("relay", self._round, self._stop, self._wake, backoff=self._backoff)
         finally:
+            if self._store.outbox_claimer == (self.owner, self._lease_s):
+                self._store.outbox_claimer = None
+            self._store.on_outbox_commit.remove(self.wake_threadsafe)
             self._running = False
+            self._loop = None
             self._run_done.set()
 
-    async def _loop(self) -> None:
-        delay = self._retry_initial_s
-        while not self._stop.is_set():
-            try:
-                busy = await self._step()
-            except Exception as exc:  # noqa: BLE001 - logged in _failed, retried
-                self._failed(exc, delay)
-                if await self._stopped_within(delay):
-                    break
-                delay = min(delay * 2, self._retry_max_s)
-                continue
-            if self._failing_since is not None:
-                log.warning("event=relay_recovered after_s=%.1f",
-                            time.monotonic() - self._failing_since)
-                self._failing_since = None
-                self._last_error = None
-            delay = self._retry_initial_s
-            if time.monotonic() >= self._next_housekeeping:
-                await self._housekeep()
-            if not busy and await self._stopped_within(self._poll_s, wakeable=True):
-                break
+    async def _round(self) -> float:
+        """One round: publish what is claimable (then housekeeping when due); how long to
+        wait for the next: at once while there is more, else until woken or ``poll_s``."""
+        busy = await self._step()
+        if time.monotonic() >= self._next_housekeeping:
+            await self._housekeep()
+        return 0.0 if busy else self._poll_s
 
     async def _step(self) -> bool:
-        """One claim-publish-mark round; True if there may be more to send at once."""
-        self._wake.clear()  # rows committed from now on wake the next round
+        """One claim-publish-mark round; True if there may be more to send at once.
+
+        Rows the store handed us need no claim: a claim runs when woken without rows,
+        after a full claim, and every ``poll_s`` as the safety poll for other processes'
+        rows (and our own handed rows dropped while Redis was away, once their lease ran
+        out)."""
         if self._unmarked:
             await self._mark(self._unmarked)
-        rows = await asyncio.to_thread(self._store.claim_outbox, self.owner,
-                                       self._batch_max, self._lease_s)
-        if not rows:
+        more = False
+        if self._claim_now or time.monotonic() >= self._next_claim:
+            self._claim_now = False
+            self._next_claim = time.monotonic() + self._poll_s
+            behind = self._behind
+            claimed = await asyncio.to_thread(self._store.claim_outbox, self.owner, self._batch_max,
+                                              self._lease_s, retake_own=behind)
+            more = self._claim_now = len(claimed) >= self._batch_max
+            if behind and not more:
+                self._behind = False  # caught up: rows handed from now on are newer
+            if claimed:
+                # a row handed to us may come again from a claim of our own rows
+                known = {row["event_id"] for row in self._claimed} | self._published
+                self._claimed.extend(row for row in claimed if row["event_id"] not in known)
+                self._claimed.sort(key=lambda row: row["seq"])
+        if not self._claimed:
             self._lag_s = 0.0
-            return False
+            return more
+        rows = self._claimed[:self._batch_max]
         oldest = datetime.fromisoformat(rows[0]["created_at"])
         self._lag_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
         minid = self._minid() if self._maxlen is None else None
@@ -212,10 +262,20 @@ class OutboxRelay:
             await pipe.execute()
         # Published. If marking fails now, remember the ids and mark them before claiming
         # again, rather than re-claiming and sending them twice.
+        del self._claimed[:len(rows)]
         self._unmarked = [row["event_id"] for row in rows]
+        self._remember_published(self._unmarked)
         self._tell(rows)
         await self._mark(self._unmarked)
-        return len(rows) >= self._batch_max
+        return more or bool(self._claimed)
+
+    def _remember_published(self, event_ids: list[str]) -> None:
+        """Recently published ids: a row handed late, or claimed again, is not sent twice."""
+        for event_id in event_ids:
+            if len(self._published_order) == self._published_order.maxlen:
+                self._published.discard(self._published_order[0])
+            self._published_order.append(event_id)
+            self._published.add(event_id)
 
     def _tell(self, rows: list[OutboxRow]) -> None:
         for listener in self.listeners:
@@ -233,31 +293,6 @@ class OutboxRelay:
             log.warning("event=relay_lease_lost published=%d marked=%d", len(event_ids), marked)
         self._sent += len(event_ids)
         self._unmarked = []
-
-    def _failed(self, exc: BaseException, delay: float) -> None:
-        self._failures += 1
-        first_line = (str(exc).splitlines() or [""])[0]
-        self._last_error = f"{type(exc).__name__}: {first_line}"
-        first = self._failing_since is None
-        if first:
-            self._failing_since = time.monotonic()
-            self._streak = 0
-        self._streak += 1
-        # every failure while Redis is away would flood the log: the first, then every 10th
-        level = logging.WARNING if self._streak % 10 == 1 else logging.DEBUG
-        log.log(level, "event=relay_failed stream=%s attempt=%d retry_in_s=%.3g unmarked=%d "
-                "error=%r", self.stream, self._streak, delay, len(self._unmarked),
-                self._last_error, exc_info=first and not isinstance(exc, RedisError | OSError))
-
-    async def _stopped_within(self, seconds: float, *, wakeable: bool = False) -> bool:
-        if not wakeable:
-            try:
-                await asyncio.wait_for(self._stop.wait(), seconds)
-            except TimeoutError:
-                return False
-            return True
-        await wait_any(self._stop, self._wake, seconds)
-        return self._stop.is_set()
 
     # --- bounded growth -----------------------------------------------------------------
     def _minid(self) -> str | None:
@@ -330,6 +365,7 @@ class OutboxRelay:
         self._stop.set()
         if self._running:
             await self._run_done.wait()
+        self._claimed = []  # given back below
         try:
             await asyncio.to_thread(self._store.release_claims, self.owner)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,6 +94,10 @@ OutboxRow: TypeAlias = dict[str, Any]  # OutboxEvent.to_dict()
 
 # Execution option read by our SQLite "begin" hook (see _sqlite_begin).
 _SQLITE_BEGIN: Final = "callrouter_sqlite_begin"
+# Session.info key: this transaction wrote outbox rows (on_outbox_commit runs after it)
+_WROTE_OUTBOX: Final = "callrouter_wrote_outbox"
+# Session.info key: the rows this transaction claimed for outbox_claimer (handed on commit)
+_HANDED: Final = "callrouter_handed_outbox"
 _IN_CHUNK: Final = 500  # ids per IN (...) list; far below every backend's limit
 
 
@@ -128,6 +133,16 @@ class TicketStore:
         if self.backend == "sqlite":
             _configure_sqlite(self._engine, busy_timeout_ms=int(sqlite_busy_timeout_s * 1000))
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        # SQLite has one writer at a time: ours wait for each other here, not in SQLite
+        self._local_writes: AbstractContextManager[Any] = (
+            threading.RLock() if self.backend == "sqlite" else nullcontext())
+        # called (in the committing thread) after a transaction that wrote outbox rows
+        # committed, with the rows claimed for outbox_claimer and its owner: the outbox
+        # relay of this process publishes at once instead of polling
+        self.on_outbox_commit: list[Callable[[str | None, list[OutboxRow]], None]] = []
+        # (owner, lease_s): the outbox rows apply() writes are claimed for this relay in
+        # their own transaction and handed to it, so publishing them needs no claim round
+        self.outbox_claimer: tuple[str, float] | None = None
 
     @property
     def engine(self) -> Engine:
@@ -203,12 +218,51 @@ class TicketStore:
         """A write transaction (SQLite: the write lock taken at BEGIN), committed on exit.
 
         For callrouter.dispatch, whose order changes and ticket changes commit together."""
-        with self._sessions() as session, session.begin():
+        with self._local_writes:
+            with self._write() as session:
+                yield session
+                info = session.info
+            # committed; still under our lock, so the relay hears of commits in their order
+            owner, handed = info.pop(_HANDED, (None, []))
+            if info.pop(_WROTE_OUTBOX, False):
+                self._outbox_committed(owner, handed)
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction, committed on exit. SQLite: the write lock is taken at BEGIN
+        (a read transaction upgraded to a write one fails at once with SQLITE_BUSY instead
+        of waiting out the busy timeout), and this process's writers (the ticket writer,
+        the relay, the API) queue on a lock first: a thread waiting in SQLite's busy
+        handler sleeps up to 100 ms between tries, which showed as 400 ms ticket→stream
+        tails at 50 changes/s."""
+        with self._local_writes, self._sessions() as session, session.begin():
             if self.backend == "sqlite":
-                # take the write lock up front: a read transaction upgraded to a write one
-                # fails at once with SQLITE_BUSY instead of waiting out the busy timeout
                 session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
             yield session
+
+    def _outbox_committed(self, owner: str | None, handed: list[OutboxRow]) -> None:
+        for hook in tuple(self.on_outbox_commit):
+            try:
+                hook(owner, handed)
+            except Exception:  # a wake-up that fails costs a poll interval, never a write
+                log.exception("outbox commit hook %r failed", hook)
+
+    def add_outbox(self, session: Session, rows: Sequence[OutboxEvent], now: datetime) -> None:
+        """Add ``rows`` (new outbox events) in ``session`` (from :meth:`transaction`),
+        claimed for ``outbox_claimer`` if one is set and handed to it once committed."""
+        if not rows:
+            return
+        claimer = self.outbox_claimer
+        if claimer is not None:
+            owner, lease_s = claimer
+            until = now + timedelta(seconds=lease_s)
+            for row in rows:
+                row.claimed_by, row.claimed_until = owner, until
+        session.add_all(rows)
+        session.info[_WROTE_OUTBOX] = True
+        if claimer is not None:
+            session.flush()  # their seq
+            session.info.setdefault(_HANDED, (owner, []))[1].extend(row.to_dict() for row in rows)
 
     def apply_in(self, session: Session, ops: Sequence[TicketOp], now: datetime) -> None:
         """:meth:`apply` inside the caller's transaction ``session``."""
@@ -244,7 +298,7 @@ class TicketStore:
             # tickets first, so the events' foreign keys find them
             session.flush()
             session.add_all(events)
-            session.add_all(outbox)
+            self.add_outbox(session, outbox, now)
 
     def open_intake(self, op: OpenIntake) -> IntakeResult:
         """Apply ``op`` in its own transaction: open a ticket (event ``opened``, outbox
@@ -290,22 +344,26 @@ class TicketStore:
             self._record(session, [_change(opened, "opened", op.at, data, outbox_kind="intake")], now)
             return IntakeResult(opened.id, False)
 
-    @staticmethod
-    def _record(session: Session, changes: Sequence[_Change], now: datetime) -> None:
+    def _record(self, session: Session, changes: Sequence[_Change], now: datetime) -> None:
         """The ticket_events and outbox rows of ``changes`` (tickets already flushed)."""
+        outbox: list[OutboxEvent] = []
         for change in changes:
             ticket_id = str(change.ticket["id"])
             session.add(TicketEvent(ticket_id=ticket_id, at=change.at, kind=change.kind, data=change.data))
             if change.outbox_kind:
-                session.add(OutboxEvent(event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
-                                        at=change.at, created_at=now, payload=change.ticket))
+                outbox.append(OutboxEvent(event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
+                                          at=change.at, created_at=now, payload=change.ticket))
+        self.add_outbox(session, outbox, now)
 
     # --- the outbox (used by the relay) ---------------------------------------------------
-    def claim_outbox(self, owner: str, limit: int, lease_s: float) -> list[OutboxRow]:
+    def claim_outbox(self, owner: str, limit: int, lease_s: float, *,
+                     retake_own: bool = True) -> list[OutboxRow]:
         """Claim up to ``limit`` unsent events, oldest first, for ``lease_s`` seconds.
 
         Rows claimed by another owner whose lease is still running are skipped; our own
-        claims are taken again (a relay that failed to publish retries them). PostgreSQL:
+        claims are taken again (a relay that failed to publish retries them) unless
+        ``retake_own`` is false (a relay that keeps them in memory, rows handed to it by
+        ``outbox_claimer`` among them: it must not send them twice). PostgreSQL:
         ``FOR UPDATE SKIP LOCKED``, so two relays never wait for or take the same row;
         SQLite: the write lock taken at BEGIN serialises claimers.
         """
@@ -315,14 +373,12 @@ class TicketStore:
                 .where(OutboxEvent.sent_at.is_(None),
                        or_(OutboxEvent.claimed_until.is_(None),
                            OutboxEvent.claimed_until < now,
-                           OutboxEvent.claimed_by == owner))
+                           *([OutboxEvent.claimed_by == owner] if retake_own else [])))
                 .order_by(OutboxEvent.seq)
                 .limit(max(0, limit)))
         if self.backend == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
-        with self._sessions() as session, session.begin():
-            if self.backend == "sqlite":
-                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+        with self._write() as session:
             rows = list(session.scalars(stmt))
             for row in rows:
                 row.claimed_by = owner
@@ -335,9 +391,7 @@ class TicketStore:
             return 0
         now = datetime.now(UTC)
         marked = 0
-        with self._sessions() as session, session.begin():
-            if self.backend == "sqlite":
-                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+        with self._write() as session:
             for chunk in _chunks(list(event_ids)):
                 result = session.execute(
                     update(OutboxEvent)
@@ -349,9 +403,7 @@ class TicketStore:
 
     def release_claims(self, owner: str) -> None:
         """Give back unsent rows claimed by ``owner`` (a relay stopping)."""
-        with self._sessions() as session, session.begin():
-            if self.backend == "sqlite":
-                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+        with self._write() as session:
             session.execute(update(OutboxEvent)
                             .where(OutboxEvent.claimed_by == owner,
                                    OutboxEvent.sent_at.is_(None))
@@ -394,9 +446,7 @@ class TicketStore:
                          OutboxEvent.seq < newest)
                   .order_by(OutboxEvent.sent_at, OutboxEvent.seq)
                   .limit(max(0, limit)))
-        with self._sessions() as session, session.begin():
-            if self.backend == "sqlite":
-                session.connection(execution_options={_SQLITE_BEGIN: "IMMEDIATE"})
+        with self._write() as session:
             seqs = list(session.scalars(chosen))
             if not seqs:
                 return 0

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
+
+from callrouter.tasks import Backoff, stopped_within
 
 from .models import TICKET_OPS, TicketOp
 from .spool import Spool
@@ -27,6 +30,7 @@ from .store import TicketStore
 
 log = logging.getLogger("callrouter.tickets")
 _T = TypeVar("_T")
+_RATE_TAU_S = 1.0  # the arrival rate that decides lingering is averaged over about this
 
 
 class TicketWriter:
@@ -38,30 +42,36 @@ class TicketWriter:
 
     def __init__(self, store: TicketStore, *, batch_max: int = 200,
                  retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
-                 linger_s: float = 0.0,
+                 linger_s: float = 0.0, busy_ops_s: float = 100.0, min_gap_s: float = 0.0,
                  spool_path: str | os.PathLike[str] | None = None,
                  on_written: Callable[[], None] | None = None) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
-        if not 0 < retry_initial_s <= retry_max_s:
-            raise ValueError("need 0 < retry_initial_s <= retry_max_s")
         self._store = store
         self._batch_max = batch_max
-        self._on_written = on_written  # after each commit (the outbox relay's wake-up)
-        # Wait this long after the first op for more to come: in a storm, fewer and larger
-        # transactions cost the engine's process far less CPU (and GIL) per ticket.
+        self._on_written = on_written  # after each commit
+        # Under load (ops arriving faster than busy_ops_s, averaged over about a second),
+        # wait linger_s after the first op for more to come: in a storm, fewer and larger
+        # transactions cost the engine's process far less CPU (and GIL) per ticket. Below
+        # that a change is written at once, so it reaches the stream within milliseconds.
         self._linger_s = linger_s
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
+        self._busy_ops_s = busy_ops_s
+        # Below that, commits start at least min_gap_s apart: a change after a quiet spell
+        # is written at once, one right behind a commit waits out the gap with the others
+        # that come meanwhile (each transaction costs the engine's process CPU).
+        self._min_gap_s = min_gap_s
+        self._last_commit = -math.inf  # monotonic, when the last write began
+        self._rate = 0.0  # ops/s, exponentially weighted (time constant _RATE_TAU_S)
+        self._rate_at = time.monotonic()
+        self._rate_count = 0  # ops submitted when _rate was last updated
+        # the database away: every attempt logged, retried after a capped backoff
+        self._backoff = Backoff("ticket_write", initial_s=retry_initial_s, max_s=retry_max_s, logger=log)
         # None is the wake-up that close() sends to a run() waiting for work
         self._queue: asyncio.Queue[TicketOp | None] = asyncio.Queue()
         # the batch being written; kept until written, so a cancelled run() loses nothing
         self._inflight: list[TicketOp] = []
         self._submitted = 0
         self._written = 0
-        self._retries = 0
-        self._failing_since: float | None = None
-        self._last_error: str | None = None
         self._progress = asyncio.Condition()
         self._stop = asyncio.Event()
         self._closing = False
@@ -116,17 +126,22 @@ class TicketWriter:
     @property
     def retries(self) -> int:
         """Failed write attempts since start."""
-        return self._retries
+        return self._backoff.failures
 
     @property
     def failing(self) -> bool:
         """True while the current batch keeps failing (the database is away)."""
-        return self._failing_since is not None
+        return self._backoff.failing
 
     @property
     def last_error(self) -> str | None:
         """The error of the last failed attempt, while failing."""
-        return self._last_error
+        return self._backoff.last_error
+
+    @property
+    def rate(self) -> float:
+        """Ops submitted per second, averaged over about the last second (at the last batch)."""
+        return self._rate
 
     # --- the background loop ------------------------------------------------------------
     async def run(self) -> None:
@@ -154,8 +169,14 @@ class TicketWriter:
         """Wait for work, then take everything queued, up to ``batch_max``."""
         first = await self._queue.get()
         batch = [] if first is None else [first]
-        if first is not None and self._linger_s > 0 and not self._closing:
-            await self._stopped_within(self._linger_s)
+        if first is not None and not self._closing:
+            if self._busy():
+                await stopped_within(self._stop, self._linger_s)
+            else:
+                gap = self._last_commit + self._min_gap_s - time.monotonic()
+                if gap > 0:
+                    await stopped_within(self._stop, gap)
+        self._last_commit = time.monotonic()
         while len(batch) < self._batch_max:
             try:
                 op = self._queue.get_nowait()
@@ -165,47 +186,43 @@ class TicketWriter:
                 batch.append(op)
         return batch
 
+    def _busy(self) -> bool:
+        """Ops arrive faster than ``busy_ops_s`` (so lingering pays); updates the rate."""
+        if self._linger_s <= 0:
+            return False
+        now = time.monotonic()
+        dt = max(now - self._rate_at, 1e-6)
+        arrived = self._submitted - self._rate_count
+        # an exponentially weighted rate: a burst of a few ops adds a few ops/s, not
+        # thousands, so one change now and then is still written at once
+        alpha = 1.0 - math.exp(-dt / _RATE_TAU_S)
+        self._rate = (1.0 - alpha) * self._rate + alpha * arrived / dt
+        self._rate_at, self._rate_count = now, self._submitted
+        return self._rate >= self._busy_ops_s
+
     async def _write_inflight(self) -> None:
-        delay = self._retry_initial_s
-        attempt = 0
         while True:
             try:
                 await asyncio.to_thread(self._store.apply, self._inflight)
-            except Exception as exc:  # noqa: BLE001 - logged in _failed; retried forever
-                attempt += 1
-                self._failed(exc, attempt, len(self._inflight), delay)
+            except Exception as exc:  # noqa: BLE001 - logged by the backoff; retried forever
+                delay = self._failed(exc, len(self._inflight))
                 if self._spool is not None:
                     # from now on ops go to the durable spool until it is written
                     batch, self._inflight = self._inflight, []
                     await self._to_spool(batch)
                     return
-                if await self._stopped_within(delay):
+                if await stopped_within(self._stop, delay):
                     return  # closed while failing: keep the batch for a later run()
-                delay = min(delay * 2, self._retry_max_s)
                 continue
-            self._recovered(attempt)
+            self._backoff.succeeded()
             written = len(self._inflight)
             self._inflight = []
             await self._count_written(written)
             return
 
-    def _failed(self, exc: Exception, attempt: int, batch: int, delay: float) -> None:
-        self._retries += 1
-        first_line = (str(exc).splitlines() or [""])[0]
-        self._last_error = f"{type(exc).__name__}: {first_line}"
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-        where = f", spooling to {self._spool.path}" if self._spool is not None else ""
-        log.warning("ticket write failed (attempt %d; %d ops in batch, %d pending%s), "
-                    "retrying in %.3g s: %s", attempt, batch, self.pending, where, delay,
-                    self._last_error, exc_info=attempt == 1)
-
-    def _recovered(self, attempts: int) -> None:
-        if self._failing_since is not None:
-            log.warning("ticket writes recovered after %d failed attempts (%.1f s)",
-                        attempts, time.monotonic() - self._failing_since)
-            self._failing_since = None
-            self._last_error = None
+    def _failed(self, exc: Exception, batch: int) -> float:
+        where = f" spool={self._spool.path}" if self._spool is not None else ""
+        return self._backoff.failed(exc, f"batch={batch} pending={self.pending}{where}")
 
     async def _count_written(self, count: int) -> None:
         self._written += count
@@ -243,8 +260,6 @@ class TicketWriter:
         """Write the spool in order, spooling new ops meanwhile; empty it once written."""
         if self._spool is None:
             return
-        delay = self._retry_initial_s
-        attempt = 0
         while True:
             await self._to_spool(())
             if self._spool_done >= len(self._spool_ops):
@@ -263,15 +278,11 @@ class TicketWriter:
             chunk = self._spool_ops[self._spool_done:self._spool_done + self._batch_max]
             try:
                 await self._while_spooling(asyncio.to_thread(self._store.apply, chunk))
-            except Exception as exc:  # noqa: BLE001 - logged in _failed; retried forever
-                attempt += 1
-                self._failed(exc, attempt, len(chunk), delay)
-                await self._while_spooling(self._stopped_within(delay))
-                delay = min(delay * 2, self._retry_max_s)
+            except Exception as exc:  # noqa: BLE001 - logged by the backoff; retried forever
+                delay = self._failed(exc, len(chunk))
+                await self._while_spooling(stopped_within(self._stop, delay))
                 continue
-            self._recovered(attempt)
-            attempt = 0
-            delay = self._retry_initial_s
+            self._backoff.succeeded()
             self._spool_done += len(chunk)
             await self._count_written(len(chunk))
 
@@ -293,13 +304,6 @@ class TicketWriter:
         finally:
             if not job.done():
                 job.cancel()  # run() cancelled; a database call in its thread runs on
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
 
     # --- shutdown -----------------------------------------------------------------------
     async def drain(self, timeout: float | None) -> bool:
@@ -345,10 +349,10 @@ class TicketWriter:
             await self._to_spool(batch)
             log.error("ticket writer closed with %d ops not written, kept in the spool %s: "
                       "written at the next start (last error: %s)", self.pending,
-                      self._spool.path, self._last_error)
+                      self._spool.path, self.last_error)
             return False
         if self.pending:
             log.error("ticket writer closed with %d ops not written (last error: %s)",
-                      self.pending, self._last_error)
+                      self.pending, self.last_error)
             return False
         return True

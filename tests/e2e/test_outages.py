@@ -395,7 +395,7 @@ def test_database_outage_calls_flow_and_tickets_arrive_in_order(stoppable_postgr
     assert connected_in_outage >= 0.5 * RATE * OUTAGE_S, (
         f"only {connected_in_outage} calls reached a seat while the database was away")
     log = engine.log()
-    assert "ticket write failed" in log, "the writer noticed the outage"
+    assert "event=ticket_write_failed" in log, "the writer noticed the outage"
     rows = wait_for(lambda: _all_closed(engines, len(specs)), 40, "every ticket written and closed")
     _assert_calls_answered(out[0], rows, specs)
     wait_for(engines.recordings_settled, 15, "the 110 calls' recordings kept (their last ticket change)")
@@ -418,7 +418,7 @@ def test_database_outage_calls_flow_and_tickets_arrive_in_order(stoppable_postgr
         assert [c["at"] for c in changes] == sorted(c["at"] for c in changes), f"{ticket_id}: not in time order"
     wait_for(lambda: _outbox_drained(engines), 30, "the outbox to drain")
     n_events = _assert_exactly_once(engines, stoppable_redis.url, stream, dispatch)
-    spool = re.search(r"spooling to (\S+?)\)?,", log)
+    spool = re.search(r"event=ticket_write_failed .*?spool=(\S+)", log)
     print(f"\nDatabase outage {db_down_s:.1f} s: {len(specs)} calls, {connected_in_outage} connected during it; "
           f"{len(rows)} tickets, {n_events} events exactly once; spool: {spool.group(1) if spool else 'NOT USED'}")
     # the changes made while the database was away were kept in the durable spool

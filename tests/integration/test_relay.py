@@ -300,6 +300,9 @@ async def test_two_relays_on_one_postgresql_database_never_send_a_row_twice(
         make_store: MakeStore, private_redis: PrivateRedis) -> None:
     store, database = make_store("postgresql")
     other = TicketStore(database.url)
+    # rows written by a third process: both relays claim them (a relay's own store hands
+    # it the rows it writes, which the other never sees)
+    writing = TicketStore(database.url)
     relays = [OutboxRelay(s, private_redis.url, STREAM, batch_max=15, poll_s=0.005,
                           redis_timeout_s=1, lease_s=5) for s in (store, other)]
     try:
@@ -308,12 +311,13 @@ async def test_two_relays_on_one_postgresql_database_never_send_a_row_twice(
                 tg.create_task(relay.run())
             for start in range(0, 400, 20):  # 1600 events in 20 transactions
                 batch = [op for n in range(start, start + 20) for op in call_ops(n)]
-                await asyncio.to_thread(store.apply, batch)
+                await asyncio.to_thread(writing.apply, batch)
             await eventually(lambda: store.outbox_backlog()[0] == 0, 30, "both relays")
             for relay in relays:
                 await relay.close()
     finally:
         other.close()
+        writing.close()
 
     redis = Redis.from_url(private_redis.url, decode_responses=True)
     try:
@@ -365,3 +369,41 @@ async def test_listeners_get_every_published_row_and_a_failing_one_stops_nothing
     assert [r["event_id"] for r in heard] == [r["event_id"] for r in rows]
     assert all(r["sent_at"] is not None for r in rows), "published and marked in spite of the broken listener"
     assert heard[0]["kind"] == "opened" and heard[0]["ticket"]["caller"] == "13800138000"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_commits_in_this_process_are_published_without_a_claim_round_and_idle_costs_one_poll(
+        backend: str, make_store: MakeStore, private_redis: PrivateRedis) -> None:
+    """The store hands the relay the rows it claimed for it in the writer's transaction:
+    a change reaches the stream at once with no claim; idle, the relay only claims once per
+    poll_s (rows from other processes). About 3 s."""
+    store, _ = make_store(backend)
+    claims: list[float] = []
+    claim = store.claim_outbox
+
+    def counted(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        claims.append(time.monotonic())
+        return claim(*args, **kwargs)
+
+    store.claim_outbox = counted  # type: ignore[method-assign]
+    async with running(store, private_redis.url, poll_s=1.0) as (writer, relay):
+        await eventually(lambda: len(claims) >= 1, 5, "the first claim at start")
+        await asyncio.sleep(0.1)
+        before = len(claims)
+        for n in range(5):
+            for op in call_ops(n):
+                writer.submit(op)
+            await asyncio.sleep(0.05)
+        await eventually(lambda: relay.sent == 20, 5, "every change published")
+        assert len(claims) - before <= 1, "handed rows need no claim (one safety poll at most)"
+        idle_from = len(claims)
+        await asyncio.sleep(2.1)
+        assert 1 <= len(claims) - idle_from <= 3, "idle: one claim a second, nothing else"
+        # rows written by another process (no hand-off) wait for the safety poll
+        other = TicketStore(store.engine.url.render_as_string(hide_password=False))
+        try:
+            await asyncio.to_thread(other.apply, call_ops(99))
+            await eventually(lambda: relay.sent == 24, 3, "the safety poll to find them")
+        finally:
+            other.close()
+    assert all(r["sent_at"] is not None for r in store.outbox())

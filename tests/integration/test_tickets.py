@@ -322,7 +322,7 @@ async def test_writer_survives_database_outage(backend: str, make_store: MakeSto
     assert event_log(store) == expected_log(all_ops)
     assert all(t["outcome"] == "completed" for t in store.list(limit=100))
     messages = [r.getMessage() for r in caplog.records]
-    assert any("ticket write failed" in m for m in messages)
+    assert any("event=ticket_write_failed" in m for m in messages)
     assert any("recovered" in m for m in messages)
 
 

@@ -148,7 +148,7 @@ async def test_batches_take_everything_queued_up_to_batch_max(store: FlakyStore)
 
 async def test_failed_batch_is_retried_unchanged_with_backoff(
         store: FlakyStore, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="callrouter.tickets")
+    caplog.set_level(logging.DEBUG, logger="callrouter.tickets")
     writer = TicketWriter(store, batch_max=3, retry_initial_s=0.01, retry_max_s=0.04)
     store.fail = 4
     ops: list[TicketOp] = [open_op("T-1"), AnswerTicket("T-1", T0 + timedelta(seconds=1)),
@@ -164,7 +164,7 @@ async def test_failed_batch_is_retried_unchanged_with_backoff(
     first = ["T-1", "T-1", "T-1"]
     assert store.attempts == [first] * 5 + [["T-2"]]
     delays = [float(m.group(1)) for r in caplog.records
-              if (m := re.search(r"retrying in ([0-9.]+) s", r.getMessage()))]
+              if (m := re.search(r"retry_in_s=([0-9.]+)", r.getMessage()))]
     assert delays == [0.01, 0.02, 0.04, 0.04]
     assert writer.retries == 4 and not writer.failing and writer.last_error is None
     ticket = store.get("T-1")
@@ -213,3 +213,29 @@ async def test_close_without_run(store: FlakyStore) -> None:
     idle = TicketWriter(store)
     idle.submit(open_op("T-1"))
     assert not await idle.close(timeout=0.1)
+
+
+async def test_writer_commits_each_change_at_once_below_busy_rate_and_lingers_above(store: FlakyStore) -> None:
+    """Below ``busy_ops_s`` a change is written at once (the stream within milliseconds);
+    a storm above it is batched for ``linger_s``. About 1.5 s."""
+    writer = TicketWriter(store, linger_s=0.3, busy_ops_s=100.0)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(writer.run())
+        for n in range(10):  # 20 ops/s
+            started = asyncio.get_running_loop().time()
+            writer.submit(open_op(f"Q-{n}"))
+            assert await writer.drain(timeout=5)
+            assert asyncio.get_running_loop().time() - started < 0.2, "written at once, no linger"
+            await asyncio.sleep(0.05)
+        assert all(len(batch) == 1 for batch in store.attempts)
+        for n in range(800):  # a storm: 800 ops in about 0.8 s
+            writer.submit(open_op(f"S-{n}"))
+            if n % 10 == 9:
+                await asyncio.sleep(0.01)
+        assert await writer.drain(timeout=5)
+        assert writer.rate > 100.0
+        # the rate (averaged over about a second) passes 100 ops/s within about 0.1 s,
+        # then batches are linger_s long
+        storm = [len(b) for b in store.attempts[10:]]
+        assert len(storm) <= 25 and max(storm) >= 100, storm
+        await writer.close(timeout=5)
