@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +43,17 @@ def test_a_checkout_reads_its_top_level_data_and_a_setting_overrides_it(tmp_path
     assert load_settings(env={}).data_dir == checkout
     assert all((checkout / name).is_dir() for name in DATA_DIRS)
     assert load_settings(env={"CALLROUTER_DATA_DIR": str(tmp_path)}).data_dir == tmp_path
+
+
+def test_the_build_ships_the_data_directories_the_lookup_expects() -> None:
+    # setup.py cannot import the package: its list is kept in step by this test
+    checkout = Path(__file__).resolve().parents[2]
+    setup = ast.parse((checkout / "setup.py").read_text())
+    (built,) = [ast.literal_eval(node.value) for node in setup.body if isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "DATA_DIRS" for t in node.targets)]
+    assert tuple(built) == DATA_DIRS
+    grafts = re.findall(r"(?m)^graft (\S+)$", (checkout / "MANIFEST.in").read_text())
+    assert sorted(grafts) == sorted(DATA_DIRS)
 
 
 def test_derived_paths_follow_home_and_data_dir(tmp_path: Path) -> None:
