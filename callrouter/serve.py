@@ -50,7 +50,9 @@ def serve(settings: Settings) -> int:
             return 0
         watcher = threading.Thread(target=prov.watch, args=(settings, watching), name="asterisk-watch", daemon=True)
         watcher.start()
-        engine = subprocess.Popen([sys.executable, "-m", "callrouter.cli", "run"])
+        # its own session: a Ctrl-C at a terminal reaches serve alone, which forwards it once
+        # (the engine takes a second signal as "exit at once")
+        engine = subprocess.Popen([sys.executable, "-m", "callrouter.cli", "run"], start_new_session=True)
         while not stop.wait(0.5):
             if engine.poll() is not None:
                 code = engine.returncode
