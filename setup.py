@@ -1,11 +1,11 @@
 """Build hook: the wheel carries callrouter's default data inside the package.
 
-The repository keeps the data at the top level (asterisk-conf/, ivr_prompts/, kamailio-conf/, queues/,
-sip-sim/), where a checkout reads it. ``build_py`` copies those directories into the built
-package as ``callrouter/data/<dir>/``, so an installed callrouter finds them through
-importlib.resources (``callrouter.config``) with no setting. An editable install reads the
-checkout's directories directly: nothing is copied for it. Everything else is declared in
-setup.cfg.
+The repository keeps the data at the top level (DATA_DIRS: asterisk-conf/, ivr_prompts/,
+kamailio-conf/, queues/, sip-sim/), where a checkout reads it. ``build_py`` copies those
+directories into the built package as ``callrouter/data/<dir>/``, so an installed callrouter
+finds them through importlib.resources (``callrouter.config``) with no setting. An editable
+install reads the checkout's directories directly: nothing is copied for it. Everything else
+is declared in setup.cfg.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-# keep in step with callrouter.config.DATA_DIRS (the build must not import the package)
+# keep in step with callrouter.config.DATA_DIRS and MANIFEST.in (the build must not import
+# the package; tests/unit/test_config.py checks all three agree)
 DATA_DIRS = ("asterisk-conf", "ivr_prompts", "kamailio-conf", "queues", "sip-sim")
 
 
