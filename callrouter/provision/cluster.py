@@ -563,12 +563,40 @@ def up(settings: Settings, size: int | None = None) -> UpReport:
 
 
 def down(settings: Settings, size: int | None = None) -> dict[str, bool]:
-    """Stop Kamailio and every node of this machine, whatever state they are in."""
+    """Stop Kamailio and every node of this machine, whatever state they are in (also
+    nodes an earlier ``up --nodes N`` started beyond these settings' count)."""
     cluster = plan(settings, size)
     stopped = {"kamailio": stop_kamailio(cluster)}
     for node in cluster.nodes:
         stopped[node.name] = stop_node(node)
+    for pid, name in _other_nodes(cluster):
+        if name.startswith("node"):  # a chroot node: stopped as the others, killed if need be
+            prov.stop(prov.Target("chroot", settings.chroot, node_paths(name)))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        stopped[name] = True
     return stopped
+
+
+def _other_nodes(cluster: Cluster) -> list[tuple[int, str]]:
+    """(pid, node name) of Asterisk processes of this cluster's chroot or home that run a
+    node configuration other than the planned nodes'."""
+    planned = {f"{n.target.paths.etc_dir}/asterisk.conf" for n in cluster.nodes}
+    chroot = str(cluster.settings.chroot)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            args = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0")]
+            if not args[0].endswith("asterisk") or "-C" not in args:
+                continue
+            conf = args[args.index("-C") + 1]
+            m = re.fullmatch(r"/etc/asterisk-(node\d+)/asterisk\.conf", conf)
+            ours = (m is not None and os.readlink(entry / "root") == chroot) or conf.startswith(f"{cluster.dir}/")
+            if ours and conf not in planned:
+                found.append((int(entry.name), m.group(1) if m else conf))
+    return found
 
 
 def status(settings: Settings, size: int | None = None) -> dict[str, Any]:
