@@ -50,7 +50,13 @@ def podman(settings: Settings) -> image.Podman:
         prov.ensure_host_packages(["sipp", "debootstrap"])
     except prov.ProvisionError as exc:
         missing_part(f"SIPp or debootstrap: {exc}")
-    return image.podman_for(settings)
+    podman = image.podman_for(settings)
+    podman.configure()
+    # a run killed before its cleanup left its container (holding the SIP address): gone
+    left = podman.run("ps", "--all", "--quiet", "--filter", "name=^callrouter-test-", check=False).stdout.split()
+    if left:
+        podman.run("rm", "--force", "--time", "0", *left, check=False, timeout=120)
+    return podman
 
 
 @pytest.fixture(scope="module")
