@@ -16,17 +16,15 @@ lost and never replayed, and after a kill -9 the engine starts from its last sna
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
-from callrouter.acd import CallAbandoned, CallArrived, CallEnded, CallState
+from callrouter.acd import CallState
 from callrouter.ari import AriError, Bridge, Channel
 from callrouter.calls.bridges import BRIDGE_PREFIX, is_mixing_bridge_of
 from callrouter.calls.holding import HOLD_RE
-from callrouter.calls.model import CallPhase, SeatLeg
+from callrouter.calls.model import CallPhase
 from callrouter.calls.service import LEG_PREFIX, SIDE_PREFIX, CallService
 from callrouter.logs import q
-from callrouter.tickets import CloseTicket, ticket_id_for_channel
 
 log = logging.getLogger("callrouter.calls")
 
@@ -92,12 +90,7 @@ def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:
     for entry in service.acd.snapshot(service.now_ts())["calls"]:
         cid = str(entry["call_id"])
         if cid not in callers and cid not in service.calls:
-            on_call = entry["state"] == CallState.ON_CALL.value
-            arrived = datetime.fromtimestamp(float(entry["arrived_at"]), UTC)
-            service.writer.submit(CloseTicket(id=ticket_id_for_channel(arrived, cid), at=service.clock(),
-                                              outcome="completed" if on_call else "abandoned"))
-            service.feed(CallEnded(cid) if on_call else CallAbandoned(cid))
-            service.counters["lost_in_gap"] += 1
+            service.ended_unseen(cid, float(entry["arrived_at"]), entry["state"] == CallState.ON_CALL.value)
 
 
 def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: dict[str, Bridge],
@@ -115,17 +108,11 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
         if leg_id is not None and mixing is not None:
             # talking: Asterisk keeps them bridged; nothing to do but remember it
             talking_legs.add(leg_id)
-            seat = service.seat_of_channel(legs[leg_id]) or ""
-            call.phase, call.seat, call.seat_leg, call.bridge = CallPhase.TALKING, seat, leg_id, mixing.id
-            call.connects = int(mixing.id.rsplit("-", 1)[1])
-            service.legs.setdefault(leg_id, SeatLeg(id=leg_id, call_id=call.id, seat=seat,
-                                                    offered_at=service.now_ts(), originated=True,
-                                                    answered=True))
+            service.resume_talking(call, leg_id, service.seat_of_channel(legs[leg_id]) or "", mixing.id)
             continue
         if call.phase is CallPhase.TALKING:
             continue
-        if service.acd.call_state(call.id) is None:
-            service.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
+        service.requeue(call)
         if service.holding.bridge_of(call.id) is None and call.offer_leg is None:
             service.rehold(call, channel.state)
     return talking_legs

@@ -550,6 +550,29 @@ class CallService:
         self.finish(call, outcome, "ended while the engine was away")
         self.feed(CallEnded(call.id) if outcome == "completed" else CallAbandoned(call.id))
 
+    def ended_unseen(self, call_id: str, arrived_at: float, on_call: bool) -> None:
+        """A call only the ACD snapshot knew (after a restart) whose caller is gone: its
+        ticket id derives from arrival and channel, so it closes without a look-up."""
+        arrived = datetime.fromtimestamp(arrived_at, UTC)
+        self.writer.submit(CloseTicket(id=ticket_id_for_channel(arrived, call_id), at=self.clock(),
+                                       outcome="completed" if on_call else "abandoned"))
+        self.feed(CallEnded(call_id) if on_call else CallAbandoned(call_id))
+        self.counters["lost_in_gap"] += 1
+
+    def resume_talking(self, call: LiveCall, leg_id: str, seat: str, bridge_id: str) -> None:
+        """An adopted caller Asterisk still keeps bridged with a seat: nothing to do but
+        remember it (the bridge id's last part counts the seats the caller met)."""
+        call.phase, call.seat, call.seat_leg, call.bridge = CallPhase.TALKING, seat, leg_id, bridge_id
+        call.connects = int(bridge_id.rsplit("-", 1)[1])
+        self.legs.setdefault(leg_id, SeatLeg(id=leg_id, call_id=call.id, seat=seat, offered_at=self.now_ts(),
+                                             originated=True, answered=True))
+
+    def requeue(self, call: LiveCall) -> None:
+        """An adopted waiting caller the ACD does not know (no snapshot): queued by the
+        original arrival."""
+        if self.acd.call_state(call.id) is None:
+            self.feed(CallArrived(call.id, call.line, call.route.priority, call.arrived_at.timestamp()))
+
     def rehold(self, call: LiveCall, state: str) -> None:
         """An adopted waiting caller goes (back) into a holding bridge, in its lane."""
         # a greeting the dead engine started may still be playing (its id is
