@@ -277,15 +277,30 @@ def test_pike_cuts_a_register_flood(nodes_clean: ClusterUnderTest) -> None:
 
 def test_kill_9_of_a_node_new_calls_answered_by_the_other(nodes_clean: ClusterUnderTest) -> None:
     """Node death -> new calls answered by the other within the probe interval plus the SIP
-    timer; then `cluster up` brings the node back and the probe puts it back in rotation."""
+    timer; the calls up on the dead node are lost (counted), those on the other go on; then
+    `cluster up` brings the node back and the probe puts it back in rotation."""
     from callrouter.provision import asterisk as prov
 
     cluster = nodes_clean
     settings = cluster.settings
-    node1 = cluster.plan().nodes[0]
-    pid = prov.pid(node1.target)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    node1, node2 = cluster.plan().nodes
+    # four callers up before the death, two on each node, waiting for the far end's BYE
+    stop_held = threading.Event()
+    held: list[TrunkReport] = []
+    held_specs = [CallSpec("110", f"13700000{i:03d}", -1) for i in range(4)]
+    holder = threading.Thread(target=lambda: held.append(run_calls(
+        settings, held_specs, 10, local_ip=cluster.trunk[1], timeout_s=60, cancel=stop_held)))
+    holder.start()
+    try:
+        wait_for(lambda: [c["channels"] for c in cluster.counts().values()] == [2, 2], 10,
+                 "two held callers on each node")
+        pid = prov.pid(node1.target)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    except BaseException:
+        stop_held.set()
+        holder.join(30)
+        raise
     killed_at = time.time()
     marked: list[float] = []
 
@@ -302,6 +317,16 @@ def test_kill_9_of_a_node_new_calls_answered_by_the_other(nodes_clean: ClusterUn
     calls_from = time.time()
     report = cluster.calls(16, 4, cluster.trunk[0])
     watcher.join(30)
+    # the survivors: still up on node2; ended from there, their callers get the BYE
+    survivors = cluster.counts()["node2"]["channels"]
+    prov.rx(node2.target, "channel request hangup all")
+    wait_for(lambda: cluster.counts()["node2"]["channels"] == 0, 10, "node2's callers to end")
+    time.sleep(0.5)
+    stop_held.set()
+    holder.join(30)
+    outcomes = sorted(c.outcome for c in held[0].calls)
+    lost = outcomes.count("failed")
+    assert survivors == 2 and outcomes == ["completed_by_far_end"] * 2 + ["failed"] * 2, outcomes
     assert report.failed == 0, report.to_json()
     worst_ms = max(report.rtt_ms)
     # SIPp's Date_ms counts from its start
@@ -323,6 +348,7 @@ def test_kill_9_of_a_node_new_calls_answered_by_the_other(nodes_clean: ClusterUn
     assert again.failed == 0 and min(_delta(_processed(cluster.counts()), before).values()) >= 2
     sys.stderr.write(
         f"\nnode death (probe {settings.cluster_probe_s} s, SIP timer {settings.cluster_sip_timer_s} s): "
+        f"{lost} of 4 calls up were on the dead node and lost, 2 on node2 went on; "
         f"16/16 new calls answered; first answered {first_answer_s:.2f} s after kill -9; worst INVITE->200 "
         f"{worst_ms:.0f} ms ({sum(1 for r in report.rtt_ms if r > 1000)} calls waited for the SIP timer); node marked inactive after {marked[0]:.2f} s; back in rotation {back_s:.2f} s "
         "after `cluster up` began\n")
