@@ -130,6 +130,7 @@ class OutboxRelay:
         self._behind = False  # handed rows were dropped: claims take our own rows again
         self._published_order: deque[str] = deque(maxlen=_HANDED_MAX)
         self._published: set[str] = set()
+        self._in_doubt: set[str] = set()  # event ids of a pipeline that failed: on the stream?
         self._next_claim = 0.0  # monotonic: the safety poll's next claim
         self._sent = 0
         self._lag_s = 0.0
@@ -245,6 +246,10 @@ class OutboxRelay:
         if not self._claimed:
             self._lag_s = 0.0
             return more
+        if self._in_doubt:
+            await self._drop_published()
+            if not self._claimed:
+                return more
         rows = self._claimed[:self._batch_max]
         oldest = datetime.fromisoformat(rows[0]["created_at"])
         self._lag_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
@@ -259,7 +264,10 @@ class OutboxRelay:
                               minid=minid, approximate=True)
                 else:
                     pipe.xadd(self.stream, stream_fields(row))  # type: ignore[arg-type]
+            # a pipeline cut off part-way (Redis stopped under it) may have added some
+            self._in_doubt = {row["event_id"] for row in rows}
             await pipe.execute()
+            self._in_doubt = set()
         # Published. If marking fails now, remember the ids and mark them before claiming
         # again, rather than re-claiming and sending them twice.
         del self._claimed[:len(rows)]
@@ -268,6 +276,22 @@ class OutboxRelay:
         self._tell(rows)
         await self._mark(self._unmarked)
         return more or bool(self._claimed)
+
+    async def _drop_published(self) -> None:
+        """After a failed pipeline: the rows of it that reached the stream anyway are
+        marked sent (and told to the listeners), not sent again."""
+        entries = await self._redis.xrevrange(self.stream, count=len(self._in_doubt) + 1000)
+        arrived = {str(fields.get("event_id")) for _id, fields in entries or [] if fields} & self._in_doubt
+        self._in_doubt = set()
+        if not arrived:
+            return
+        rows = [row for row in self._claimed if row["event_id"] in arrived]
+        self._claimed = [row for row in self._claimed if row["event_id"] not in arrived]
+        log.warning("event=relay_partly_published rows=%d: not sent again", len(rows))
+        self._unmarked = [row["event_id"] for row in rows]
+        self._remember_published(self._unmarked)
+        self._tell(rows)
+        await self._mark(self._unmarked)
 
     def _remember_published(self, event_ids: list[str]) -> None:
         """Recently published ids: a row handed late, or claimed again, is not sent twice."""
