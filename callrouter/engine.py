@@ -38,6 +38,7 @@ from callrouter.security_events import SecurityEvents
 from callrouter.shutdown import Signals, Watchdog, step
 from callrouter.speech import SpeechService
 from callrouter.tickets import TicketStore, TicketWriter
+from callrouter.tickets.machine import rules_of
 from callrouter.tickets.relay import OutboxRelay, stream_name
 
 log = logging.getLogger("callrouter.engine")
@@ -161,7 +162,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         signals.install()
     plan = load_plan(settings.numberplan_path)
     lines = load_lines(settings.lines_path)
-    store = TicketStore(settings.database_url)
+    # the ticket rules that differ per line (callbacks of abandoned calls) from lines.toml
+    store = TicketStore(settings.database_url, rules=rules_of(lines))
     await asyncio.to_thread(store.create_schema)
     # a database outage spools ticket changes to a durable local file, written back in order
     # every ticket change reaches dispatch through the outbox, beside the call flow; each

@@ -90,6 +90,10 @@ class LineConfig:
     staffing_level: float | None = None
     # [line.<id>.recording]: absent, the line's calls are not recorded
     recording: RecordingPolicy = field(default_factory=RecordingPolicy)
+    # the ticket rules (callrouter.tickets.machine.TicketRules): an abandoned call is
+    # flagged for a call back; a request from another channel (web, WeChat) gets this priority
+    callback_abandoned: bool = False
+    intake_priority: int = 5
 
     @property
     def staffing_goal(self) -> tuple[StaffingMeasure, float]:
@@ -281,6 +285,11 @@ def _parse_line(
     if t.has("staffing_level"):
         staffing_level = t.number("staffing_level", above=0, maximum=0.999)
     recording = _parse_recording(t.table("recording"))
+    callback_abandoned = t.raw("callback_abandoned") if t.has("callback_abandoned") else False
+    if not isinstance(callback_abandoned, bool):
+        t.problems.add(t.path + ("callback_abandoned",), f"{dotted(t.path)}.callback_abandoned: "
+                       f"must be true or false, got {callback_abandoned!r}")
+    intake_priority = t.integer("intake_priority", default=5, minimum=MIN_PRIORITY, maximum=MAX_PRIORITY)
     t.reject_unknown()
     if len(t.problems) > start:
         return None
@@ -298,6 +307,8 @@ def _parse_line(
         or aht_alpha is None
         or overflow is None
         or recording is None
+        or intake_priority is None
+        or not isinstance(callback_abandoned, bool)
         or not seats
     ):
         return None
@@ -320,6 +331,8 @@ def _parse_line(
         staffing_measure="connected" if measure == "connected" else "within_target",
         staffing_level=staffing_level,
         recording=recording,
+        callback_abandoned=callback_abandoned,
+        intake_priority=intake_priority,
     )
 
 

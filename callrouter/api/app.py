@@ -55,6 +55,7 @@ from callrouter.calls.service import CallService, TransferError
 from callrouter.categories import plan_categories
 from callrouter.numberplan import PlanError, load_plan, normalise
 from callrouter.tickets import AddNote, Reclassify, RecordingAccessed, SetLegalHold, TicketStore
+from callrouter.tickets.machine import rules_of
 from callrouter.tickets.models import CHANNELS, RECORDING_FILE
 
 log = logging.getLogger("callrouter.api")
@@ -501,6 +502,7 @@ async def reload_lines(request: web.Request) -> web.Response:
     except ConfigFileError as exc:
         return error(400, "invalid_lines", str(exc))
     service.reconfigure(config, raise_refusal=True)  # a file that drops a line: 409 with the reason
+    request.app[STORE_KEY].rules = rules_of(config)  # callbacks of abandoned calls per line
     return web.json_response({"reloaded": str(path), "lines": list(config.line_ids),
                               "seats": sum(len(line.seats) for line in config.lines) + len(config.pool)})
 

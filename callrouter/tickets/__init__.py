@@ -2,12 +2,14 @@
 
 The engine builds ops (``OpenTicket`` ... ``RecordCallback``) with ids from
 ``new_ticket_id`` and submits them to a ``TicketWriter``, which applies them to a
-``TicketStore`` (SQLite or PostgreSQL) in the background, in order, retrying through
+``TicketStore`` (SQLite or PostgreSQL; what an op does to a ticket is the pure state
+machine of ``machine``, its per-line rules ``TicketRules`` from lines.toml) in the background, in order, retrying through
 database outages (with a durable local spool when given one). Every change also writes an
 outbox row in the same transaction; ``OutboxRelay`` publishes those to the Redis stream
 ``<prefix>:tickets`` and ``consumer`` reads it with a consumer group (docs/DISPATCH.md).
 """
 
+from .machine import TicketRules
 from .models import (
     CALLBACK_OUTCOMES,
     LINES,
@@ -80,6 +82,7 @@ __all__ = [
     "TicketDict",
     "TicketEvent",
     "TicketOp",
+    "TicketRules",
     "TicketStore",
     "TicketWriter",
     "new_ticket_id",

@@ -38,41 +38,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlalchemy.schema import CreateColumn
 
+from . import machine
 from . import orders as _orders  # noqa: F401 - the order tables join Base.metadata for create_schema
+from .machine import INTAKE_FIELDS, OPENED_FIELDS, SHIPPED_RULES, Change, Loaded, TicketRules, apply_op, iso
 from .models import (
-    CALLER_MAX,
-    CALLER_NAME_MAX,
-    DIALLED_MAX,
-    AddNote,
-    AddTransfer,
-    AnswerTicket,
-    AttachRecording,
     Base,
-    CloseTicket,
-    FollowUpDone,
-    MarkDispatched,
-    MarkSolved,
     OpenIntake,
     OpenTicket,
     OutboxEvent,
-    PurgeRecording,
-    Reclassify,
-    RecordCallback,
     RecordingAccessed,
-    RecordingFailed,
     RecordUnseenCall,
-    RequestCallback,
-    RequestFollowUp,
-    SendToDispatch,
-    SetLegalHold,
-    SetSeat,
-    SetTown,
-    SetTranscript,
     Ticket,
     TicketEvent,
     TicketOp,
-    duration_between,
-    untrusted_text,
     utc,
 )
 
@@ -105,11 +83,14 @@ class TicketStore:
     """Tickets in one database, named by an SQLAlchemy URL.
 
     ``sqlite:///path/tickets.sqlite3`` (the parent directory is created; WAL, foreign keys
-    and a busy timeout are switched on) or ``postgresql+psycopg://user@host/db``.
+    and a busy timeout are switched on) or ``postgresql+psycopg://user@host/db``. ``rules``:
+    the per-line ticket rules (which lines' abandoned calls are called back), from
+    lines.toml (:func:`callrouter.tickets.machine.rules_of`); without, the shipped file's.
     """
 
     def __init__(self, url: str, *, sqlite_busy_timeout_s: float = 5.0,
-                 connect_timeout_s: int = 5) -> None:
+                 connect_timeout_s: int = 5, rules: TicketRules | None = None) -> None:
+        self.rules = rules or SHIPPED_RULES
         parsed = make_url(url)
         self.backend: str = parsed.get_backend_name()
         kwargs: dict[str, Any] = {}
@@ -276,14 +257,14 @@ class TicketStore:
                 # engine): it is found by its channel
                 tickets.update(self._load(session, {channel_owner[c] for c in unseen if c in channel_owner}
                                           - tickets.keys()))
-            new: list[Ticket] = []
+            loaded = Loaded(tickets, channel_owner)
             events: list[TicketEvent] = []
             outbox: list[OutboxEvent] = []
             audited = self._audited(session, [op for op in ops if isinstance(op, RecordingAccessed)])
             for op in ops:
                 if isinstance(op, RecordingAccessed) and (op.id, utc(op.at)) in audited:
                     continue  # a retried batch: this access is on record already
-                for change in _apply_one(op, tickets, channel_owner, new, now):
+                for change in apply_op(op, loaded, now, self.rules):
                     # the changed ticket's id: a RecordUnseenCall may close a ticket the
                     # engine opened under another id
                     ticket_id = str(change.ticket["id"])
@@ -294,7 +275,7 @@ class TicketStore:
                     outbox.append(OutboxEvent(
                         event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
                         at=change.at, created_at=now, payload=change.ticket))
-            session.add_all(new)
+            session.add_all(loaded.new)
             # tickets first, so the events' foreign keys find them
             session.flush()
             session.add_all(events)
@@ -323,16 +304,16 @@ class TicketStore:
                                      Ticket.arrived_at >= since, Ticket.arrived_at <= op.at + timedelta(seconds=60))
                 .order_by(Ticket.arrived_at.desc(), Ticket.id.desc()).limit(1)).first()
             if found is not None:
-                record = {"channel": op.channel, "contact": op.contact, "text": op.text, "at": _iso(op.at)}
+                record = {"channel": op.channel, "contact": op.contact, "text": op.text, "at": iso(op.at)}
                 found.updated_at = now
-                change = _change(found, "linked", op.at, record)
-                self._record(session, [change], now)
+                linked = machine.change(found, "linked", op.at, record)
+                self._record(session, [linked], now)
                 return IntakeResult(found.id, True)
             said: dict[str, Any] = {"model": f"intake:{op.channel}", "text": op.text, "flags": [], "keywords": [],
-                    "priority": None, "final": True, "at": _iso(op.at)}
+                    "priority": None, "final": True, "at": iso(op.at)}
             opened = Ticket(
                 id=op.id, dialled="", number="", caller="", caller_name="", line=op.line, category=op.category,
-                department="", priority=2 if op.line == "110" else 5, listed=True,
+                department="", priority=self.rules.priority_of_intake(op.line), listed=True,
                 channel_id=f"{op.channel}:{op.id}", arrived_at=op.at, answered_at=None, seat=None,
                 seat_answered_at=None, ended_at=None, outcome=None, duration_s=None, updated_at=now,
                 reclassified_at=None, transfers=[], notes=[], callback_requested=False, callback_attempts=0,
@@ -340,11 +321,11 @@ class TicketStore:
                 contact=op.contact, town=op.town)
             session.add(opened)
             session.flush()
-            data = {k: v for k, v in opened.to_dict().items() if k in _OPENED_FIELDS | _INTAKE_FIELDS}
-            self._record(session, [_change(opened, "opened", op.at, data, outbox_kind="intake")], now)
+            data = {k: v for k, v in opened.to_dict().items() if k in OPENED_FIELDS | INTAKE_FIELDS}
+            self._record(session, [machine.change(opened, "opened", op.at, data, outbox_kind="intake")], now)
             return IntakeResult(opened.id, False)
 
-    def _record(self, session: Session, changes: Sequence[_Change], now: datetime) -> None:
+    def _record(self, session: Session, changes: Sequence[Change], now: datetime) -> None:
         """The ticket_events and outbox rows of ``changes`` (tickets already flushed)."""
         outbox: list[OutboxEvent] = []
         for change in changes:
@@ -541,7 +522,7 @@ class TicketStore:
                 rows = session.execute(select(column, n).where(*window).group_by(column)
                                        .order_by(n.desc(), column).limit(max(0, top)))
                 by[key] = {str(k): int(v) for k, v in rows}
-        return {"since": _iso(since), "until": _iso(until) if until else None,
+        return {"since": iso(since), "until": iso(until) if until else None,
                 "offered": sum(v["offered"] for v in lines.values()), "lines": lines, **by}
 
     def _seconds_between(self, start: Any, end: Any) -> Any:
@@ -620,291 +601,6 @@ class TicketStore:
                 select(Ticket.channel_id, Ticket.id).where(Ticket.channel_id.in_(chunk)))
             owners.update((channel, ticket_id) for channel, ticket_id in rows)
         return owners
-
-
-@dataclass(frozen=True, slots=True)
-class _Change:
-    kind: str  # ticket_events kind
-    outbox_kind: str  # dispatch stream kind
-    at: datetime
-    data: dict[str, Any]  # ticket_events data: what changed
-    ticket: dict[str, Any]  # the whole ticket after the change
-
-
-def _change(ticket: Ticket, kind: str, at: datetime, data: dict[str, Any],
-            outbox_kind: str | None = None) -> _Change:
-    return _Change(kind, outbox_kind or kind, at, data, ticket.to_dict())
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat()
-
-
-def _apply_one(op: TicketOp, tickets: dict[str, Ticket], channel_owner: dict[str, str],
-               new: list[Ticket], now: datetime) -> list[_Change]:
-    """Change the loaded ``tickets`` for one op; the changes to record (none for a no-op)."""
-    if isinstance(op, RecordUnseenCall):
-        return _record_unseen(op, tickets, channel_owner, new, now)
-
-    if isinstance(op, OpenTicket):
-        existing = tickets.get(op.id)
-        if existing is not None:
-            if existing.channel_id != op.channel_id:
-                log.error("ticket id %s clashes: already used for channel %s, not opened "
-                          "for channel %s", op.id, existing.channel_id, op.channel_id)
-            return []  # a retried batch: already written
-        owner = channel_owner.get(op.channel_id)
-        if owner is not None:
-            # the same call opened twice (e.g. after an engine restart): the first ticket
-            # stays the record of this channel
-            log.warning("channel %s already has ticket %s; ticket %s not opened",
-                        op.channel_id, owner, op.id)
-            return []
-        opened = Ticket(
-            id=op.id, dialled=untrusted_text(op.dialled, DIALLED_MAX), number=op.number[:DIALLED_MAX],
-            caller=untrusted_text(op.caller, CALLER_MAX),
-            caller_name=untrusted_text(op.caller_name, CALLER_NAME_MAX), line=op.line, category=op.category,
-            department=op.department, priority=op.priority, listed=op.listed,
-            channel_id=op.channel_id, arrived_at=op.arrived_at, answered_at=None, seat=None,
-            seat_answered_at=None, ended_at=None, outcome=None, duration_s=None,
-            updated_at=now, reclassified_at=None, transfers=[], callback_requested=False,
-            callback_requested_at=None, callback_at=None, callback_seat=None,
-            callback_outcome=None, callback_attempts=0, held_by_dialplan=op.held_by_dialplan)
-        tickets[op.id] = opened
-        channel_owner[op.channel_id] = op.id
-        new.append(opened)
-        data = {k: v for k, v in opened.to_dict().items() if k in _OPENED_FIELDS}
-        return [_change(opened, "opened", op.arrived_at, data)]
-
-    ticket = tickets.get(op.id)
-    if ticket is None:
-        # ops are applied in submission order, so this means the open was never submitted
-        log.warning("%s for unknown ticket %s: not recorded (%r)", type(op).__name__, op.id, op)
-        return []
-
-    if isinstance(op, AnswerTicket):
-        if ticket.answered_at is not None:
-            return []
-        ticket.answered_at = op.at
-        ticket.updated_at = now
-        return [_change(ticket, "answered", op.at, {"answered_at": _iso(op.at)})]
-
-    if isinstance(op, CloseTicket):
-        if ticket.ended_at is not None:
-            return []
-        ticket.ended_at = op.at
-        ticket.outcome = op.outcome
-        ticket.duration_s = duration_between(ticket.arrived_at, op.at)
-        ticket.updated_at = now
-        abandoned = op.outcome == "abandoned"
-        changes = [_change(ticket, "closed", op.at,
-                           {"ended_at": _iso(op.at), "outcome": op.outcome,
-                            "duration_s": ticket.duration_s},
-                           outbox_kind="abandoned" if abandoned else "closed")]
-        if abandoned and ticket.line == "110" and not ticket.callback_requested:
-            # PSAP practice: an emergency caller who gave up before a seat answered is
-            # called back
-            changes.extend(_request_callback(ticket, op.at, now))
-        return changes
-
-    if isinstance(op, SetSeat):
-        if ticket.seat_answered_at is not None and op.at <= ticket.seat_answered_at:
-            return []  # this change or a later one is already written
-        ticket.seat = op.seat
-        ticket.seat_answered_at = op.at
-        ticket.updated_at = now
-        return [_change(ticket, "seated", op.at,
-                        {"seat": op.seat, "seat_answered_at": _iso(op.at)})]
-
-    if isinstance(op, Reclassify):
-        if ticket.reclassified_at is not None and op.at <= ticket.reclassified_at:
-            return []
-        previous = ticket.category
-        ticket.category = op.category
-        ticket.reclassified_at = op.at
-        ticket.updated_at = now
-        return [_change(ticket, "reclassified", op.at,
-                        {"from": previous, "to": op.category, "seat": op.seat})]
-
-    if isinstance(op, AddTransfer):
-        transfers = list(ticket.transfers or [])
-        if transfers and op.at <= datetime.fromisoformat(transfers[-1]["at"]):
-            return []
-        record = {"from_line": op.from_line, "to_line": op.to_line, "seat": op.seat,
-                  "reason": op.reason, "at": _iso(op.at)}
-        ticket.transfers = [*transfers, record]  # a new list: JSON columns track assignment
-        ticket.line = op.to_line
-        ticket.updated_at = now
-        return [_change(ticket, "transferred", op.at, record)]
-
-    if isinstance(op, AddNote):
-        notes = list(ticket.notes or [])
-        record = {"seat": op.seat, "text": op.text, "at": _iso(op.at)}
-        if record in notes:
-            return []  # a retried batch
-        ticket.notes = [*notes, record]
-        ticket.updated_at = now
-        return [_change(ticket, "noted", op.at, record)]
-
-    if isinstance(op, RequestCallback):
-        if ticket.callback_requested:
-            return []
-        return _request_callback(ticket, op.at, now)
-
-    if isinstance(op, RecordCallback):
-        if ticket.callback_at is not None and op.at <= ticket.callback_at:
-            return []
-        ticket.callback_at = op.at
-        ticket.callback_seat = op.seat
-        ticket.callback_outcome = op.outcome
-        ticket.callback_attempts = (ticket.callback_attempts or 0) + 1
-        ticket.updated_at = now
-        return [_change(ticket, "callback_done", op.at,
-                        {"seat": op.seat, "outcome": op.outcome, "at": _iso(op.at),
-                         "attempt": ticket.callback_attempts})]
-
-    if isinstance(op, SetTranscript):
-        written: dict[str, Any] = ticket.transcript or {}
-        if written.get("at") and op.at <= datetime.fromisoformat(str(written["at"])):
-            return []  # this text or a later one is already written
-        said: dict[str, Any] = {"model": op.model, "text": op.text, "flags": list(op.flags),
-                                "keywords": list(op.keywords), "priority": op.priority, "final": op.final,
-                                "at": _iso(op.at)}
-        ticket.transcript = said  # a new dict: JSON columns track assignment
-        ticket.updated_at = now
-        return [_change(ticket, "transcribed", op.at, said)]
-
-    if isinstance(op, AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed):
-        return _apply_recording(op, ticket, now)
-
-    if isinstance(op, SetTown | SendToDispatch | MarkSolved | RequestFollowUp | FollowUpDone | MarkDispatched):
-        return _apply_dispatch(op, ticket, now)
-
-    raise TypeError(f"not a ticket op: {op!r}")
-
-
-def _apply_recording(op: AttachRecording | RecordingFailed | SetLegalHold | PurgeRecording | RecordingAccessed,
-                     ticket: Ticket, now: datetime) -> list[_Change]:
-    """The recording ops (callrouter.recordings); idempotent like the others."""
-    kept: dict[str, Any] = dict(ticket.recording or {})
-    if isinstance(op, AttachRecording):
-        if kept.get("sha256") == op.sha256 or kept.get("purged_at"):
-            return []  # written already (a retried batch), or kept and purged since
-        recording = {"file": op.file, "sha256": op.sha256, "size": op.size, "duration_s": round(op.duration_s, 3),
-                     "complete": op.complete, "started_at": _iso(op.started_at),
-                     "retain_until": _iso(op.retain_until)}
-        ticket.recording = recording  # a new dict: JSON columns track assignment
-        ticket.recording_retain_until = op.retain_until
-        ticket.updated_at = now
-        return [_change(ticket, "recorded", op.at, recording)]
-    if isinstance(op, RecordingFailed):
-        if kept.get("sha256") or kept.get("failed") == op.reason:
-            return []  # a kept recording stands; this failure is written already
-        failure = {"failed": op.reason, "detail": op.detail, "at": _iso(op.at)}
-        ticket.recording = failure
-        ticket.updated_at = now
-        return [_change(ticket, "recording_failed", op.at, failure)]
-    if isinstance(op, SetLegalHold):
-        if bool(ticket.legal_hold) == op.held:
-            return []
-        ticket.legal_hold = op.held
-        ticket.updated_at = now
-        return [_change(ticket, "legal_hold", op.at, {"held": op.held, "by": op.by, "reason": op.reason})]
-    if isinstance(op, PurgeRecording):
-        if not kept.get("sha256") or kept.get("purged_at"):
-            return []
-        ticket.recording = {**kept, "purged_at": _iso(op.at)}
-        ticket.recording_retain_until = None
-        ticket.updated_at = now
-        data = {k: kept.get(k) for k in ("file", "sha256", "size", "retain_until")}
-        return [_change(ticket, "recording_purged", op.at,
-                        {**data, "deleted": op.deleted, "legal_hold": bool(ticket.legal_hold)})]
-    # RecordingAccessed: an audit record; the ticket itself does not change
-    kind = "recording_accessed" if op.granted else "recording_access_denied"
-    return [_Change(kind, "", op.at, {"by": op.by, "reason": op.reason, "part": op.part}, {"id": ticket.id})]
-
-
-def _apply_dispatch(op: SetTown | SendToDispatch | MarkSolved | RequestFollowUp | FollowUpDone | MarkDispatched,
-                    ticket: Ticket, now: datetime) -> list[_Change]:
-    """The dispatch ops (callrouter.dispatch); idempotent like the others."""
-    if isinstance(op, SetTown):
-        if ticket.town == op.town:
-            return []
-        previous, ticket.town = ticket.town, op.town
-        ticket.updated_at = now
-        return [_change(ticket, "town_set", op.at, {"from": previous, "to": op.town, "by": op.by})]
-    if isinstance(op, SendToDispatch):
-        if ticket.dispatched_at is not None:
-            return []  # its order is open already
-        return [_change(ticket, "dispatch_requested", op.at, {"by": op.by})]
-    if isinstance(op, MarkDispatched):
-        if ticket.dispatched_at is not None:
-            return []
-        ticket.dispatched_at = op.at
-        ticket.updated_at = now
-        return [_change(ticket, "dispatched", op.at, {"order_id": op.order_id, "unit": op.unit})]
-    if isinstance(op, MarkSolved):
-        return _solve(ticket, op.at, op.by, now)
-    if isinstance(op, RequestFollowUp):
-        if ticket.follow_up is not None or ticket.solved_at is not None:
-            return []
-        ticket.follow_up = "pending"
-        ticket.updated_at = now
-        return [_change(ticket, "follow_up_requested", op.at, {"order_id": op.order_id})]
-    # FollowUpDone
-    if ticket.follow_up != "pending":
-        return []  # none asked, or done already (a retried batch)
-    ticket.updated_at = now
-    record = {"outcome": op.outcome, "by": op.by, "note": op.note, "at": _iso(op.at)}
-    changes = [_change(ticket, "follow_up_done", op.at, record)]
-    if op.outcome == "reached":
-        ticket.follow_up = "done"
-        changes = [_change(ticket, "follow_up_done", op.at, record), *_solve(ticket, op.at, op.by, now)]
-    return changes
-
-
-def _solve(ticket: Ticket, at: datetime, by: str, now: datetime) -> list[_Change]:
-    if ticket.solved_at is not None:
-        return []
-    ticket.solved_at = at
-    ticket.updated_at = now
-    return [_change(ticket, "solved", at, {"by": by, "solved_at": _iso(at)})]
-
-
-def _record_unseen(op: RecordUnseenCall, tickets: dict[str, Ticket], channel_owner: dict[str, str],
-                   new: list[Ticket], now: datetime) -> list[_Change]:
-    """Open (if the channel has no ticket) and close a call Asterisk recorded."""
-    changes: list[_Change] = []
-    owner = channel_owner.get(op.channel_id)
-    if owner is None:
-        changes += _apply_one(op.opening(), tickets, channel_owner, new, now)
-        owner = op.id
-    ticket = tickets.get(owner)
-    if ticket is None or ticket.ended_at is not None:
-        return changes  # already closed: by the engine, or by an earlier import
-    if op.answered_at is not None and ticket.answered_at is None:
-        changes += _apply_one(AnswerTicket(id=owner, at=op.answered_at), tickets, channel_owner, new, now)
-    # a seat answered: the engine saw the call talking; else the caller left waiting
-    outcome = "completed" if ticket.seat_answered_at is not None else "abandoned"
-    changes += _apply_one(CloseTicket(id=owner, at=max(utc(op.ended_at), utc(ticket.arrived_at)), outcome=outcome),
-                          tickets, channel_owner, new, now)
-    return changes
-
-
-def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[_Change]:
-    ticket.callback_requested = True
-    ticket.callback_requested_at = at
-    ticket.updated_at = now
-    return [_change(ticket, "callback_requested", at, {"callback_requested_at": _iso(at)})]
-
-
-_INTAKE_FIELDS: Final = frozenset(("channel", "contact", "town"))
-
-# what an "opened" ticket event records (as before the dispatch columns were added)
-_OPENED_FIELDS: Final = frozenset((
-    "id", "dialled", "number", "caller", "caller_name", "line", "category", "department",
-    "priority", "listed", "channel_id", "arrived_at", "answered_at", "seat",
-    "seat_answered_at", "ended_at", "outcome", "duration_s", "held_by_dialplan"))
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
