@@ -242,7 +242,7 @@ async def bench_outage(url: str, redis: PrivateRedis, outage_s: float,
                        calls_per_s: float) -> dict[str, float]:
     store = TicketStore(url)
     store.create_schema()
-    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=0.04)
+    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=0.2)
     stream = f"{STREAM}:outage:{secrets.token_hex(4)}"
     relay = OutboxRelay(store, redis.url, stream)
     reader = Reader(redis.url, stream)
@@ -342,8 +342,8 @@ def main() -> None:
                    help="writer linger under load (engine: 0.2 above --busy-ops-s)")
     p.add_argument("--busy-ops-s", type=float, default=100.0,
                    help="the writer lingers only above this many ops/s (engine: 100)")
-    p.add_argument("--min-gap", type=float, default=0.04,
-                   help="below --busy-ops-s, commits start at least this far apart (engine: 0.04)")
+    p.add_argument("--min-gap", type=float, default=0.2,
+                   help="below --busy-ops-s, commits start at least this far apart (engine: 0.2)")
     p.add_argument("--poll", type=float, default=1.0,
                    help="relay safety poll interval (OutboxRelay default and the engine: 1.0; "
                         "commits in this process wake the relay)")
