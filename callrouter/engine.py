@@ -169,7 +169,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     # every ticket change reaches dispatch through the outbox, beside the call flow; each
     # commit of outbox rows in this process wakes the relay (TicketStore.on_outbox_commit),
     # the slow poll finds other processes' rows
-    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=1.0,
+    # (published rows are marked sent once a second: one transaction for many wake-ups)
+    relay = OutboxRelay(store, settings.redis_url, stream_name(settings.redis_prefix), poll_s=1.0, mark_delay_s=1.0,
                         maxlen=settings.stream_maxlen, retention_s=settings.stream_retention_s,
                         outbox_retention_s=settings.outbox_retention_s, housekeeping_s=settings.housekeeping_s)
     # a change after a quiet spell is written at once; otherwise commits start at least

@@ -86,7 +86,7 @@ class OutboxRelay:
                  redis_timeout_s: float = 5.0, maxlen: int | None = None,
                  retention_s: float | None = None, outbox_retention_s: float | None = None,
                  housekeeping_s: float = 30.0, purge_batch: int = 500,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, mark_delay_s: float = 0.0) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         if lease_s <= 2 * redis_timeout_s:
@@ -123,6 +123,11 @@ class OutboxRelay:
         self._running = False
         self._run_done = asyncio.Event()
         self._unmarked: list[str] = []  # published, not yet marked sent (database away)
+        # mark published rows sent at most this long after the first of them (one
+        # transaction for many wakes; a relay that dies meanwhile sends them again once
+        # their lease ran out, as with a failed mark)
+        self._mark_delay_s = mark_delay_s
+        self._mark_due: float | None = None  # monotonic
         # claimed for us (by a claim round, or handed by the store on commit), not yet
         # published: kept here to retry, never claimed again while our lease runs
         self._claimed: list[OutboxRow] = []
@@ -217,7 +222,10 @@ class OutboxRelay:
         busy = await self._step()
         if time.monotonic() >= self._next_housekeeping:
             await self._housekeep()
-        return 0.0 if busy else self._poll_s
+        wait = 0.0 if busy else self._poll_s
+        if self._unmarked and self._mark_due is not None:
+            wait = min(wait, max(0.0, self._mark_due - time.monotonic()))
+        return wait
 
     async def _step(self) -> bool:
         """One claim-publish-mark round; True if there may be more to send at once.
@@ -226,8 +234,7 @@ class OutboxRelay:
         after a full claim, and every ``poll_s`` as the safety poll for other processes'
         rows (and our own handed rows dropped while Redis was away, once their lease ran
         out)."""
-        if self._unmarked:
-            await self._mark(self._unmarked)
+        await self._mark_when_due()
         more = False
         if self._claim_now or time.monotonic() >= self._next_claim:
             self._claim_now = False
@@ -271,10 +278,8 @@ class OutboxRelay:
         # Published. If marking fails now, remember the ids and mark them before claiming
         # again, rather than re-claiming and sending them twice.
         del self._claimed[:len(rows)]
-        self._unmarked = [row["event_id"] for row in rows]
-        self._remember_published(self._unmarked)
-        self._tell(rows)
-        await self._mark(self._unmarked)
+        self._published_rows(rows)
+        await self._mark_when_due()
         return more or bool(self._claimed)
 
     async def _drop_published(self) -> None:
@@ -288,10 +293,25 @@ class OutboxRelay:
         rows = [row for row in self._claimed if row["event_id"] in arrived]
         self._claimed = [row for row in self._claimed if row["event_id"] not in arrived]
         log.warning("event=relay_partly_published rows=%d: not sent again", len(rows))
-        self._unmarked = [row["event_id"] for row in rows]
-        self._remember_published(self._unmarked)
+        self._published_rows(rows)
+        await self._mark_when_due()
+
+    def _published_rows(self, rows: list[OutboxRow]) -> None:
+        """``rows`` are on the stream: to be marked sent (if marking fails, they are marked
+        before the next claim rather than claimed and sent again); listeners told."""
+        ids = [row["event_id"] for row in rows]
+        self._unmarked.extend(ids)
+        if self._mark_due is None:
+            self._mark_due = time.monotonic() + self._mark_delay_s
+        self._remember_published(ids)
         self._tell(rows)
-        await self._mark(self._unmarked)
+
+    async def _mark_when_due(self, *, now: bool = False) -> None:
+        if not self._unmarked:
+            return
+        due = self._mark_due is None or time.monotonic() >= self._mark_due
+        if now or due or len(self._unmarked) >= self._batch_max:
+            await self._mark(list(self._unmarked))
 
     def _remember_published(self, event_ids: list[str]) -> None:
         """Recently published ids: a row handed late, or claimed again, is not sent twice."""
@@ -316,7 +336,8 @@ class OutboxRelay:
             # our lease ran out and another relay took them: it sends them again
             log.warning("event=relay_lease_lost published=%d marked=%d", len(event_ids), marked)
         self._sent += len(event_ids)
-        self._unmarked = []
+        del self._unmarked[:len(event_ids)]  # the ids published meanwhile stay
+        self._mark_due = time.monotonic() + self._mark_delay_s if self._unmarked else None
 
     # --- bounded growth -----------------------------------------------------------------
     def _minid(self) -> str | None:
@@ -390,6 +411,10 @@ class OutboxRelay:
         if self._running:
             await self._run_done.wait()
         self._claimed = []  # given back below
+        try:
+            await self._mark_when_due(now=True)  # published: not to be sent again
+        except Exception as exc:  # noqa: BLE001 - sent again by the next relay (at least once)
+            log.warning("event=relay_mark_failed error=%r", exc)
         try:
             await asyncio.to_thread(self._store.release_claims, self.owner)
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself

@@ -407,3 +407,34 @@ async def test_commits_in_this_process_are_published_without_a_claim_round_and_i
         finally:
             other.close()
     assert all(r["sent_at"] is not None for r in store.outbox())
+
+
+async def test_deferred_marks_publish_at_once_and_mark_many_wakes_in_one_transaction(
+        make_store: MakeStore, private_redis: PrivateRedis) -> None:
+    """With mark_delay_s the rows are on the stream at once and marked sent together
+    (one transaction for several wake-ups); close() marks what is left. About 2 s."""
+    store, _ = make_store("sqlite")
+    marks: list[int] = []
+    mark = store.mark_sent
+
+    def counted(owner: str, event_ids: Any) -> int:
+        marks.append(len(event_ids))
+        return mark(owner, event_ids)
+
+    store.mark_sent = counted  # type: ignore[method-assign]
+    async with running(store, private_redis.url, poll_s=1.0, mark_delay_s=0.6) as (writer, relay):
+        heard: list[dict[str, Any]] = []
+        relay.listeners.append(heard.append)
+        for n in range(3):
+            for op in call_ops(n):
+                writer.submit(op)
+            await asyncio.sleep(0.1)
+        await eventually(lambda: len(heard) == 12, 3, "every change on the stream")
+        assert store.outbox_backlog()[0] > 0 or marks, "published before marked"
+        await eventually(lambda: store.outbox_backlog()[0] == 0, 3, "the deferred mark")
+        assert len(marks) <= 2 and sum(marks) == 12, marks
+        for op in call_ops(7):
+            writer.submit(op)
+        await eventually(lambda: len(heard) == 16, 3, "the last call's changes on the stream")
+    assert store.outbox_backlog()[0] == 0, "close() marked what was published"
+    assert relay.sent == 16
