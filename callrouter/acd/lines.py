@@ -91,8 +91,10 @@ class LineConfig:
     # [line.<id>.recording]: absent, the line's calls are not recorded
     recording: RecordingPolicy = field(default_factory=RecordingPolicy)
     # the ticket rules (callrouter.tickets.machine.TicketRules): an abandoned call is
-    # flagged for a call back; a request from another channel (web, WeChat) gets this priority
-    callback_abandoned: bool = False
+    # flagged for a call back; a request from another channel (web, WeChat) gets this priority.
+    # Absent, a line calls back: a lines.toml from before the key loses no 110 callback (a
+    # needless call back costs a seat a minute; a missing one may cost a life)
+    callback_abandoned: bool = True
     intake_priority: int = 5
 
     @property
@@ -285,7 +287,7 @@ def _parse_line(
     if t.has("staffing_level"):
         staffing_level = t.number("staffing_level", above=0, maximum=0.999)
     recording = _parse_recording(t.table("recording"))
-    callback_abandoned = t.raw("callback_abandoned") if t.has("callback_abandoned") else False
+    callback_abandoned = t.raw("callback_abandoned") if t.has("callback_abandoned") else True
     if not isinstance(callback_abandoned, bool):
         t.problems.add(t.path + ("callback_abandoned",), f"{dotted(t.path)}.callback_abandoned: "
                        f"must be true or false, got {callback_abandoned!r}")

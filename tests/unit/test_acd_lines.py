@@ -176,3 +176,19 @@ def test_an_endpoint_that_is_not_a_seat_is_refused(tmp_path: Path) -> None:
         (f"{path}:{at}: line.110.endpoints: endpoint 'trunk' is reserved: "
          "it names a PJSIP endpoint that is not a seat")
     ]
+
+
+def test_callback_rule_from_the_file_and_a_file_from_before_the_key_calls_back(tmp_path: Path) -> None:
+    l110, l96345 = load_lines(SHIPPED).lines
+    assert (l110.callback_abandoned, l96345.callback_abandoned) == (True, False)
+    assert (l110.intake_priority, l96345.intake_priority) == (2, 5)
+    # an older lines.toml has neither key: every line calls back (no 110 callback is lost)
+    text = "\n".join(ln for ln in SHIPPED.read_text().splitlines()
+                     if not ln.startswith(("callback_abandoned", "intake_priority")))
+    path = tmp_path / "lines.toml"
+    path.write_text(text)
+    old = load_lines(path).lines
+    assert [ln.callback_abandoned for ln in old] == [True, True]
+    assert [ln.intake_priority for ln in old] == [5, 5]
+    assert problems(broken(tmp_path, "callback_abandoned = true ", "callback_abandoned = 1 ")[0]) == [
+        f"{tmp_path / 'lines.toml'}:27: line.110.callback_abandoned: must be true or false, got 1"]
