@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import BenchEngine, CpuSampler, asterisk_pid, fmt, machine, pct, stamp, unrecorded_lines
+from bench_common import BenchEngine, CpuSampler, asterisk_pid, fmt, machine, pct, per_call, stamp, unrecorded_lines
 
 from callrouter.config import Settings, load_settings
 from callrouter.numberplan import load_plan
@@ -74,18 +74,24 @@ class PathResult:
         return sum(1 for v in self.greeting_ms if math.isinf(v))
 
 
+ARI_NOTES: list[str] = []  # the engine path's ARI requests and events per call, by rate
+
+
 def run_path(settings: Settings, engine: BenchEngine, specs: list[CallSpec], rate: float, path: str,
              hold: float) -> PathResult:
     local_ip = BENCH_IP if path == "plain" else "127.0.0.1"
     probes = RtpProbes(len(specs), local_ip, first_audio_only=True)
     try:
         calls = [dataclasses.replace(s, hold_s=hold, rtp_to=(local_ip, port)) for s, port in zip(specs, probes.ports)]
+        counts0 = engine.ari_counts()
         eng_cpu, ast_cpu = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
         report = run_calls(engine.settings, calls, rate, local_ip=local_ip, scenario=SCENARIO_PROBE)
         time.sleep(2.0)  # the calls' ends are part of their cost
         n = max(1, len(report.calls))
         eng_ms = 1000 * (eng_cpu.cpu_s() - eng_cpu.c0) / n
         ast_ms = 1000 * (ast_cpu.cpu_s() - ast_cpu.c0) / n
+        if path == "engine":
+            ARI_NOTES.append(f"{rate:g}/s: {per_call(counts0, engine.ari_counts(), len(report.calls))}")
     finally:
         probes.stop()
     greeting: list[float] = []
@@ -201,6 +207,7 @@ def main() -> int:
                    "; greeting audio = first G.711 packet above silence (both prompts open with 250 ms of "
                    "silence); CPU per call over each path's window."), ""]
     lines += table(rows, args.hold)
+    lines += ["", *ARI_NOTES]
     lines += ["", "Asterisk afterwards: " + ", ".join(f"{k} {v}" for k, v in leftovers.items())
               + ("; problems: " + "; ".join(left) if left else "; nothing of the engine's left")
               + f"; engine warnings/errors logged: {warnings} (log {engine.log_path})"]

@@ -198,6 +198,17 @@ class BenchEngine:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
+    def ari_counts(self) -> tuple[int, int, dict[str, int], dict[str, int]]:
+        """ARI requests and events so far (the engine's /metrics): totals, then by kind / type."""
+        req = urllib.request.Request(f"{self.settings.api_url}/metrics",
+                                     headers={"Authorization": f"Bearer {self.settings.secret('api_token')}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            text = resp.read().decode()
+        found: dict[str, dict[str, int]] = {"requests": {}, "events": {}}
+        for m in re.finditer(r'^callrouter_ari_(requests|events)_total\{\w+="([^"]*)"\} (\d+)$', text, re.MULTILINE):
+            found[m.group(1)][m.group(2)] = int(m.group(3))
+        return sum(found["requests"].values()), sum(found["events"].values()), found["requests"], found["events"]
+
     def login(self, *seats: str, action: str = "login") -> None:
         for seat in seats:
             status, body = self.api("POST", f"/api/seats/{seat}/{action}")
@@ -233,3 +244,14 @@ def pct(values: list[float], p: float) -> float | None:
 
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def per_call(before: tuple[int, int, dict[str, int], dict[str, int]],
+             after: tuple[int, int, dict[str, int], dict[str, int]], calls: int) -> str:
+    """ARI requests and events per call between two ``ari_counts``, with the main kinds."""
+    n = max(1, calls)
+    req = {k: v - before[2].get(k, 0) for k, v in after[2].items() if v - before[2].get(k, 0)}
+    ev = {k: v - before[3].get(k, 0) for k, v in after[3].items() if v - before[3].get(k, 0)}
+    top = lambda d: ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))
+    return (f"ARI per call ({calls}): requests {(after[0] - before[0]) / n:.2f} [{top(req)}]; "
+            f"events {(after[1] - before[1]) / n:.2f} [{top(ev)}]")

@@ -9,7 +9,8 @@ One run, one Asterisk, one after the other, the same callers and the same seats:
               seats at penalty 0, the overflow seats allowed on the line at penalty 1,
               ring timeout and wrap-up as in the lines file, strategy leastrecent)
 Both: the shipped lines.toml with wrap-up 1 s, overflow calm 5 s and wait threshold 5 s
-(as the e2e surge test); --callers callers within --within s on ten legacy numbers of both
+(as the e2e surge test) and nobody recorded (app_queue's path records nobody; --recording
+keeps the file's policy); --callers callers within --within s on ten legacy numbers of both
 lines; each caller hangs up --patience s after being answered if no seat took them
 (an abandon); all 26 seats (20 + 6 overflow) are SIPp softphones answering after
 --answer-delay s and talking an exponential time of mean --talk s (same GSL seed for
@@ -43,8 +44,10 @@ from bench_common import (
     fmt,
     machine,
     pct,
+    per_call,
     rx,
     stamp,
+    unrecorded_lines,
 )
 
 from callrouter.config import load_settings
@@ -103,12 +106,14 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
             pcap = tmp / "surge-speech.pcap"
             speech_pcap(engine.settings, "화재 신고 구급차 수도 수리 민원", pcap, speed=150, lead_s=2.0, tail_s=1.0)
             scenario = {"scenario": str(speak_scenario(engine.settings, pcap, tmp))}
+        counts0 = engine.ari_counts()
         eng, ast = CpuSampler(engine.proc.pid), CpuSampler(asterisk_pid(settings))  # type: ignore[union-attr]
         t0 = time.monotonic()
         report = run_calls(engine.settings, specs, rate=len(specs) / args.within, **scenario)
         seconds = time.monotonic() - t0
         cpu = (eng.percent(), ast.percent())
         time.sleep(3)  # the last tickets are written
+        counts1 = engine.ari_counts()
     finally:
         if seats is not None:
             seats.stop()
@@ -133,6 +138,8 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
     transcribed = sum(1 for r in rows if r.get("transcript"))
     print(f"callrouter: {len(rows)} tickets ({transcribed} with a transcript), logs {tmp}", file=sys.stderr)
     name = f"callrouter + speech (limit {speech}, {transcribed} transcribed)" if speech else "callrouter"
+    answered = sum(len(w) for w in waits.values())
+    print(f"{name}: {per_call(counts0, counts1, answered)} (per answered call)", file=sys.stderr)
     return summarise(name, waits, abandoned, offered, report.failed, cpu, seconds, by_pool)
 
 
@@ -181,11 +188,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--order", default="callrouter,app_queue",
                     help="paths in order: callrouter, app_queue, speechN (callrouter transcribing up to N callers)")
+    ap.add_argument("--recording", action="store_true",
+                    help="keep the lines file's recording policy (default: nobody recorded, as on app_queue's path)")
     ap.add_argument("--markdown")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-queue-"))
     base = load_settings()
-    lines = fast_lines(base.lines_path, tmp / "lines.toml", wrap_up_s=1, calm_s=5, wait_threshold_s=5)
+    # app_queue's path records nobody: neither does the engine's, unless --recording
+    src = base.lines_path if args.recording else unrecorded_lines(base.lines_path, tmp / "unrecorded.toml")
+    lines = fast_lines(src, tmp / "lines.toml", wrap_up_s=1, calm_s=5, wait_threshold_s=5)
     settings = dataclasses.replace(base, bench_trunk_ip=BENCH_IP, lines=lines)
     # restart: app_stack is loaded only in bench mode, and queues.conf takes this lines file
     prov.stop(prov.select_target(settings))
@@ -207,19 +218,22 @@ def main() -> int:
     out = [head, "",
            (f"{args.callers} callers within {args.within:.0f} s on 10 numbers of both lines; patience "
            f"{args.patience:.0f} s; 26 SIPp seats answer after {args.answer_delay:g} s, talk exp. mean "
-           f"{args.talk:g} s (seed {args.seed}); wrap-up 1 s; ring timeout 10/15 s. Time to answer = arrival -> "
-           "seat answered, s."), "",
+           f"{args.talk:g} s (seed {args.seed}); wrap-up 1 s; ring timeout 10/15 s; "
+           f"{'recording as in the lines file' if args.recording else 'nobody recorded'}. Time to answer = "
+           "arrival -> seat answered, s."), "",
            ("| path | line | callers | answered | abandoned | TTA p50 | TTA p90 | answered <= 15 s "
-           "| SIP failed | overflow-seat answers | Asterisk CPU % | engine CPU % | run s |"),
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| SIP failed | overflow-seat answers | Asterisk CPU % | engine CPU % | run s "
+           "| CPU ms per answered call (Asterisk + engine) |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for line in ("110", "96345", "all"):
             w = r["waits"]["110"] + r["waits"]["96345"] if line == "all" else r["waits"][line]
             n = sum(r["offered"].values()) if line == "all" else r["offered"][line]
             ab = sum(r["abandoned"].values()) if line == "all" else r["abandoned"][line]
             sl = 100 * sum(1 for x in w if x <= 15) / n if n else 0
+            cpu_ms = 10 * (r['asterisk_cpu'] + (r['engine_cpu'] or 0)) * r['seconds'] / max(1, len(w))
             extra = (f"{r['sip_failed']} | {r['by_pool']} | {r['asterisk_cpu']:.0f} | {fmt(r['engine_cpu'], 0)} | "
-                     f"{r['seconds']:.0f}") if line == "all" else " | | | |"
+                     f"{r['seconds']:.0f} | {cpu_ms:.1f}") if line == "all" else " | | | | |"
             out.append(f"| {r['path']} | {line} | {n} | {len(w)} | {ab} | {fmt(pct(w, 50))} | {fmt(pct(w, 90))} | "
                        f"{sl:.0f} % | {extra} |")
     text = "\n".join(out)

@@ -565,6 +565,7 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
             text += extra_metrics()  # Asterisk's security events, calls recorded from its CEL file
         if service.recorder is not None:
             text += service.recorder.metrics_text()
+        text += service.ari.metrics_text()  # ARI requests and events: the engine's cost per call
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
     app[STORE_KEY] = store
     app.router.add_get("/api/events", feed.websocket)

@@ -139,6 +139,8 @@ class Feed:
             self.publish(message)
 
     def publish(self, message: dict[str, Any]) -> None:
+        if not self.clients:
+            return  # nobody watching: no JSON encode per call event
         text = json.dumps(message, ensure_ascii=False, default=str)
         for client in list(self.clients):
             if not visible_to(client, message):

@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 from urllib.parse import quote
@@ -29,6 +30,15 @@ EventHandler = Callable[[Event], None]
 # fall-back to HTTP
 WS_REQUEST_TIMEOUT_S = 3.0
 ConnectHandler = Callable[[], Awaitable[None]]
+
+
+def request_kind(method: str, path: str) -> str:
+    """A request's kind without its ids: ``POST /channels/c1/play/p1`` -> ``POST channels/play``
+    (resource names and actions sit at even positions of ARI paths; ``asterisk/ping`` is whole)."""
+    parts = path.strip("/").split("/")
+    if parts[0] == "asterisk":
+        return f"{method} {'/'.join(parts[:2])}"
+    return f"{method} {'/'.join(parts[0::2])}"
 
 
 class AriError(Exception):
@@ -63,6 +73,9 @@ class AriClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
+        # what the engine costs Asterisk: requests by kind, events by type (since start)
+        self.requests: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -79,6 +92,9 @@ class AriClient:
                                                   connector=connector)
 
     async def close(self) -> None:
+        if self.requests or self.events:
+            log.info("event=ari_counts requests=%d events=%d by_request=%s by_event=%s", sum(self.requests.values()),
+                     sum(self.events.values()), _counts(self.requests), _counts(self.events))
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -98,6 +114,7 @@ class AriClient:
         thread's stack, and measured here a ``GET /channels`` answer at 1,400 held
         (about 1 MB) crashed it (segfault in ``ast_websocket_write``); on the socket such
         an answer would also hold up every event behind it."""
+        self.requests[request_kind(method, path)] += 1
         if over_ws and self._ws_rest_ready and self._ws is not None and not self._ws.closed:
             try:
                 status, text = await self._request_ws(method, path, params, body)
@@ -260,6 +277,14 @@ class AriClient:
         result = await self.request("GET", f"/applications/{quote(self.app)}", over_ws=False)
         return result if isinstance(result, dict) else {}
 
+    def metrics_text(self) -> str:
+        """Prometheus lines: ARI requests sent by kind and events received by type."""
+        out = ["# TYPE callrouter_ari_requests_total counter"]
+        out += [f'callrouter_ari_requests_total{{request="{k}"}} {n}' for k, n in sorted(self.requests.items())]
+        out.append("# TYPE callrouter_ari_events_total counter")
+        out += [f'callrouter_ari_events_total{{type="{k}"}} {n}' for k, n in sorted(self.events.items())]
+        return "\n".join(out) + "\n"
+
     # ------------------------------------------------------------------ events
     def _ws_url(self) -> str:
         ws = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
@@ -300,6 +325,7 @@ class AriClient:
                             if data.get("type") == "RESTResponse":
                                 self._rest_response(data)
                                 continue
+                            self.events[str(data.get("type"))] += 1
                             try:
                                 handler(parse_event(data))
                             except Exception:
@@ -318,3 +344,8 @@ class AriClient:
                 self.connected.clear()
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
             delay = min(backoff_max, delay * 2)
+
+
+def _counts(counter: Counter[str]) -> str:
+    """``kind:n`` pairs, most first, for one log line (spaces in kinds become ``_``)."""
+    return ",".join(f"{k.replace(' ', '_')}:{n}" for k, n in counter.most_common())
