@@ -3,9 +3,9 @@
 :class:`~callrouter.tickets.store.TicketStore` loads the tickets a batch of ops names (and
 which ticket owns each channel), calls :func:`apply_op` for each op in order and writes
 what it returns: a ``ticket_events`` row per :class:`Change` and an ``outbox`` row for
-those with an ``outbox_kind``. The tickets are :class:`~callrouter.tickets.models.Ticket`
-objects changed in place; here they are plain objects (no session, no SQL), so the rules
-are tested without a database.
+those with an ``outbox_kind``. The tickets are :class:`~callrouter.tickets.models.TicketRow`
+values changed in place: plain objects (no session, no SQL, no ORM instrumentation), so the
+rules are tested without a database and the writer's transaction stays cheap.
 
 Every rule is idempotent, so a retried batch (the writer's retry, its spool replayed after
 a crash) changes nothing twice: an op already applied, or older than the last of its kind,
@@ -49,6 +49,7 @@ from .models import (
     SetTranscript,
     Ticket,
     TicketOp,
+    TicketRow,
     duration_between,
     untrusted_text,
     utc,
@@ -116,12 +117,12 @@ class Change:
 class Loaded:
     """The tickets a batch may change, as loaded by the store, and what the batch adds."""
 
-    tickets: dict[str, Ticket]  # by id
+    tickets: dict[str, TicketRow]  # by id
     channel_owner: dict[str, str]  # channel id -> the id of the ticket recording it
-    new: list[Ticket] = field(default_factory=list)  # opened by this batch (to insert)
+    new: list[TicketRow] = field(default_factory=list)  # opened by this batch (to insert)
 
 
-def change(ticket: Ticket, kind: str, at: datetime, data: dict[str, Any],
+def change(ticket: Ticket | TicketRow, kind: str, at: datetime, data: dict[str, Any],
            outbox_kind: str | None = None) -> Change:
     return Change(kind, outbox_kind or kind, at, data, ticket.to_dict())
 
@@ -172,7 +173,7 @@ def _open(op: OpenTicket, loaded: Loaded, now: datetime) -> list[Change]:
         log.warning("channel %s already has ticket %s; ticket %s not opened",
                     op.channel_id, owner, op.id)
         return []
-    opened = Ticket(
+    opened = TicketRow(
         id=op.id, dialled=untrusted_text(op.dialled, DIALLED_MAX), number=op.number[:DIALLED_MAX],
         caller=untrusted_text(op.caller, CALLER_MAX),
         caller_name=untrusted_text(op.caller_name, CALLER_NAME_MAX), line=op.line, category=op.category,
@@ -209,7 +210,7 @@ def _record_unseen(op: RecordUnseenCall, loaded: Loaded, now: datetime, rules: T
 
 
 # --- the call's life ------------------------------------------------------------------------
-def _answer(op: AnswerTicket, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _answer(op: AnswerTicket, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.answered_at is not None:
         return []
     ticket.answered_at = op.at
@@ -217,7 +218,7 @@ def _answer(op: AnswerTicket, ticket: Ticket, now: datetime, rules: TicketRules)
     return [change(ticket, "answered", op.at, {"answered_at": iso(op.at)})]
 
 
-def _close(op: CloseTicket, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _close(op: CloseTicket, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.ended_at is not None:
         return []
     ticket.ended_at = op.at
@@ -235,7 +236,7 @@ def _close(op: CloseTicket, ticket: Ticket, now: datetime, rules: TicketRules) -
     return changes
 
 
-def _seat(op: SetSeat, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _seat(op: SetSeat, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.seat_answered_at is not None and op.at <= ticket.seat_answered_at:
         return []  # this change or a later one is already written
     ticket.seat = op.seat
@@ -244,7 +245,7 @@ def _seat(op: SetSeat, ticket: Ticket, now: datetime, rules: TicketRules) -> lis
     return [change(ticket, "seated", op.at, {"seat": op.seat, "seat_answered_at": iso(op.at)})]
 
 
-def _reclassify(op: Reclassify, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _reclassify(op: Reclassify, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.reclassified_at is not None and op.at <= ticket.reclassified_at:
         return []
     previous = ticket.category
@@ -254,7 +255,7 @@ def _reclassify(op: Reclassify, ticket: Ticket, now: datetime, rules: TicketRule
     return [change(ticket, "reclassified", op.at, {"from": previous, "to": op.category, "seat": op.seat})]
 
 
-def _transfer(op: AddTransfer, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _transfer(op: AddTransfer, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     transfers = list(ticket.transfers or [])
     if transfers and op.at <= datetime.fromisoformat(transfers[-1]["at"]):
         return []
@@ -266,7 +267,7 @@ def _transfer(op: AddTransfer, ticket: Ticket, now: datetime, rules: TicketRules
     return [change(ticket, "transferred", op.at, record)]
 
 
-def _note(op: AddNote, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _note(op: AddNote, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     notes = list(ticket.notes or [])
     record = {"seat": op.seat, "text": op.text, "at": iso(op.at)}
     if record in notes:
@@ -276,13 +277,13 @@ def _note(op: AddNote, ticket: Ticket, now: datetime, rules: TicketRules) -> lis
     return [change(ticket, "noted", op.at, record)]
 
 
-def _callback_request(op: RequestCallback, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _callback_request(op: RequestCallback, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.callback_requested:
         return []
     return _request_callback(ticket, op.at, now)
 
 
-def _callback_done(op: RecordCallback, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _callback_done(op: RecordCallback, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.callback_at is not None and op.at <= ticket.callback_at:
         return []
     ticket.callback_at = op.at
@@ -294,7 +295,7 @@ def _callback_done(op: RecordCallback, ticket: Ticket, now: datetime, rules: Tic
                                                     "attempt": ticket.callback_attempts})]
 
 
-def _transcript(op: SetTranscript, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _transcript(op: SetTranscript, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     written: dict[str, Any] = ticket.transcript or {}
     if written.get("at") and op.at <= datetime.fromisoformat(str(written["at"])):
         return []  # this text or a later one is already written
@@ -306,7 +307,7 @@ def _transcript(op: SetTranscript, ticket: Ticket, now: datetime, rules: TicketR
     return [change(ticket, "transcribed", op.at, said)]
 
 
-def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[Change]:
+def _request_callback(ticket: TicketRow, at: datetime, now: datetime) -> list[Change]:
     ticket.callback_requested = True
     ticket.callback_requested_at = at
     ticket.updated_at = now
@@ -314,7 +315,7 @@ def _request_callback(ticket: Ticket, at: datetime, now: datetime) -> list[Chang
 
 
 # --- recordings (callrouter.recordings) -------------------------------------------------------
-def _attach_recording(op: AttachRecording, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _attach_recording(op: AttachRecording, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     kept: dict[str, Any] = dict(ticket.recording or {})
     if kept.get("sha256") == op.sha256 or kept.get("purged_at"):
         return []  # written already (a retried batch), or kept and purged since
@@ -327,7 +328,7 @@ def _attach_recording(op: AttachRecording, ticket: Ticket, now: datetime, rules:
     return [change(ticket, "recorded", op.at, recording)]
 
 
-def _recording_failed(op: RecordingFailed, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _recording_failed(op: RecordingFailed, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     kept: dict[str, Any] = dict(ticket.recording or {})
     if kept.get("sha256") or kept.get("failed") == op.reason:
         return []  # a kept recording stands; this failure is written already
@@ -337,7 +338,7 @@ def _recording_failed(op: RecordingFailed, ticket: Ticket, now: datetime, rules:
     return [change(ticket, "recording_failed", op.at, failure)]
 
 
-def _legal_hold(op: SetLegalHold, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _legal_hold(op: SetLegalHold, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if bool(ticket.legal_hold) == op.held:
         return []
     ticket.legal_hold = op.held
@@ -345,7 +346,7 @@ def _legal_hold(op: SetLegalHold, ticket: Ticket, now: datetime, rules: TicketRu
     return [change(ticket, "legal_hold", op.at, {"held": op.held, "by": op.by, "reason": op.reason})]
 
 
-def _purge_recording(op: PurgeRecording, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _purge_recording(op: PurgeRecording, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     kept: dict[str, Any] = dict(ticket.recording or {})
     if not kept.get("sha256") or kept.get("purged_at"):
         return []
@@ -357,14 +358,14 @@ def _purge_recording(op: PurgeRecording, ticket: Ticket, now: datetime, rules: T
                    {**data, "deleted": op.deleted, "legal_hold": bool(ticket.legal_hold)})]
 
 
-def _recording_accessed(op: RecordingAccessed, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _recording_accessed(op: RecordingAccessed, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     # an audit record: the ticket itself does not change, dispatch is not told
     kind = "recording_accessed" if op.granted else "recording_access_denied"
     return [Change(kind, "", op.at, {"by": op.by, "reason": op.reason, "part": op.part}, {"id": ticket.id})]
 
 
 # --- dispatch (callrouter.dispatch) ------------------------------------------------------------
-def _town(op: SetTown, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _town(op: SetTown, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.town == op.town:
         return []
     previous, ticket.town = ticket.town, op.town
@@ -372,13 +373,13 @@ def _town(op: SetTown, ticket: Ticket, now: datetime, rules: TicketRules) -> lis
     return [change(ticket, "town_set", op.at, {"from": previous, "to": op.town, "by": op.by})]
 
 
-def _to_dispatch(op: SendToDispatch, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _to_dispatch(op: SendToDispatch, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.dispatched_at is not None:
         return []  # its order is open already
     return [change(ticket, "dispatch_requested", op.at, {"by": op.by})]
 
 
-def _dispatched(op: MarkDispatched, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _dispatched(op: MarkDispatched, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.dispatched_at is not None:
         return []
     ticket.dispatched_at = op.at
@@ -386,11 +387,11 @@ def _dispatched(op: MarkDispatched, ticket: Ticket, now: datetime, rules: Ticket
     return [change(ticket, "dispatched", op.at, {"order_id": op.order_id, "unit": op.unit})]
 
 
-def _solved(op: MarkSolved, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _solved(op: MarkSolved, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     return _solve(ticket, op.at, op.by, now)
 
 
-def _follow_up(op: RequestFollowUp, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _follow_up(op: RequestFollowUp, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.follow_up is not None or ticket.solved_at is not None:
         return []
     ticket.follow_up = "pending"
@@ -398,7 +399,7 @@ def _follow_up(op: RequestFollowUp, ticket: Ticket, now: datetime, rules: Ticket
     return [change(ticket, "follow_up_requested", op.at, {"order_id": op.order_id})]
 
 
-def _follow_up_done(op: FollowUpDone, ticket: Ticket, now: datetime, rules: TicketRules) -> list[Change]:
+def _follow_up_done(op: FollowUpDone, ticket: TicketRow, now: datetime, rules: TicketRules) -> list[Change]:
     if ticket.follow_up != "pending":
         return []  # none asked, or done already (a retried batch)
     ticket.updated_at = now
@@ -409,7 +410,7 @@ def _follow_up_done(op: FollowUpDone, ticket: Ticket, now: datetime, rules: Tick
     return [change(ticket, "follow_up_done", op.at, record), *_solve(ticket, op.at, op.by, now)]
 
 
-def _solve(ticket: Ticket, at: datetime, by: str, now: datetime) -> list[Change]:
+def _solve(ticket: TicketRow, at: datetime, by: str, now: datetime) -> list[Change]:
     if ticket.solved_at is not None:
         return []
     ticket.solved_at = at
@@ -418,10 +419,10 @@ def _solve(ticket: Ticket, at: datetime, by: str, now: datetime) -> list[Change]
 
 
 _Op = TypeVar("_Op")
-_Rule = Callable[[Any, Ticket, datetime, TicketRules], list[Change]]
+_Rule = Callable[[Any, TicketRow, datetime, TicketRules], list[Change]]
 
 
-def _rule(handler: Callable[[_Op, Ticket, datetime, TicketRules], list[Change]]) -> _Rule:
+def _rule(handler: Callable[[_Op, TicketRow, datetime, TicketRules], list[Change]]) -> _Rule:
     return handler  # each handler takes its own op type; looked up by that type below
 
 

@@ -14,7 +14,7 @@ import math
 import re
 import secrets
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -184,46 +184,102 @@ class Ticket(Base):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 with ``+00:00``."""
-        return {
-            "id": self.id,
-            "dialled": self.dialled,
-            "number": self.number,
-            "caller": self.caller,
-            "caller_name": self.caller_name,
-            "line": self.line,
-            "category": self.category,
-            "department": self.department,
-            "priority": self.priority,
-            "listed": self.listed,
-            "channel_id": self.channel_id,
-            "arrived_at": _iso(self.arrived_at),
-            "answered_at": _iso(self.answered_at),
-            "seat": self.seat,
-            "seat_answered_at": _iso(self.seat_answered_at),
-            "ended_at": _iso(self.ended_at),
-            "outcome": self.outcome,
-            "duration_s": self.duration_s,
-            "updated_at": _iso(self.updated_at),
-            "reclassified_at": _iso(self.reclassified_at),
-            "transfers": list(self.transfers or []),
-            "notes": list(self.notes or []),
-            "callback_requested": bool(self.callback_requested),
-            "callback_requested_at": _iso(self.callback_requested_at),
-            "callback_at": _iso(self.callback_at),
-            "callback_seat": self.callback_seat,
-            "callback_outcome": self.callback_outcome,
-            "callback_attempts": self.callback_attempts or 0,
-            "held_by_dialplan": bool(self.held_by_dialplan),
-            "transcript": self.transcript,
-            "recording": self.recording,
-            "legal_hold": bool(self.legal_hold),
-            "channel": self.channel or "phone",
-            "contact": self.contact or "",
-            "town": self.town,
-            "dispatched_at": _iso(self.dispatched_at),
-            "solved_at": _iso(self.solved_at),
-            "follow_up": self.follow_up,
-        }
+        return ticket_dict(self)
+
+
+@dataclass(eq=False, slots=True, kw_only=True)
+class TicketRow:
+    """A ticket as plain attributes: what the ticket writer loads with one Core SELECT,
+    the state machine changes and the writer writes back with Core statements (no ORM
+    instrumentation or identity map on that path). The fields are :class:`Ticket`'s
+    columns (a unit test keeps them equal)."""
+
+    id: str
+    dialled: str
+    number: str
+    caller: str = ""
+    caller_name: str = ""
+    line: str
+    category: str
+    department: str
+    priority: int
+    listed: bool
+    channel_id: str
+    arrived_at: datetime
+    answered_at: datetime | None = None
+    seat: str | None = None
+    seat_answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str | None = None
+    duration_s: float | None = None
+    updated_at: datetime
+    reclassified_at: datetime | None = None
+    transfers: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    callback_requested: bool = False
+    callback_requested_at: datetime | None = None
+    callback_at: datetime | None = None
+    callback_seat: str | None = None
+    callback_outcome: str | None = None
+    callback_attempts: int = 0
+    held_by_dialplan: bool = False
+    transcript: dict[str, Any] | None = None
+    recording: dict[str, Any] | None = None
+    recording_retain_until: datetime | None = None
+    legal_hold: bool = False
+    channel: str = "phone"
+    contact: str = ""
+    town: str | None = None
+    dispatched_at: datetime | None = None
+    solved_at: datetime | None = None
+    follow_up: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return ticket_dict(self)
+
+
+def ticket_dict(ticket: Ticket | TicketRow) -> dict[str, Any]:
+    """A ticket JSON-ready: timestamps as ISO-8601 with ``+00:00``."""
+    return {
+        "id": ticket.id,
+        "dialled": ticket.dialled,
+        "number": ticket.number,
+        "caller": ticket.caller,
+        "caller_name": ticket.caller_name,
+        "line": ticket.line,
+        "category": ticket.category,
+        "department": ticket.department,
+        "priority": ticket.priority,
+        "listed": ticket.listed,
+        "channel_id": ticket.channel_id,
+        "arrived_at": _iso(ticket.arrived_at),
+        "answered_at": _iso(ticket.answered_at),
+        "seat": ticket.seat,
+        "seat_answered_at": _iso(ticket.seat_answered_at),
+        "ended_at": _iso(ticket.ended_at),
+        "outcome": ticket.outcome,
+        "duration_s": ticket.duration_s,
+        "updated_at": _iso(ticket.updated_at),
+        "reclassified_at": _iso(ticket.reclassified_at),
+        "transfers": list(ticket.transfers or []),
+        "notes": list(ticket.notes or []),
+        "callback_requested": bool(ticket.callback_requested),
+        "callback_requested_at": _iso(ticket.callback_requested_at),
+        "callback_at": _iso(ticket.callback_at),
+        "callback_seat": ticket.callback_seat,
+        "callback_outcome": ticket.callback_outcome,
+        "callback_attempts": ticket.callback_attempts or 0,
+        "held_by_dialplan": bool(ticket.held_by_dialplan),
+        "transcript": ticket.transcript,
+        "recording": ticket.recording,
+        "legal_hold": bool(ticket.legal_hold),
+        "channel": ticket.channel or "phone",
+        "contact": ticket.contact or "",
+        "town": ticket.town,
+        "dispatched_at": _iso(ticket.dispatched_at),
+        "solved_at": _iso(ticket.solved_at),
+        "follow_up": ticket.follow_up,
+    }
 
 
 class TicketEvent(Base):

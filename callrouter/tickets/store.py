@@ -13,21 +13,24 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Self, TypeAlias
+from typing import Any, Final, Self, TypeAlias, cast
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
     event,
     func,
+    insert,
     inspect,
     or_,
     select,
@@ -51,6 +54,7 @@ from .models import (
     Ticket,
     TicketEvent,
     TicketOp,
+    TicketRow,
     utc,
 )
 
@@ -77,6 +81,33 @@ _WROTE_OUTBOX: Final = "callrouter_wrote_outbox"
 # Session.info key: the rows this transaction claimed for outbox_claimer (handed on commit)
 _HANDED: Final = "callrouter_handed_outbox"
 _IN_CHUNK: Final = 500  # ids per IN (...) list; far below every backend's limit
+
+# The writer's hot path uses Core statements on these tables (no ORM unit of work)
+_TICKETS: Final = cast(Table, Ticket.__table__)
+_EVENTS: Final = cast(Table, TicketEvent.__table__)
+_OUTBOX: Final = cast(Table, OutboxEvent.__table__)
+_TICKET_COLUMNS: Final = tuple(column.name for column in _TICKETS.columns)
+# JSON columns: a None left out of the INSERT is SQL NULL (as the ORM wrote it), not JSON null
+_JSON_COLUMNS: Final = frozenset(("transcript", "recording"))
+_TICKET_KEY: Final = "ticket_key"  # the bound id of the UPDATE (SET takes the columns' own names)
+_UPDATE_TICKET: Final = update(_TICKETS).where(_TICKETS.c.id == bindparam(_TICKET_KEY))
+# built once: a statement built per call costs its cache key's construction each time
+_SELECT_TICKETS: Final = select(_TICKETS).where(_TICKETS.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT_TICKETS: Final = insert(_TICKETS)
+_INSERT_EVENTS: Final = insert(_EVENTS)
+_INSERT_OUTBOX: Final = insert(_OUTBOX)
+_INSERT_OUTBOX_SEQ: Final = insert(_OUTBOX).returning(_OUTBOX.c.seq, sort_by_parameter_order=True)
+
+
+@dataclass(slots=True)
+class _Written:
+    """What one batch wrote: the tickets it changed or opened, whether it wrote outbox rows,
+    and those claimed for ``outbox_claimer`` (its owner and the rows, handed on commit)."""
+
+    ticket_ids: set[str]
+    wrote_outbox: bool = False
+    owner: str | None = None
+    handed: list[OutboxRow] = field(default_factory=list)
 
 
 class TicketStore:
@@ -191,8 +222,18 @@ class TicketStore:
         if not ops:
             return
         now = datetime.now(UTC)
-        with self.transaction() as session:
-            self.apply_in(session, ops, now)
+        # Core statements on a plain connection: the ORM's unit of work and identity map
+        # cost this path ~2 ms per transaction, which is what kept the writer from
+        # committing every change at once
+        with self._local_writes:
+            with self._engine.connect() as conn:
+                if self.backend == "sqlite":
+                    conn.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+                with conn.begin():
+                    written = self._apply_rows(conn, ops, now)
+            # committed; still under our lock, so the relay hears of commits in their order
+            if written.wrote_outbox:
+                self._outbox_committed(written.owner, written.handed)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -246,40 +287,90 @@ class TicketStore:
             session.info.setdefault(_HANDED, (owner, []))[1].extend(row.to_dict() for row in rows)
 
     def apply_in(self, session: Session, ops: Sequence[TicketOp], now: datetime) -> None:
-        """:meth:`apply` inside the caller's transaction ``session``."""
-        if ops:
-            tickets = self._load(session, {op.id for op in ops})
-            channel_owner = self._channel_owners(
-                session, {op.channel_id for op in ops if isinstance(op, (OpenTicket, RecordUnseenCall))})
-            unseen = {op.channel_id for op in ops if isinstance(op, RecordUnseenCall)}
-            if unseen:
-                # a call Asterisk recorded may have a ticket under another id (opened by the
-                # engine): it is found by its channel
-                tickets.update(self._load(session, {channel_owner[c] for c in unseen if c in channel_owner}
-                                          - tickets.keys()))
-            loaded = Loaded(tickets, channel_owner)
-            events: list[TicketEvent] = []
-            outbox: list[OutboxEvent] = []
-            audited = self._audited(session, [op for op in ops if isinstance(op, RecordingAccessed)])
-            for op in ops:
-                if isinstance(op, RecordingAccessed) and (op.id, utc(op.at)) in audited:
-                    continue  # a retried batch: this access is on record already
-                for change in apply_op(op, loaded, now, self.rules):
-                    # the changed ticket's id: a RecordUnseenCall may close a ticket the
-                    # engine opened under another id
-                    ticket_id = str(change.ticket["id"])
-                    events.append(TicketEvent(ticket_id=ticket_id, at=change.at, kind=change.kind,
-                                              data=change.data))
-                    if not change.outbox_kind:
-                        continue  # an audit record (a recording listened to): not for dispatch
-                    outbox.append(OutboxEvent(
-                        event_id=uuid.uuid4().hex, ticket_id=ticket_id, kind=change.outbox_kind,
-                        at=change.at, created_at=now, payload=change.ticket))
-            session.add_all(loaded.new)
-            # tickets first, so the events' foreign keys find them
-            session.flush()
-            session.add_all(events)
-            self.add_outbox(session, outbox, now)
+        """:meth:`apply` inside the caller's transaction ``session`` (callrouter.dispatch).
+
+        The session's pending objects are flushed first (their outbox rows keep their place
+        in ``seq``); tickets of the session that the ops changed are expired, so the session
+        reads them again."""
+        if not ops:
+            return
+        session.flush()
+        written = self._apply_rows(session.connection(), ops, now)
+        if written.wrote_outbox:
+            session.info[_WROTE_OUTBOX] = True
+        if written.handed:
+            session.info.setdefault(_HANDED, (written.owner, []))[1].extend(written.handed)
+        for obj in list(session.identity_map.values()):
+            if isinstance(obj, Ticket) and obj.id in written.ticket_ids:
+                session.expire(obj)
+
+    def _apply_rows(self, conn: Connection, ops: Sequence[TicketOp], now: datetime) -> _Written:
+        """Load the tickets ``ops`` name (one SELECT), apply the state machine to them as
+        plain rows, and write with one executemany per table: tickets (new ones inserted,
+        changed ones updated: only their changed columns), ticket_events, outbox."""
+        tickets = self._load(conn, {op.id for op in ops})
+        channel_owner = self._channel_owners(
+            conn, {op.channel_id for op in ops if isinstance(op, (OpenTicket, RecordUnseenCall))})
+        unseen = {op.channel_id for op in ops if isinstance(op, RecordUnseenCall)}
+        if unseen:
+            # a call Asterisk recorded may have a ticket under another id (opened by the
+            # engine): it is found by its channel
+            tickets.update(self._load(conn, {channel_owner[c] for c in unseen if c in channel_owner}
+                                      - tickets.keys()))
+        before = {ticket_id: _values(ticket) for ticket_id, ticket in tickets.items()}
+        loaded = Loaded(tickets, channel_owner)
+        events: list[dict[str, Any]] = []
+        outbox: list[dict[str, Any]] = []
+        audited = self._audited(conn, [op for op in ops if isinstance(op, RecordingAccessed)])
+        for op in ops:
+            if isinstance(op, RecordingAccessed) and (op.id, utc(op.at)) in audited:
+                continue  # a retried batch: this access is on record already
+            for change in apply_op(op, loaded, now, self.rules):
+                # the changed ticket's id: a RecordUnseenCall may close a ticket the
+                # engine opened under another id
+                ticket_id = str(change.ticket["id"])
+                events.append({"ticket_id": ticket_id, "at": change.at, "kind": change.kind, "data": change.data})
+                if not change.outbox_kind:
+                    continue  # an audit record (a recording listened to): not for dispatch
+                outbox.append({"event_id": uuid.uuid4().hex, "ticket_id": ticket_id, "kind": change.outbox_kind,
+                               "at": change.at, "created_at": now, "payload": change.ticket})
+        written = _Written({ticket.id for ticket in loaded.new})
+        # tickets first, so the events' foreign keys find them
+        _execute_many(conn, _INSERT_TICKETS, [
+            {c: v for c, v in zip(_TICKET_COLUMNS, _values(t), strict=True) if v is not None or c not in _JSON_COLUMNS}
+            for t in loaded.new])
+        updates: list[dict[str, Any]] = []
+        for ticket_id, old in before.items():
+            new = _values(loaded.tickets[ticket_id])
+            if new != old:
+                written.ticket_ids.add(ticket_id)
+                updates.append({_TICKET_KEY: ticket_id, **{c: v for c, v, was in zip(_TICKET_COLUMNS, new, old, strict=True)
+                                                          if v != was}})
+        _execute_many(conn, _UPDATE_TICKET, updates)
+        if events:
+            conn.execute(_INSERT_EVENTS, events)
+        if outbox:
+            written.wrote_outbox = True
+            self._insert_outbox(conn, outbox, now, written)
+        return written
+
+    def _insert_outbox(self, conn: Connection, rows: list[dict[str, Any]], now: datetime, written: _Written) -> None:
+        """Insert outbox ``rows`` (one executemany), claimed for ``outbox_claimer`` if one is
+        set: then their ``seq`` comes back and they are handed to it once committed."""
+        claimer = self.outbox_claimer
+        if claimer is None:
+            conn.execute(_INSERT_OUTBOX, rows)
+            return
+        owner, lease_s = claimer
+        until = now + timedelta(seconds=lease_s)
+        for row in rows:
+            row["claimed_by"], row["claimed_until"] = owner, until
+        seqs = conn.execute(_INSERT_OUTBOX_SEQ, rows).scalars()
+        written.owner = owner
+        written.handed.extend(
+            {"seq": seq, "event_id": row["event_id"], "ticket_id": row["ticket_id"], "kind": row["kind"],
+             "at": iso(row["at"]), "created_at": iso(now), "ticket": row["payload"], "sent_at": None}
+            for seq, row in zip(seqs, rows, strict=True))
 
     def open_intake(self, op: OpenIntake) -> IntakeResult:
         """Apply ``op`` in its own transaction: open a ticket (event ``opened``, outbox
@@ -576,31 +667,44 @@ class TicketStore:
 
     # --- helpers ------------------------------------------------------------------------
     @staticmethod
-    def _load(session: Session, ids: set[str]) -> dict[str, Ticket]:
-        found: dict[str, Ticket] = {}
+    def _load(conn: Connection, ids: set[str]) -> dict[str, TicketRow]:
+        found: dict[str, TicketRow] = {}
         for chunk in _chunks(sorted(ids)):
-            for ticket in session.scalars(select(Ticket).where(Ticket.id.in_(chunk))):
-                found[ticket.id] = ticket
+            for row in conn.execute(_SELECT_TICKETS, {"ids": list(chunk)}):
+                found[row.id] = TicketRow(**row._mapping)
         return found
 
     @staticmethod
-    def _audited(session: Session, accesses: Sequence[RecordingAccessed]) -> set[tuple[str, datetime]]:
+    def _audited(conn: Connection, accesses: Sequence[RecordingAccessed]) -> set[tuple[str, datetime]]:
         """(ticket, at) of the recording accesses among ``accesses`` already recorded."""
         if not accesses:
             return set()
-        rows = session.execute(select(TicketEvent.ticket_id, TicketEvent.at).where(
+        rows = conn.execute(select(TicketEvent.ticket_id, TicketEvent.at).where(
             TicketEvent.ticket_id.in_(sorted({a.id for a in accesses})),
             TicketEvent.kind.in_(("recording_accessed", "recording_access_denied"))))
         return {(ticket_id, utc(at)) for ticket_id, at in rows}
 
     @staticmethod
-    def _channel_owners(session: Session, channels: set[str]) -> dict[str, str]:
+    def _channel_owners(conn: Connection, channels: set[str]) -> dict[str, str]:
         owners: dict[str, str] = {}
         for chunk in _chunks(sorted(channels)):
-            rows = session.execute(
+            rows = conn.execute(
                 select(Ticket.channel_id, Ticket.id).where(Ticket.channel_id.in_(chunk)))
             owners.update((channel, ticket_id) for channel, ticket_id in rows)
         return owners
+
+
+def _values(ticket: TicketRow) -> tuple[Any, ...]:
+    return tuple(getattr(ticket, column) for column in _TICKET_COLUMNS)
+
+
+def _execute_many(conn: Connection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    """``stmt`` once per set of keys among ``rows`` (an executemany needs the same keys)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for group in groups.values():
+        conn.execute(stmt, group)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

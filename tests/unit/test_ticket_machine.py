@@ -1,6 +1,6 @@
 """The ticket state machine (callrouter.tickets.machine) without a database.
 
-Tickets are transient model objects; the rules that differ per line come from TicketRules.
+Tickets are plain rows (TicketRow); the rules that differ per line come from TicketRules.
 About 2 s (hypothesis: 200 examples per property).
 """
 
@@ -154,3 +154,16 @@ def test_the_shipped_rules_are_those_of_the_shipped_lines_file() -> None:
 
     lines = load_lines(Path(__file__).resolve().parents[2] / "queues" / "lines.toml")
     assert rules_of(lines) == SHIPPED_RULES
+
+
+def test_a_ticket_row_has_the_ticket_tables_columns_and_the_same_dict() -> None:
+    """The writer loads TicketRow from the tickets table and writes it back column by column."""
+    import dataclasses
+
+    from callrouter.tickets.models import Ticket, TicketRow
+
+    assert [f.name for f in dataclasses.fields(TicketRow)] == [c.name for c in Ticket.__table__.columns]
+    loaded, _ = run([opening(), AnswerTicket("T1", T0 + timedelta(seconds=1))])
+    row = loaded.tickets["T1"]
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(TicketRow)}
+    assert Ticket(**values).to_dict() == row.to_dict()
