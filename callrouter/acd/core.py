@@ -155,6 +155,9 @@ class Acd:
     def seat_reason(self, seat: str) -> str:
         return self._seat(seat).reason
 
+    def seat_registered(self, seat: str) -> bool:
+        return self._seat(seat).registered
+
     def waiting(self, line: str, now: float) -> list[str]:
         """Call ids waiting on ``line``, next first."""
         return [c.id for c in self._line(line).queue.ordered(now)]

@@ -633,8 +633,18 @@ class CallService:
 
     def endpoint_state(self, resource: str, state: str) -> None:
         seat = self._endpoint_seat.get(resource)
-        if seat is not None:
-            self.feed(SeatRegistered(seat, state == "online"))
+        if seat is None:
+            return
+        online = state == "online"
+        # Asterisk sends the endpoint's state with every channel it gains or loses (about
+        # two per answered call: the seat leg's creation and end), nearly always unchanged:
+        # only a change is the ACD's business (each event costs a dispatch pass and a save)
+        try:
+            if self.acd.seat_registered(seat) == online:
+                return
+        except AcdError:
+            pass  # a seat the ACD no longer has: feed() logs the refusal
+        self.feed(SeatRegistered(seat, online))
 
     def seat_of_channel(self, channel: Channel) -> str | None:
         return self._endpoint_seat.get(endpoint_of_channel(channel.name))
