@@ -178,18 +178,19 @@ class Reader:
 
 async def bench_latency(url: str, redis_url: str, rate: float, seconds: float,
                         linger: float, poll: float, busy_ops_s: float,
-                        min_gap_s: float) -> dict[str, float | None]:
+                        min_gap_s: float, mark_delay_s: float) -> dict[str, float | None]:
     store = TicketStore(url)
     store.create_schema()
     writer = TicketWriter(store, linger_s=linger, busy_ops_s=busy_ops_s, min_gap_s=min_gap_s)
     stream = f"{STREAM}:{secrets.token_hex(4)}"  # this run's events only
-    relay = OutboxRelay(store, redis_url, stream, poll_s=poll)
+    relay = OutboxRelay(store, redis_url, stream, poll_s=poll, mark_delay_s=mark_delay_s)
     reader = Reader(redis_url, stream)
     submitted: dict[tuple[str, str], float] = {}
     tasks = [asyncio.create_task(t) for t in (writer.run(), relay.run(), reader.run())]
     try:
         pending: list[TicketOp] = []
         interval = 1 / rate
+        cpu_start = time.process_time()  # this process: writer, relay, reader and the op source
         start = time.monotonic()
         for i in itertools.count():
             due = start + i * interval
@@ -202,6 +203,7 @@ async def bench_latency(url: str, redis_url: str, rate: float, seconds: float,
             submitted[(op.id, KIND[type(op)])] = time.monotonic()
             writer.submit(op)
         await writer.drain(timeout=30)
+        cpu_s = time.process_time() - cpu_start
         deadline = time.monotonic() + 30
         while (sum(k in reader.seen for k in submitted) < len(submitted)
                and time.monotonic() < deadline):
@@ -216,7 +218,8 @@ async def bench_latency(url: str, redis_url: str, rate: float, seconds: float,
         store.close()
     ms = [(reader.seen[k] - t) * 1000 for k, t in submitted.items() if k in reader.seen]
     return {"n": len(submitted), "missing": len(submitted) - len(ms), "p50": pct(ms, 50),
-            "p99": pct(ms, 99), "max": max(ms) if ms else None}
+            "p99": pct(ms, 99), "max": max(ms) if ms else None,
+            "cpu_ms": cpu_s * 1000 / max(1, len(submitted))}
 
 
 async def bench_throughput(url: str, redis_url: str, backlog: int) -> tuple[int, float]:
@@ -296,14 +299,14 @@ async def main_async(args: argparse.Namespace) -> None:
         for backend in args.backends.split(","):
             with database(backend, args.pg_url) as url:
                 lat = await bench_latency(url, redis.url, args.rate, args.seconds, args.linger,
-                                        args.poll, args.busy_ops_s, args.min_gap)
+                                        args.poll, args.busy_ops_s, args.min_gap, args.mark_delay)
                 rows.append(f"| {backend} | change -> readable at {args.rate:g}/s for "
                             f"{args.seconds:g} s (writer linger {args.linger:g} s above "
                             f"{args.busy_ops_s:g} ops/s, commits {args.min_gap:g} s apart below, relay safety poll "
-                            f"{args.poll:g} s) | "
+                            f"{args.poll:g} s, marks {args.mark_delay:g} s apart) | "
                             f"p50 {fmt(lat['p50'])} ms, p99 {fmt(lat['p99'])} ms, max "
                             f"{fmt(lat['max'])} ms ({lat['n']} changes, {lat['missing']} "
-                            "missing) |")
+                            f"missing; process CPU {fmt(lat['cpu_ms'], 2)} ms per change) |")
                 print(rows[-1], flush=True)
             if args.backlog > 0:
                 with database(backend, args.pg_url) as url:
@@ -344,6 +347,8 @@ def main() -> None:
                    help="the writer lingers only above this many ops/s (engine: 100)")
     p.add_argument("--min-gap", type=float, default=0.2,
                    help="below --busy-ops-s, commits start at least this far apart (engine: 0.2)")
+    p.add_argument("--mark-delay", type=float, default=1.0,
+                   help="the relay marks published rows sent this often (engine: 1.0)")
     p.add_argument("--poll", type=float, default=1.0,
                    help="relay safety poll interval (OutboxRelay default and the engine: 1.0; "
                         "commits in this process wake the relay)")
