@@ -93,6 +93,8 @@ _TICKET_KEY: Final = "ticket_key"  # the bound id of the UPDATE (SET takes the c
 _UPDATE_TICKET: Final = update(_TICKETS).where(_TICKETS.c.id == bindparam(_TICKET_KEY))
 # built once: a statement built per call costs its cache key's construction each time
 _SELECT_TICKETS: Final = select(_TICKETS).where(_TICKETS.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_OWNERS: Final = (select(_TICKETS.c.channel_id, _TICKETS.c.id)
+                         .where(_TICKETS.c.channel_id.in_(bindparam("channels", expanding=True))))
 _INSERT_TICKETS: Final = insert(_TICKETS)
 _INSERT_EVENTS: Final = insert(_EVENTS)
 _INSERT_OUTBOX: Final = insert(_OUTBOX)
@@ -688,8 +690,7 @@ class TicketStore:
     def _channel_owners(conn: Connection, channels: set[str]) -> dict[str, str]:
         owners: dict[str, str] = {}
         for chunk in _chunks(sorted(channels)):
-            rows = conn.execute(
-                select(Ticket.channel_id, Ticket.id).where(Ticket.channel_id.in_(chunk)))
+            rows = conn.execute(_SELECT_OWNERS, {"channels": list(chunk)})
             owners.update((channel, ticket_id) for channel, ticket_id in rows)
         return owners
 
