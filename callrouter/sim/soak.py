@@ -239,13 +239,22 @@ def kill_child_sipp() -> None:
                 pass
 
 
+def _unsettled(sampler: Sampler) -> bool:
+    """A ticket still open, or an outbox row not yet marked sent: the relay marks what it
+    published in one transaction a second, so the last close's row is marked up to a second
+    after it is on the stream."""
+    _, unsent, _, open_tickets = sampler.counts()
+    return open_tickets > 0 or unsent > 0
+
+
 def run_soak(settings: Settings, sampler: Sampler, specs: list[CallSpec], mix: SoakMix, *,
              sample_every_s: float = 60.0, seed: int = 1, settle_s: float = 60.0,
              login: Callable[[tuple[str, ...]], None] | None = None,
              on_sample: Callable[[Sample], None] | None = None) -> SoakResult:
     """Seats up (logged in through ``login``), ``specs`` placed at ``mix.rate``, a sample
     every ``sample_every_s`` and one before and after; after the trunk is done, up to
-    ``settle_s`` for the last tickets to close. Ends every process it started."""
+    ``settle_s`` for the last tickets to close and their outbox rows to be marked sent. Ends
+    every process it started."""
     result = SoakResult(specs=specs, report=None, seats=[], placing_s=len(specs) / mix.rate)
     seats: SeatSims | None = None
     out: list[TrunkReport] = []
@@ -287,7 +296,7 @@ def run_soak(settings: Settings, sampler: Sampler, specs: list[CallSpec], mix: S
             raise errors[0]
         result.report = out[0] if out else None
         deadline = time.monotonic() + settle_s
-        while time.monotonic() < deadline and sampler.counts()[3] > 0:
+        while time.monotonic() < deadline and _unsettled(sampler):
             time.sleep(1.0)
         take()
     finally:
