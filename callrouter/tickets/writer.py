@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 from callrouter.tasks import Backoff, stopped_within
@@ -43,13 +43,11 @@ class TicketWriter:
     def __init__(self, store: TicketStore, *, batch_max: int = 200,
                  retry_initial_s: float = 0.5, retry_max_s: float = 10.0,
                  linger_s: float = 0.0, busy_ops_s: float = 100.0, min_gap_s: float = 0.0,
-                 spool_path: str | os.PathLike[str] | None = None,
-                 on_written: Callable[[], None] | None = None) -> None:
+                 spool_path: str | os.PathLike[str] | None = None) -> None:
         if batch_max < 1:
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         self._store = store
         self._batch_max = batch_max
-        self._on_written = on_written  # after each commit
         # Under load (ops arriving faster than busy_ops_s, averaged over about a second),
         # wait linger_s after the first op for more to come: in a storm, fewer and larger
         # transactions cost the engine's process far less CPU (and GIL) per ticket. Below
@@ -226,8 +224,6 @@ class TicketWriter:
 
     async def _count_written(self, count: int) -> None:
         self._written += count
-        if self._on_written is not None:
-            self._on_written()
         async with self._progress:
             self._progress.notify_all()
 

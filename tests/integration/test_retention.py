@@ -200,7 +200,7 @@ async def test_the_writer_wakes_the_relay_without_waiting_for_its_poll(
         make_store: MakeStore, private_redis: PrivateRedis) -> None:
     store, _ = make_store("sqlite")
     async with relaying(store, private_redis.url, poll_s=30.0) as relay:
-        writer = TicketWriter(store, on_written=relay.wake)
+        writer = TicketWriter(store)  # the store's commit hook wakes the relay
         task = asyncio.create_task(writer.run())
         try:
             await asyncio.sleep(0.3)  # the relay is idle in its 30 s poll now
