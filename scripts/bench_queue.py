@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import sys
 import tempfile
 import time
@@ -50,6 +52,7 @@ from bench_common import (
     unrecorded_lines,
 )
 
+from callrouter.capacity.outcomes import THRESHOLDS_S, Outcome, fair_figures, matched, worst_gap
 from callrouter.config import load_settings
 from callrouter.provision import asterisk as prov
 from callrouter.sim.seats import SeatSpec, start_seats
@@ -72,9 +75,20 @@ def seat_specs(args: argparse.Namespace) -> list[SeatSpec]:
 
 
 def summarise(name: str, waits: dict[str, list[float]], abandoned: dict[str, int], offered: dict[str, int],
-              sip_failed: int, cpu: tuple[float | None, float], seconds: float, by_pool: int) -> dict:
+              sip_failed: int, cpu: tuple[float | None, float], seconds: float, by_pool: int,
+              callers: list[dict]) -> dict:
+    """``callers``: one dict per offered caller (line, wait_s = arrival -> answered or gave up,
+    answered, seat): the figures over offered callers are computed from them."""
     return {"path": name, "waits": waits, "abandoned": abandoned, "offered": offered, "sip_failed": sip_failed,
-            "engine_cpu": cpu[0], "asterisk_cpu": cpu[1], "seconds": seconds, "by_pool": by_pool}
+            "engine_cpu": cpu[0], "asterisk_cpu": cpu[1], "seconds": seconds, "by_pool": by_pool,
+            "callers": callers}
+
+
+def outcomes(r: dict, line: str) -> list[Outcome]:
+    """The path's offered callers on ``line`` ("all": both lines); a caller who gave up at an
+    unknown time (no end on the ticket, no wait in queue_log) as never answered (inf)."""
+    return [Outcome(math.inf if c["wait_s"] is None else c["wait_s"], c["answered"]) for c in r["callers"]
+            if line == "all" or c["line"] == line]
 
 
 def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.Namespace,  # type: ignore[no-untyped-def]
@@ -127,20 +141,28 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
     abandoned = {"110": 0, "96345": 0}
     offered = {"110": 0, "96345": 0}
     by_pool = 0
+    callers: list[dict] = []
     for r in rows:
         line = str(r["line"])
         offered[line] += 1
         if r["seat_answered_at"]:
-            waits[line].append(_ts(r["seat_answered_at"]) - _ts(r["arrived_at"]))
+            wait = _ts(r["seat_answered_at"]) - _ts(r["arrived_at"])
+            waits[line].append(wait)
             by_pool += str(r["seat"]).startswith("ovf-")
+            callers.append({"line": line, "wait_s": wait, "answered": True, "seat": str(r["seat"]),
+                            "number": str(r["number"]), "priority": r["priority"], "arrived": _ts(r["arrived_at"])})
         else:
             abandoned[line] += 1
+            # gave up: arrival -> the caller's hang-up
+            gone = _ts(r["ended_at"]) - _ts(r["arrived_at"]) if r["ended_at"] else None
+            callers.append({"line": line, "wait_s": gone, "answered": False, "seat": None,
+                            "number": str(r["number"]), "priority": r["priority"], "arrived": _ts(r["arrived_at"])})
     transcribed = sum(1 for r in rows if r.get("transcript"))
     print(f"callrouter: {len(rows)} tickets ({transcribed} with a transcript), logs {tmp}", file=sys.stderr)
     name = f"callrouter + speech (limit {speech}, {transcribed} transcribed)" if speech else "callrouter"
     answered = sum(len(w) for w in waits.values())
     print(f"{name}: {per_call(counts0, counts1, answered)} (per answered call)", file=sys.stderr)
-    return summarise(name, waits, abandoned, offered, report.failed, cpu, seconds, by_pool)
+    return summarise(name, waits, abandoned, offered, report.failed, cpu, seconds, by_pool, callers)
 
 
 def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
@@ -162,6 +184,7 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
     abandoned = {"110": 0, "96345": 0}
     offered = {"110": 0, "96345": 0}
     by_pool = 0
+    callers: dict[str, dict] = {}  # queue_log's call id (the caller's UNIQUEID) -> the caller
     for line in text.splitlines():
         f = line.split("|")
         if len(f) < 5 or not f[2].startswith("bench-"):
@@ -169,13 +192,83 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
         q, event = f[2].removeprefix("bench-"), f[4]
         if event == "ENTERQUEUE":
             offered[q] += 1
+            callers[f[1]] = {"line": q, "wait_s": None, "answered": False, "seat": None, "arrived": float(f[0])}
         elif event == "BENCHANSWER" and len(f) >= 7:
             waits[q].append(float(f[6]) - float(f[5]))
             by_pool += "ovf-" in f[3]
+            c = callers.setdefault(f[1], {"line": q})
+            c.update(wait_s=float(f[6]) - float(f[5]), answered=True, seat=_member(f[3]), arrived=float(f[5]))
         elif event in ("ABANDON", "EXITWITHTIMEOUT", "EXITEMPTY"):
             abandoned[q] += 1
-    print(f"app_queue: {sum(offered.values())} ENTERQUEUE lines in {qlog}", file=sys.stderr)
-    return summarise("app_queue", waits, abandoned, offered, report.failed, cpu, seconds, by_pool)
+            # position|origposition|waittime: whole seconds in the queue (the caller answered
+            # in the dialplan just before Queue(), as the engine's callers are)
+            c = callers.setdefault(f[1], {"line": q, "arrived": float(f[0])})
+            c.update(wait_s=float(f[7]) if len(f) > 7 and f[7].isdigit() else None, answered=False, seat=None)
+    unknown = sum(1 for c in callers.values() if c.get("wait_s") is None)
+    print(f"app_queue: {sum(offered.values())} ENTERQUEUE lines in {qlog} ({unknown} without an outcome time)",
+          file=sys.stderr)
+    return summarise("app_queue", waits, abandoned, offered, report.failed, cpu, seconds, by_pool,
+                     list(callers.values()))
+
+
+def _member(channel: str) -> str:
+    """'PJSIP/s96345-01-0000002a' -> 's96345-01'."""
+    return channel.removeprefix("PJSIP/").rsplit("-", 1)[0]
+
+
+def _p(share: float | None) -> str:
+    # + 1e-9: a Kaplan-Meier product equal to the plain share prints the same
+    return "-" if share is None else f"{100 * share + 1e-9:.0f} %"
+
+
+def fair_tables(results: list[dict]) -> list[str]:
+    """The figures over OFFERED callers (callrouter.capacity.outcomes) and, against app_queue's
+    path, the matched comparison per line."""
+    ts = " / ".join(f"{t:g}" for t in THRESHOLDS_S)
+    out = ["", ("Over all offered callers (not survivor-biased): time until answered or gave up; share of the "
+           "offered answered within t (Kaplan-Meier with abandons censored in brackets); the wait by which half "
+           "of the offered were answered."), "",
+           (f"| path | line | offered | answered | abandoned | to outcome p50 / p90 s | answered within {ts} s "
+           "of offered | (Kaplan-Meier) | half the offered answered by s |"),
+           "|---|---|---:|---:|---:|---|---|---|---:|"]
+    for r in results:
+        for line in ("110", "96345", "all"):
+            f = fair_figures(outcomes(r, line))
+            out.append(f"| {r['path']} | {line} | {f.offered} | {f.answered} | {f.abandoned} | "
+                       f"{fmt(f.to_outcome_p50)} / {fmt(f.to_outcome_p90)} | "
+                       f"{' / '.join(_p(f.share_within[t]) for t in THRESHOLDS_S)} | "
+                       f"({' / '.join(_p(f.km_within[t]) for t in THRESHOLDS_S)}) | {fmt(f.offered_wait_p50)} |")
+    base = next((r for r in results if r["path"] == "app_queue"), None)
+    others = [r for r in results if r is not base]
+    if base is None or not others:
+        return out
+    out += ["", ("Matched answered counts: per line, the first N answered callers of each path by wait, N = the "
+            "smaller path's answered count; the largest lead of app_queue over the path in the share of the "
+            "offered answered within t (0: the path is nowhere behind)."), "",
+            ("| path | line | N | mean wait s (path / app_queue) | median wait s (path / app_queue) "
+            "| app_queue's largest lead | at t s |"),
+            "|---|---|---:|---|---|---:|---:|"]
+    for r in others:
+        for line in ("110", "96345", "all"):
+            a, b = outcomes(r, line), outcomes(base, line)
+            m, g = matched(a, b), worst_gap(a, b)
+            out.append(f"| {r['path']} | {line} | {m.n} | {fmt(m.mean_s[0])} / {fmt(m.mean_s[1])} | "
+                       f"{fmt(m.median_s[0])} / {fmt(m.median_s[1])} | {100 * g.points:.1f} pp | "
+                       f"{fmt(g.at_s)} |")
+    return out
+
+
+def seat_table(results: list[dict]) -> list[str]:
+    """Answers per seat and line: who took which line's callers."""
+    out = ["", "Answers per seat group and line (own seats, shared pool ovf-01..04, 96345-only pool ovf-05..06):", "",
+           "| path | line | s110-* | s96345-* | ovf-01..04 | ovf-05..06 |", "|---|---|---:|---:|---:|---:|"]
+    groups = (("s110-",), ("s96345-",), ("ovf-01", "ovf-02", "ovf-03", "ovf-04"), ("ovf-05", "ovf-06"))
+    for r in results:
+        for line in ("110", "96345"):
+            seats = [str(c["seat"]) for c in r["callers"] if c["answered"] and c["line"] == line]
+            counts = [sum(1 for s in seats if s.startswith(g)) for g in groups]
+            out.append(f"| {r['path']} | {line} | " + " | ".join(str(n) for n in counts) + " |")
+    return out
 
 
 def main() -> int:
@@ -191,6 +284,7 @@ def main() -> int:
     ap.add_argument("--recording", action="store_true",
                     help="keep the lines file's recording policy (default: nobody recorded, as on app_queue's path)")
     ap.add_argument("--markdown")
+    ap.add_argument("--json", help="write every path's per-caller outcomes here (line, wait, answered, seat)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-queue-"))
     base = load_settings()
@@ -213,7 +307,7 @@ def main() -> int:
             results.append(run_app_queue(settings, specs, args))
         r = results[-1]
         print({k: v if k != "waits" else {ln: (len(w), pct(w, 50), pct(w, 90)) for ln, w in v.items()}
-               for k, v in r.items()}, file=sys.stderr)
+               for k, v in r.items() if k != "callers"}, file=sys.stderr)
         time.sleep(3)
     out = [head, "",
            (f"{args.callers} callers within {args.within:.0f} s on 10 numbers of both lines; patience "
@@ -236,8 +330,12 @@ def main() -> int:
                      f"{r['seconds']:.0f} | {cpu_ms:.1f}") if line == "all" else " | | | | |"
             out.append(f"| {r['path']} | {line} | {n} | {len(w)} | {ab} | {fmt(pct(w, 50))} | {fmt(pct(w, 90))} | "
                        f"{sl:.0f} % | {extra} |")
+    out += fair_tables(results) + seat_table(results)
     text = "\n".join(out)
     print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "waits"} for r in results],
+                                              indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     return 0
