@@ -20,7 +20,17 @@ Time to answer = caller's arrival -> a seat answered: from the tickets for callr
 (arrived_at -> seat_answered_at), from queue_log for app_queue (a BENCHANSWER line the
 member's Gosub writes with the caller's arrival time and the answer time, ms).
 
-    .venv/bin/python scripts/bench_queue.py [--callers 300] [--within 15] [--patience 60]
+Besides the time to answer of the ANSWERED callers (survivor-biased: a path that loses its
+long waiters as abandons shows a shorter median), the report gives figures over all OFFERED
+callers (callrouter.capacity.outcomes): time until answered or gave up, the share of the
+offered answered within 15/30/60/120 s (and its Kaplan-Meier estimate, abandons censored),
+the wait by which half the offered were answered, answers in a caller's last 2 s of
+patience; against app_queue, per line, the first N answered of each path (N the smaller
+answered count) and app_queue's largest lead in the share answered within t; 96345 by the
+dialled number's priority; answers per seat group and line.
+
+    .venv/bin/python scripts/bench_queue.py [--callers 300] [--within 15] [--patience 60] [--json RUN.json]
+    .venv/bin/python scripts/bench_queue.py --report RUN.json    # the report of a saved run again
 """
 
 from __future__ import annotations
@@ -52,8 +62,9 @@ from bench_common import (
     unrecorded_lines,
 )
 
-from callrouter.capacity.outcomes import THRESHOLDS_S, Outcome, fair_figures, matched, worst_gap
+from callrouter.capacity.outcomes import THRESHOLDS_S, Outcome, fair_figures, late_answers, matched, worst_gap
 from callrouter.config import load_settings
+from callrouter.numberplan import load_plan
 from callrouter.provision import asterisk as prov
 from callrouter.sim.seats import SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec, run_calls
@@ -180,6 +191,9 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
     finally:
         seats.stop()
     text = qlog.read_bytes()[offset:].decode(errors="replace") if qlog.exists() else ""
+    # ENTERQUEUE carries the caller id: the number it dialled and that number's priority
+    plan = load_plan(settings.numberplan_path)
+    dialled = {s.caller: {"number": s.number, "priority": plan.route(s.number).priority} for s in specs}
     waits: dict[str, list[float]] = {"110": [], "96345": []}
     abandoned = {"110": 0, "96345": 0}
     offered = {"110": 0, "96345": 0}
@@ -192,7 +206,8 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
         q, event = f[2].removeprefix("bench-"), f[4]
         if event == "ENTERQUEUE":
             offered[q] += 1
-            callers[f[1]] = {"line": q, "wait_s": None, "answered": False, "seat": None, "arrived": float(f[0])}
+            callers[f[1]] = {"line": q, "wait_s": None, "answered": False, "seat": None, "arrived": float(f[0]),
+                             **dialled.get(f[6] if len(f) > 6 else "", {})}
         elif event == "BENCHANSWER" and len(f) >= 7:
             waits[q].append(float(f[6]) - float(f[5]))
             by_pool += "ovf-" in f[3]
@@ -221,23 +236,25 @@ def _p(share: float | None) -> str:
     return "-" if share is None else f"{100 * share + 1e-9:.0f} %"
 
 
-def fair_tables(results: list[dict]) -> list[str]:
+def fair_tables(results: list[dict], patience: float) -> list[str]:
     """The figures over OFFERED callers (callrouter.capacity.outcomes) and, against app_queue's
     path, the matched comparison per line."""
     ts = " / ".join(f"{t:g}" for t in THRESHOLDS_S)
     out = ["", ("Over all offered callers (not survivor-biased): time until answered or gave up; share of the "
            "offered answered within t (Kaplan-Meier with abandons censored in brackets); the wait by which half "
-           "of the offered were answered."), "",
+           "of the offered were answered; answers in the caller's last 2 s (the bench's callers hang up "
+           "--patience s after their 200 OK, talking to a seat or not: such an answer is a call of under 2 s)."), "",
            (f"| path | line | offered | answered | abandoned | to outcome p50 / p90 s | answered within {ts} s "
-           "of offered | (Kaplan-Meier) | half the offered answered by s |"),
-           "|---|---|---:|---:|---:|---|---|---|---:|"]
+           "of offered | (Kaplan-Meier) | half the offered answered by s | answered in the last 2 s |"),
+           "|---|---|---:|---:|---:|---|---|---|---:|---:|"]
     for r in results:
         for line in ("110", "96345", "all"):
             f = fair_figures(outcomes(r, line))
             out.append(f"| {r['path']} | {line} | {f.offered} | {f.answered} | {f.abandoned} | "
                        f"{fmt(f.to_outcome_p50)} / {fmt(f.to_outcome_p90)} | "
                        f"{' / '.join(_p(f.share_within[t]) for t in THRESHOLDS_S)} | "
-                       f"({' / '.join(_p(f.km_within[t]) for t in THRESHOLDS_S)}) | {fmt(f.offered_wait_p50)} |")
+                       f"({' / '.join(_p(f.km_within[t]) for t in THRESHOLDS_S)}) | {fmt(f.offered_wait_p50)} | "
+                       f"{late_answers(outcomes(r, line), patience - 2)} |")
     base = next((r for r in results if r["path"] == "app_queue"), None)
     others = [r for r in results if r is not base]
     if base is None or not others:
@@ -258,6 +275,22 @@ def fair_tables(results: list[dict]) -> list[str]:
     return out
 
 
+def priority_table(results: list[dict]) -> list[str]:
+    """96345's callers by the number plan's priority of the number they dialled."""
+    out = ["", "96345's callers by the number plan's priority of the number they dialled (1 = most urgent):", "",
+           ("| path | priority | offered | answered | abandoned | answered wait p50 s | answered within 15 / 30 / 60 s "
+           "of offered | half the offered answered by s |"), "|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in results:
+        for prio in sorted({c.get("priority") for c in r["callers"] if c["line"] == "96345"} - {None}):
+            o = [Outcome(math.inf if c["wait_s"] is None else c["wait_s"], c["answered"]) for c in r["callers"]
+                 if c["line"] == "96345" and c.get("priority") == prio]
+            f = fair_figures(o, (15.0, 30.0, 60.0))
+            out.append(f"| {r['path']} | {prio} | {f.offered} | {f.answered} | {f.abandoned} | "
+                       f"{fmt(pct([x.wait_s for x in o if x.answered], 50))} | "
+                       f"{' / '.join(_p(v) for v in f.share_within.values())} | {fmt(f.offered_wait_p50)} |")
+    return out
+
+
 def seat_table(results: list[dict]) -> list[str]:
     """Answers per seat and line: who took which line's callers."""
     out = ["", "Answers per seat group and line (own seats, shared pool ovf-01..04, 96345-only pool ovf-05..06):", "",
@@ -269,6 +302,34 @@ def seat_table(results: list[dict]) -> list[str]:
             counts = [sum(1 for s in seats if s.startswith(g)) for g in groups]
             out.append(f"| {r['path']} | {line} | " + " | ".join(str(n) for n in counts) + " |")
     return out
+
+
+def render(results: list[dict], args: argparse.Namespace, head: str) -> str:
+    """The report: the per-line table (time to answer of the answered callers, CPU), then the
+    figures over offered callers, 96345 by priority, answers per seat group."""
+    out = [head, "",
+           (f"{args.callers} callers within {args.within:.0f} s on 10 numbers of both lines; patience "
+           f"{args.patience:.0f} s; 26 SIPp seats answer after {args.answer_delay:g} s, talk exp. mean "
+           f"{args.talk:g} s (seed {args.seed}); wrap-up 1 s; ring timeout 10/15 s; "
+           f"{'recording as in the lines file' if args.recording else 'nobody recorded'}. Time to answer = "
+           "arrival -> seat answered, s."), "",
+           ("| path | line | callers | answered | abandoned | TTA p50 | TTA p90 | answered <= 15 s "
+           "| SIP failed | overflow-seat answers | Asterisk CPU % | engine CPU % | run s "
+           "| CPU ms per answered call (Asterisk + engine) |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        for line in ("110", "96345", "all"):
+            w = r["waits"]["110"] + r["waits"]["96345"] if line == "all" else r["waits"][line]
+            n = sum(r["offered"].values()) if line == "all" else r["offered"][line]
+            ab = sum(r["abandoned"].values()) if line == "all" else r["abandoned"][line]
+            sl = 100 * sum(1 for x in w if x <= 15) / n if n else 0
+            cpu_ms = 10 * (r['asterisk_cpu'] + (r['engine_cpu'] or 0)) * r['seconds'] / max(1, len(w))
+            extra = (f"{r['sip_failed']} | {r['by_pool']} | {r['asterisk_cpu']:.0f} | {fmt(r['engine_cpu'], 0)} | "
+                     f"{r['seconds']:.0f} | {cpu_ms:.1f}") if line == "all" else " | | | | |"
+            out.append(f"| {r['path']} | {line} | {n} | {len(w)} | {ab} | {fmt(pct(w, 50))} | {fmt(pct(w, 90))} | "
+                       f"{sl:.0f} % | {extra} |")
+    out += fair_tables(results, args.patience) + priority_table(results) + seat_table(results)
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -284,8 +345,15 @@ def main() -> int:
     ap.add_argument("--recording", action="store_true",
                     help="keep the lines file's recording policy (default: nobody recorded, as on app_queue's path)")
     ap.add_argument("--markdown")
-    ap.add_argument("--json", help="write every path's per-caller outcomes here (line, wait, answered, seat)")
+    ap.add_argument("--json", help="write the run here: every path's figures and per-caller outcomes")
+    ap.add_argument("--report", metavar="JSON", help="run nothing: print the report of a run saved with --json")
     args = ap.parse_args()
+    if args.report:
+        source = args.report
+        saved = json.loads(Path(source).read_text())
+        args = argparse.Namespace(**{**vars(args), **saved["args"]})
+        print(render(saved["results"], args, saved["head"] + f" (re-rendered from {source})"))
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-queue-"))
     base = load_settings()
     # app_queue's path records nobody: neither does the engine's, unless --recording
@@ -309,33 +377,10 @@ def main() -> int:
         print({k: v if k != "waits" else {ln: (len(w), pct(w, 50), pct(w, 90)) for ln, w in v.items()}
                for k, v in r.items() if k != "callers"}, file=sys.stderr)
         time.sleep(3)
-    out = [head, "",
-           (f"{args.callers} callers within {args.within:.0f} s on 10 numbers of both lines; patience "
-           f"{args.patience:.0f} s; 26 SIPp seats answer after {args.answer_delay:g} s, talk exp. mean "
-           f"{args.talk:g} s (seed {args.seed}); wrap-up 1 s; ring timeout 10/15 s; "
-           f"{'recording as in the lines file' if args.recording else 'nobody recorded'}. Time to answer = "
-           "arrival -> seat answered, s."), "",
-           ("| path | line | callers | answered | abandoned | TTA p50 | TTA p90 | answered <= 15 s "
-           "| SIP failed | overflow-seat answers | Asterisk CPU % | engine CPU % | run s "
-           "| CPU ms per answered call (Asterisk + engine) |"),
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        for line in ("110", "96345", "all"):
-            w = r["waits"]["110"] + r["waits"]["96345"] if line == "all" else r["waits"][line]
-            n = sum(r["offered"].values()) if line == "all" else r["offered"][line]
-            ab = sum(r["abandoned"].values()) if line == "all" else r["abandoned"][line]
-            sl = 100 * sum(1 for x in w if x <= 15) / n if n else 0
-            cpu_ms = 10 * (r['asterisk_cpu'] + (r['engine_cpu'] or 0)) * r['seconds'] / max(1, len(w))
-            extra = (f"{r['sip_failed']} | {r['by_pool']} | {r['asterisk_cpu']:.0f} | {fmt(r['engine_cpu'], 0)} | "
-                     f"{r['seconds']:.0f} | {cpu_ms:.1f}") if line == "all" else " | | | | |"
-            out.append(f"| {r['path']} | {line} | {n} | {len(w)} | {ab} | {fmt(pct(w, 50))} | {fmt(pct(w, 90))} | "
-                       f"{sl:.0f} % | {extra} |")
-    out += fair_tables(results) + seat_table(results)
-    text = "\n".join(out)
+    text = render(results, args, head)
     print(text)
     if args.json:
-        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "waits"} for r in results],
-                                              indent=1) + "\n")
+        Path(args.json).write_text(json.dumps({"head": head, "args": vars(args), "results": results}, indent=1) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     return 0

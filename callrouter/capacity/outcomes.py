@@ -19,6 +19,10 @@ figure here is taken over the OFFERED callers, each with one outcome: answered a
 * ``to_outcome(p)``: time until answered or gave up, over all offered callers (how long
   callers spent waiting, whatever the end). Not a speed measure on its own: a queue that
   loses callers quickly looks fast by it.
+* ``late_answers(after_s)``: callers answered only after ``after_s`` (in a benchmark whose
+  callers hang up a fixed time after their 200 OK whether a seat took them or not, an
+  answer in their last seconds is a conversation of those seconds: counted as answered,
+  it is hardly service).
 * ``matched``: two queues that answered N_a and N_b of the same offered callers,
   compared on the first N = min(N_a, N_b) answered of each, by wait: mean and median of
   each side's N shortest waits. Rank by rank this is ``offered_wait``: queue A is nowhere
@@ -100,6 +104,11 @@ def offered_wait(outcomes: Sequence[Outcome], p: float) -> float | None:
     waits = answered_waits(outcomes)
     k = _rank(len(outcomes), p)
     return waits[k] if k < len(waits) else None
+
+
+def late_answers(outcomes: Iterable[Outcome], after_s: float) -> int:
+    """Callers answered only after waiting more than ``after_s``."""
+    return sum(1 for o in outcomes if o.answered and o.wait_s > after_s)
 
 
 def to_outcome(outcomes: Sequence[Outcome], p: float) -> float | None:

@@ -14,6 +14,7 @@ from callrouter.capacity.outcomes import (
     fair_figures,
     first_answered,
     km_answered_within,
+    late_answers,
     matched,
     nearest_rank,
     offered_wait,
@@ -47,6 +48,7 @@ def test_the_survivor_biased_median_favours_the_queue_that_loses_its_long_waiter
     assert m.mean_s == (pytest.approx(17.5), pytest.approx(18.5))
     assert m.median_s == (15, 16)
     assert worst_gap(a, b).points == 0.0  # A nowhere behind B
+    assert late_answers(a, 54) == 2 and late_answers(b, 54) == 0  # answered in the last 6 s of 60
     gap = worst_gap(b, a)
     assert gap.points == pytest.approx(0.4) and gap.at_s == 58
 
