@@ -33,6 +33,7 @@ from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
 from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
+from callrouter.logs import q
 from callrouter.numberplan import load_plan
 from callrouter.provision.asterisk import log_dir_on_host, recording_dir_on_host
 from callrouter.recordings.recorder import CallRecorder
@@ -88,7 +89,7 @@ def _cluster_service(service: CallService, ari: NodesClient) -> None:
     service.recorder = None
     service.cluster_status = lambda: {**ari.status(), "presence": "kamailio", "off": CLUSTER_OFF}
     for feature, why in CLUSTER_OFF.items():
-        log.warning("event=cluster_feature_off feature=%s reason=%s", feature, why.replace(" ", "_"))
+        log.warning("event=cluster_feature_off feature=%s reason=%s", feature, q(why))
 
 
 def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any,

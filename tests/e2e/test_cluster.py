@@ -450,13 +450,15 @@ def cluster_engine(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[Clu
         while (left := under_test.leftovers()) and any(left.values()) and time.monotonic() < deadline:
             time.sleep(0.5)
         problems += [f"{node} holds after the test: {p}" for node, ps in left.items() for p in ps]
-        problems += [ln for ln in engine.log().splitlines() if "level=error" in ln and "node_lost" not in ln
-                     and "node_calls_lost" not in ln]
+        problems += [ln for e in factory.started for ln in e.log().splitlines() if "level=error" in ln
+                     and "node_lost" not in ln and "node_calls_lost" not in ln]
     finally:
         for sim in under_test.sims:
             sim.stop()
         under_test.route_to("")
-        engine.stop()
+        for started in factory.started:
+            if started.proc.poll() is None:
+                started.stop()
         for node in cluster.plan().nodes:
             if prov.pid(node.target) is not None:
                 prov.rx(node.target, "channel request hangup all")
@@ -594,3 +596,31 @@ def test_kill_9_of_a_node_loses_its_calls_and_the_engine_keeps_the_others(cluste
     wait_for(lambda: e.cluster.dispatcher().get("node1") == "active", 10, "node1 back in rotation")
     sys.stderr.write(f"\ncluster engine, kill -9 of node1: its 2 calls counted lost {lost_s:.1f} s after; "
                      "node2's 2 kept; 4/4 new calls answered on node2\n")
+
+
+def test_a_restarted_engine_adopts_the_callers_of_both_nodes(cluster_engine: ClusterEngine) -> None:
+    """kill -9 of the engine: the callers stay in both nodes' holding bridges; the next
+    engine reconciles each node and adopts them all, keeping their tickets."""
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    e.factory.login("s110-04")
+    stop = threading.Event()
+    held, _ = _calls_in_background(e.cluster, [CallSpec("122", f"1360000000{i}", -1) for i in range(4)], 10, stop)
+    try:
+        wait_for(lambda: len([r for r in e.tickets() if r["answered_at"]]) == 4, 10, "four callers answered")
+        before = {r["id"] for r in e.tickets()}
+        e.factory.started[0].stop(signal.SIGKILL)
+        engine = e.factory.start()
+        wait_for(lambda: all(f"node={n}" in engine.log() for n in ("node1", "node2")), 15, "both nodes reconciled")
+        status = e.status()
+        assert status["engine"]["adopted"] == 4 and status["lines"]["110"]["waiting"] == 4, status
+        # a seat registers: the adopted callers are answered, on both nodes
+        e.seats(SeatSpec("s110-04", answer_delay_s=0.1, talk_s=0.1, talk_dist="fixed"))
+        rows = wait_for(lambda: e.factory.closed_tickets(4), 20, "the four adopted calls answered and closed")
+    finally:
+        _hang_up_all(e.cluster)
+        stop.set()
+        held.join(30)
+    assert {r["id"] for r in rows} == before and all(r["seat"] == "s110-04" for r in rows), rows
+    assert sorted(_node(r["channel_id"]) for r in rows) == ["node1", "node1", "node2", "node2"]
