@@ -10,8 +10,9 @@ node's name. Playbacks are also remembered (id -> node) until they finish.
 
 Events of every node reach the one handler in each node's arrival order; each connect or
 reconnect of a node runs ``on_node_connected(name, client)`` first (the shell reconciles
-that node only). A node whose connection stays down for ``lost_after_s`` is reported once
-to ``on_node_lost(name)``: its calls are gone with it (a kill -9, a dead machine).
+that node only). A node whose connection stays down for ``lost_after_s`` and whose
+Asterisk does not answer a ping either is reported once to ``on_node_lost(name)``: its
+calls are gone with it (a kill -9, a dead machine).
 """
 
 from __future__ import annotations
@@ -220,6 +221,14 @@ class NodesClient(AriClient):
                                   name=f"ari-events:{name}")
             group.create_task(self._watch(on_node_lost, watch_s), name="ari-nodes-watch")
 
+    @staticmethod
+    async def _answers(client: AriClient, timeout_s: float = 1.0) -> bool:
+        try:
+            await asyncio.wait_for(client.request("GET", "/asterisk/ping", over_ws=False), timeout_s)
+        except (AriError, TimeoutError):
+            return False
+        return True
+
     async def _watch(self, on_node_lost: NodeLost, every_s: float) -> None:
         """A node whose connection stays down for ``lost_after_s`` after it was up is lost."""
         ever_up: set[str] = set()
@@ -234,6 +243,13 @@ class NodesClient(AriClient):
                     continue
                 since = self.down_since.setdefault(name, now)
                 if now - since >= self.lost_after_s:
+                    if await self._answers(client):
+                        # Asterisk is there, only its events socket is not: its calls are
+                        # not lost (the reconnect reconciles them); judged again later
+                        self.down_since[name] = time.monotonic()
+                        log.warning("event=node_events_down node=%s down_s=%.1f: Asterisk answers, calls kept",
+                                    name, now - since)
+                        continue
                     self.lost.add(name)
                     self.node_counts[f"lost:{name}"] += 1
                     log.error("event=node_lost node=%s down_s=%.1f", name, now - since)
