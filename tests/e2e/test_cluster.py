@@ -381,6 +381,11 @@ class ClusterEngine:
     def status(self) -> dict[str, Any]:
         return dict(self.factory.status())
 
+    def status_calls(self) -> list[dict[str, Any]]:
+        status, calls = self.factory.api("GET", "/api/calls")
+        assert status == 200 and isinstance(calls, list), calls
+        return calls
+
     def tickets(self) -> list[dict[str, Any]]:
         store = self.factory.store()
         try:
@@ -624,3 +629,46 @@ def test_a_restarted_engine_adopts_the_callers_of_both_nodes(cluster_engine: Clu
         held.join(30)
     assert {r["id"] for r in rows} == before and all(r["seat"] == "s110-04" for r in rows), rows
     assert sorted(_node(r["channel_id"]) for r in rows) == ["node1", "node1", "node2", "node2"]
+
+
+def test_transfers_and_a_consult_stay_on_the_callers_node(cluster_engine: ClusterEngine) -> None:
+    """*9 hands each caller (one per node) to 96345 on its own node; a three-way consult
+    rings the consulted seat from the caller's node and hands the caller over."""
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    e.factory.login("s110-05", "s96345-05")
+    e.seats(SeatSpec("s110-05", answer_delay_s=0.1, mode="transfer", xfer_digit="9"),
+            SeatSpec("s96345-05", answer_delay_s=0.1, talk_s=0.3, talk_dist="fixed"))
+    wait_for(lambda: all(e.status()["seats"][s]["registered"] for s in ("s110-05", "s96345-05")), 5, "seats")
+    report = e.cluster.calls(2, 4, e.cluster.trunk[0], hold_s=-1, timeout_s=30)
+    assert [c.outcome for c in report.calls] == ["completed_by_far_end"] * 2, report.to_json()
+    rows = wait_for(lambda: e.factory.closed_tickets(2), 10, "two tickets closed")
+    assert sorted(_node(r["channel_id"]) for r in rows) == ["node1", "node2"]
+    for row in rows:
+        assert row["line"] == "96345" and row["seat"] == "s96345-05", row
+        assert [(t["from_line"], t["to_line"], t["seat"]) for t in row["transfers"]] == [("110", "96345", "s110-05")]
+
+    # a consult: the 110 seat talks 3 s, the consulted 96345 seat stays until the caller leaves
+    e.factory.login("s110-06", "s96345-06")
+    e.seats(SeatSpec("s110-06", answer_delay_s=0.1, talk_s=3.0, talk_dist="fixed"),
+            SeatSpec("s96345-06", answer_delay_s=0.1, talk_s=0))
+    e.factory.api("POST", "/api/seats/s110-05/logout")
+    e.factory.api("POST", "/api/seats/s96345-05/logout")
+    wait_for(lambda: all(e.status()["seats"][s]["registered"] for s in ("s110-06", "s96345-06")), 5, "seats")
+    stop = threading.Event()
+    caller, out = _calls_in_background(e.cluster, [CallSpec("110", "13500000001", 5.0)], 1, stop)
+    try:
+        call = wait_for(lambda: next((c for c in e.status_calls() if c.get("seat") == "s110-06"), None), 10,
+                        "the 110 seat to answer")
+        status, body = e.factory.api("POST", f"/api/calls/{call['call_id']}/consult", {"line": "96345"})
+        assert status == 200, body
+        caller.join(30)
+    finally:
+        stop.set()
+        caller.join(30)
+    assert out and out[0].calls[0].outcome == "completed", out[0].to_json() if out else "no report"
+    ticket = next(r for r in wait_for(lambda: e.factory.closed_tickets(3), 10, "the consult's ticket")
+                  if r["caller"] == "13500000001")
+    assert ticket["seat"] == "s96345-06" and [(t["to_line"], t["reason"]) for t in ticket["transfers"]] == [
+        ("96345", "three-way consult")], ticket
