@@ -91,6 +91,12 @@ class Settings:
     cluster_probe_s: int = 2
     cluster_sip_timer_s: int = 2
     cluster_pike_limit: int = 16
+    # `callrouter run` drives every node of the cluster these settings describe (one ARI
+    # connection per node; seats' presence from Kamailio's registrar) instead of the one
+    # Asterisk at ari_url; a node whose connection stays down cluster_node_lost_s is dead
+    # (its calls are counted lost, its seats freed)
+    cluster_engine: bool = False
+    cluster_node_lost_s: int = 3
 
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
     categories: Path | None = None  # default data_dir/queues/categories.toml (Chinese labels)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -25,12 +25,15 @@ from callrouter.api import build_app
 from callrouter.api.app import FEED_KEY
 from callrouter.api.tokens import TokenStore
 from callrouter.ari import AriClient
+from callrouter.ari.nodes import NodesClient
 from callrouter.calls.recovery import reconcile
+from callrouter.calls.seats import poll_registrations
 from callrouter.calls.service import CallService
 from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
 from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
+from callrouter.logs import q
 from callrouter.numberplan import load_plan
 from callrouter.provision.asterisk import log_dir_on_host, recording_dir_on_host
 from callrouter.recordings.recorder import CallRecorder
@@ -56,6 +59,62 @@ def restore_acd(config: LinesConfig, saved: dict[str, Any] | None) -> Acd:
         except (SnapshotError, KeyError, TypeError, ValueError) as exc:
             log.warning("event=state_not_restored error=%r: starting clean", exc)
     return Acd(config)
+
+
+# ---------------------------------------------------------------- cluster mode (issue 11)
+CLUSTER_OFF = {"recordings": "MixMonitor writes into each node's own spool, which this engine does not collect yet",
+               "speech": "not verified across nodes (its snoop, media and bridge ids already route to the caller's node)",
+               "unseen_calls": "the calls the dialplan held while the engine was away are in each node's CEL file, "
+                               "not read yet"}
+
+
+def _cluster_ari(settings: Settings) -> tuple[NodesClient, Any]:
+    """One ARI client per node of the cluster these settings describe (``cluster up``'s
+    plan: each node's ARI port and credentials under home/cluster/<node>/)."""
+    from callrouter.provision import cluster as cl
+
+    plan = cl.plan(settings)
+    clients = {}
+    for node in plan.nodes:
+        client = AriClient(node.settings.ari_url, node.settings.ari_user, node.settings.ari_password, settings.ari_app)
+        client.rest_over_ws = settings.ari_rest_over_ws
+        clients[node.name] = client
+    return NodesClient(clients, lost_after_s=settings.cluster_node_lost_s), plan
+
+
+def _cluster_service(service: CallService, ari: NodesClient) -> None:
+    """What a cluster changes in the call service: presence from Kamailio, no recording,
+    a status part; said at start, not found out later."""
+    service.presence_external = True
+    service.recorder = None
+    service.cluster_status = lambda: {**ari.status(), "presence": "kamailio", "off": CLUSTER_OFF}
+    for feature, why in CLUSTER_OFF.items():
+        log.warning("event=cluster_feature_off feature=%s reason=%s", feature, q(why))
+
+
+def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any,
+                   after_reconcile: Callable[[], None]) -> dict[str, Coroutine[Any, Any, None]]:
+    """The cluster's own long-lived work: every node's events (each connect reconciles
+    that node only, one node at a time), and the seats' registrations at Kamailio."""
+    from callrouter.provision import cluster as cl
+    from callrouter.provision.asterisk import ProvisionError
+
+    lock = asyncio.Lock()
+
+    async def node_connected(name: str, client: AriClient) -> None:
+        async with lock:
+            await reconcile(service, client, name)
+            after_reconcile()
+
+    def registered() -> list[str]:
+        try:
+            return [str(r["seat"]).split("@", 1)[0] for r in cl.registered_seats(plan)]
+        except ProvisionError as exc:  # Kamailio's control socket did not answer
+            raise OSError(str(exc)) from exc
+
+    return {"ari-events": ari.run_nodes(StasisRouter(service), node_connected, service.node_lost),
+            "seat-presence": poll_registrations(registered, lambda: list(service.seat_endpoints),
+                                                service.endpoint_state)}
 
 
 async def _ticker(service: CallService) -> None:
@@ -184,12 +243,17 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     acd = restore_acd(lines, await state.load())
     log.info("event=engine_starting plan=%s entries=%d lines=%s db=%s ari=%s api=%s:%d", plan.source,
              len(plan.entries), ",".join(lines.line_ids), store, settings.ari_url, settings.api_bind, settings.api_port)
-    ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
-    ari.rest_over_ws = settings.ari_rest_over_ws
+    cluster_plan: Any = None
+    ari: AriClient
+    if settings.cluster_engine:
+        ari, cluster_plan = _cluster_ari(settings)
+    else:
+        ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
+        ari.rest_over_ws = settings.ari_rest_over_ws
     await ari.open()
-    service = CallService(ari, plan, writer, acd)
+    service = CallService(ari, plan, writer, acd, nodes=ari.names if isinstance(ari, NodesClient) else ())
     # what waiting callers say (vosk), beside the call path; the model loads in the background
-    speech = SpeechService(service, model_path=settings.speech_model, model_label=settings.speech_model_name,
+    speech = SpeechService(service, model_path=None if settings.cluster_engine else settings.speech_model, model_label=settings.speech_model_name,
                            keywords_path=settings.keywords_path, max_concurrent=settings.speech_max_concurrent,
                            workers=settings.speech_workers, max_s=settings.speech_max_s,
                            after_answer_s=settings.speech_after_answer_s, bind=settings.http_bind)
@@ -226,15 +290,20 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await runner.setup()
     site = web.TCPSite(runner, settings.api_bind, settings.api_port)
     await site.start()
+    if isinstance(ari, NodesClient):
+        _cluster_service(service, ari)
+        call_tasks = _cluster_tasks(service, ari, cluster_plan, lambda: None)
+    else:
+        call_tasks = {"ari-events": ari.run_events(StasisRouter(service), connected),
+                      "recordings": recorder.run()}
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
-        asyncio.create_task(ari.run_events(StasisRouter(service), connected), name="ari-events"),
+        *(asyncio.create_task(coro, name=name) for name, coro in call_tasks.items()),
         asyncio.create_task(_ticker(service), name="acd-tick"),
         asyncio.create_task(_saver(service, state), name="state-saver"),
         asyncio.create_task(relay.run(), name="outbox-relay"),
         asyncio.create_task(unseen.run(service, max(1, settings.cel_import_s)), name="unseen-calls"),
         asyncio.create_task(security.run(), name="security-log"),
-        asyncio.create_task(recorder.run(), name="recordings"),
     }
     keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()

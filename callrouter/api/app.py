@@ -167,6 +167,8 @@ async def get_status(request: web.Request) -> web.Response:
         summary["speech"] = speech()  # transcription on/off, in use, refused, failures
     if service.recorder is not None:
         summary["recording"] = service.recorder.status()  # on/off, a full disk, failures
+    if service.cluster_status is not None:
+        summary["cluster"] = service.cluster_status()  # nodes connected, lost; what is off
     return web.json_response(for_principal(summary, request[PRINCIPAL]))
 
 

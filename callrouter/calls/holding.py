@@ -36,16 +36,24 @@ from callrouter.ari import AriClient, AriError
 
 log = logging.getLogger("callrouter.calls")
 
-HOLD_RE = re.compile(r"^callrouter-(?P<line>[0-9]+)-hold-(?P<n>[0-9]+)$")
+# a cluster's engine holds callers per line AND node (a caller can only be bridged on its
+# own node): callrouter-node1-110-hold-0; a single Asterisk's ids carry no node, as before
+HOLD_RE = re.compile(r"^callrouter-(?:(?P<node>[A-Za-z][A-Za-z0-9_]*)-)?(?P<line>[0-9]+)-hold-(?P<n>[0-9]+)$")
 
 
-def hold_bridge_id(line: str, n: int) -> str:
-    return f"callrouter-{line}-hold-{n}"
+def hold_bridge_id(line: str, n: int, node: str | None = None) -> str:
+    return f"callrouter-{node}-{line}-hold-{n}" if node else f"callrouter-{line}-hold-{n}"
 
 
 def hold_line(bridge_id: str) -> str | None:
     m = HOLD_RE.match(bridge_id)
     return m.group("line") if m else None
+
+
+def hold_key(bridge_id: str) -> tuple[str | None, str] | None:
+    """(node, line) of a holding bridge id (node None on a single Asterisk); None if not one."""
+    m = HOLD_RE.match(bridge_id)
+    return (m.group("node"), m.group("line")) if m else None
 
 
 def hold_n(bridge_id: str) -> int:
@@ -73,17 +81,20 @@ def hold_bound(waiting: int, shard_size: int) -> int:
     return math.ceil(waiting / shard_size) + 1
 
 
-def pick_bridge(members: dict[str, set[str]], line: str, shard_size: int, refused: Iterable[str]) -> str:
-    """The bridge for the next caller of ``line``: the lowest-numbered with room, else a new id."""
+def pick_bridge(members: dict[str, set[str]], line: str, shard_size: int, refused: Iterable[str],
+                node: str | None = None) -> str:
+    """The bridge for the next caller of ``line`` (on ``node``): the lowest-numbered with
+    room, else a new id."""
     refused = set(refused)
-    ours = sorted((b for b in members if hold_line(b) == line and b not in refused), key=hold_n)
+    key = (node, line)
+    ours = sorted((b for b in members if hold_key(b) == key and b not in refused), key=hold_n)
     for bridge_id in ours:
         if len(members[bridge_id]) < shard_size:
             return bridge_id
     n = 0
-    while hold_bridge_id(line, n) in members or hold_bridge_id(line, n) in refused:
+    while hold_bridge_id(line, n, node) in members or hold_bridge_id(line, n, node) in refused:
         n += 1
-    return hold_bridge_id(line, n)
+    return hold_bridge_id(line, n, node)
 
 
 def surplus_bridges(members: dict[str, set[str]], empty_since: dict[str, float], shard_size: int, now: float,
@@ -93,11 +104,11 @@ def surplus_bridges(members: dict[str, set[str]], empty_since: dict[str, float],
     The lowest-numbered bridge of a line is never surplus (one spare stays ready, so the
     next caller joins without waiting for a bridge to be made).
     """
-    by_line: dict[str, list[str]] = {}
+    by_line: dict[tuple[str | None, str], list[str]] = {}
     for bridge_id in members:
-        line = hold_line(bridge_id)
-        if line is not None:
-            by_line.setdefault(line, []).append(bridge_id)
+        key = hold_key(bridge_id)
+        if key is not None:
+            by_line.setdefault(key, []).append(bridge_id)
     out: list[str] = []
     for ids in by_line.values():
         waiting = sum(len(members[b]) for b in ids)
@@ -114,8 +125,10 @@ def surplus_bridges(members: dict[str, set[str]], empty_since: dict[str, float],
 
 class HoldingBridges:
     def __init__(self, ari: AriClient, shard_size: int = 40, *, idle_s: float = 2.0, refuse_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 node_of: Callable[[str], str | None] = lambda _channel_id: None) -> None:
         self.ari = ari
+        self.node_of = node_of  # a caller's node (its channel id names it); None: one Asterisk
         self.shard_size = shard_size
         self.idle_s = idle_s  # an empty surplus bridge waits this long before it goes (no churn in a storm)
         self.clock = clock
@@ -162,13 +175,14 @@ class HoldingBridges:
         Raises CallerGone when the caller's channel is gone (the bridge stays in use), or
         the last AriError when no bridge would take the caller.
         """
+        node = self.node_of(channel_id)
         current = self.bridge_of(channel_id)
-        if current is not None and hold_line(current) == line:
+        if current is not None and hold_key(current) == (node, line):
             return current
         self.left(channel_id)
         failure = AriError("POST", "/bridges", 0, "no attempt made")
         for _ in range(attempts):
-            bridge_id = pick_bridge(self.members, line, self.shard_size, self._refused_now())
+            bridge_id = pick_bridge(self.members, line, self.shard_size, self._refused_now(), node)
             self._take(bridge_id, channel_id)
             try:
                 await self._ensure(bridge_id)
@@ -266,6 +280,17 @@ class HoldingBridges:
             except AriError as exc:
                 if exc.status != 404:
                     log.warning("event=hold_bridge_remove_failed bridge=%s error=%s", bridge_id, exc)
+
+    def forget_node(self, node: str) -> list[str]:
+        """A node died: its holding bridges went with it (the ids are free again once it
+        is back). Returns the ids forgotten."""
+        gone = [b for b in self.members if (hold_key(b) or (None, ""))[0] == node]
+        for bridge_id in gone:
+            self.members.pop(bridge_id, None)
+            self._ready.discard(bridge_id)
+            self._quiet.discard(bridge_id)
+            self._empty_since.pop(bridge_id, None)
+        return gone
 
     def waiting(self) -> int:
         return sum(len(c) for c in self.members.values())

@@ -16,10 +16,11 @@ lost and never replayed, and after a kill -9 the engine starts from its last sna
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from callrouter.acd import CallState
-from callrouter.ari import AriError, Bridge, Channel
+from callrouter.ari import AriClient, AriError, Bridge, Channel
 from callrouter.calls.bridges import BRIDGE_PREFIX, is_mixing_bridge_of
 from callrouter.calls.holding import HOLD_RE
 from callrouter.calls.model import CallPhase
@@ -39,8 +40,10 @@ UNUSED_EVENTS = ["ChannelVarset", "ChannelDialplan", "ChannelStateChange", "Chan
                  "PeerStatusChange", "ChannelUserevent", "ChannelHold", "ChannelUnhold", "ChannelCreated"]
 
 
-async def reconcile(service: CallService) -> None:
-    ari = service.ari
+async def reconcile(service: CallService, ari: AriClient | None = None, node: str | None = None) -> None:
+    """With ``node`` (a cluster): only that node's view, through its own client ``ari``;
+    the calls of other nodes are left alone."""
+    ari = ari or service.ari
     try:
         await ari.filter_events(UNUSED_EVENTS)
     except AriError as exc:
@@ -58,9 +61,11 @@ async def reconcile(service: CallService) -> None:
         if HOLD_RE.match(bridge.id):
             service.holding.adopt(bridge.id, tuple(c for c in bridge.channels if c in callers))
 
-    _close_gone(service, callers)
+    def mine(object_id: str) -> bool:
+        return node is None or service.node_of(object_id) == node
+    _close_gone(service, callers, mine)
     talking_legs = _adopt_callers(service, callers, bridges, legs)
-    await _drop_orphans(service, legs, talking_legs, bridges, callers, channels)
+    await _drop_orphans(service, ari, legs, talking_legs, bridges, callers, channels, mine)
 
     # registrations last: a seat that turns out registered may be offered a caller at
     # once, and every caller must be known by then
@@ -69,8 +74,8 @@ async def reconcile(service: CallService) -> None:
         log.warning("event=endpoint_subscription_wide: this Asterisk still sends the application the events of "
                     "every PJSIP endpoint (subscribed by an earlier engine; Asterisk drops it only when it "
                     "restarts): each caller's arrival and departure then costs O(callers held)")
-    log.info("event=reconciled live=%d tracked=%d legs=%d adopted=%d", len(callers), len(service.calls),
-             len(service.legs), service.counters["adopted"])
+    log.info("event=reconciled live=%d tracked=%d legs=%d adopted=%d%s", len(callers), len(service.calls),
+             len(service.legs), service.counters["adopted"], f" node={node}" if node else "")
 
 
 def wide_endpoint_watch(app: dict[str, Any]) -> bool:
@@ -79,9 +84,9 @@ def wide_endpoint_watch(app: dict[str, Any]) -> bool:
     return any("/" not in str(e) for e in app.get("endpoint_ids") or ())
 
 
-def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:
+def _close_gone(service: CallService, callers: dict[str, Channel], mine: Callable[[str], bool]) -> None:
     """Calls the engine (or its snapshot) knew whose caller left during the gap."""
-    for call in [c for c in service.calls.values() if c.id not in callers]:
+    for call in [c for c in service.calls.values() if c.id not in callers and mine(c.id)]:
         if service.recorder is not None and service.recorder.detouring(call.id):
             continue  # out of the application for its recording's start: back in a moment
         service.ended_in_gap(call)
@@ -89,7 +94,7 @@ def _close_gone(service: CallService, callers: dict[str, Channel]) -> None:
     # id derives from arrival and channel, so their tickets close without a look-up
     for entry in service.acd.snapshot(service.now_ts())["calls"]:
         cid = str(entry["call_id"])
-        if cid not in callers and cid not in service.calls:
+        if cid not in callers and cid not in service.calls and mine(cid):
             service.ended_unseen(cid, float(entry["arrived_at"]), entry["state"] == CallState.ON_CALL.value)
 
 
@@ -118,9 +123,9 @@ def _adopt_callers(service: CallService, callers: dict[str, Channel], bridges: d
     return talking_legs
 
 
-async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_legs: set[str],
+async def _drop_orphans(service: CallService, ari: AriClient, legs: dict[str, Channel], talking_legs: set[str],
                         bridges: dict[str, Bridge], callers: dict[str, Channel],
-                        channels: dict[str, Channel]) -> None:
+                        channels: dict[str, Channel], mine: Callable[[str], bool]) -> None:
     for leg_id in legs:
         known = service.legs.get(leg_id)
         if leg_id in talking_legs or (known is not None and not known.cancelled):
@@ -128,7 +133,7 @@ async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_
         # a seat still ringing (or answered, unbridged) for a dead engine's offer
         await service.hangup(leg_id)
         log.info("event=orphan_leg_hung_up leg=%s", leg_id)
-    for leg_id in [lid for lid in service.legs if lid not in legs]:
+    for leg_id in [lid for lid in service.legs if lid not in legs and mine(lid)]:
         service.leg_ended(leg_id, 0)  # ended during the gap
     for channel_id in channels:
         if channel_id.startswith(SIDE_PREFIX) and channel_id not in service.side_channels:
@@ -146,7 +151,7 @@ async def _drop_orphans(service: CallService, legs: dict[str, Channel], talking_
         if serves:
             continue
         try:
-            await service.ari.destroy_bridge(bridge.id)
+            await ari.destroy_bridge(bridge.id)
             log.info("event=orphan_bridge_removed bridge=%s", bridge.id)
         except AriError as exc:
             log.warning("event=orphan_bridge_remove_failed bridge=%s error=%s", bridge.id, q(exc))

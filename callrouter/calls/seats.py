@@ -1,10 +1,11 @@
 """Seats as Asterisk sees them: which PJSIP endpoint is which seat, and watching their
-registrations (EndpointStateChange)."""
+registrations (EndpointStateChange, or a registrar's list in a cluster)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from callrouter.acd import LinesConfig
 from callrouter.ari import AriClient, AriError
@@ -60,3 +61,27 @@ async def watch_endpoints(ari: AriClient, endpoints: list[str], on_state: Callab
             on_state(resource, state)  # it knows which endpoints are seats (the trunk is not)
     except AriError as exc:
         log.warning("event=endpoint_list_failed error=%s", q(exc))
+
+
+async def poll_registrations(fetch: Callable[[], Iterable[str]], endpoints: Callable[[], Iterable[str]],
+                             on_state: Callable[[str, str], None], every_s: float = 1.0) -> None:
+    """Seat presence from a registrar outside Asterisk (Kamailio in a cluster, whose nodes
+    reach every seat through it, so their endpoint states say nothing): every ``every_s``
+    ``fetch()`` (blocking: run in a thread) names the registered endpoints, and each seat
+    endpoint's state goes to ``on_state`` (``online``/``offline``; only changes matter to
+    it). A registrar that does not answer changes nobody: seats keep their last state."""
+    failing = False
+    while True:
+        try:
+            registered = set(await asyncio.to_thread(fetch))
+        except (OSError, ValueError) as exc:  # the registrar's control socket, its answer
+            if not failing:
+                log.warning("event=registrations_unavailable error=%s: seats keep their state", q(exc))
+            failing = True
+        else:
+            if failing:
+                log.info("event=registrations_available")
+            failing = False
+            for endpoint in endpoints():
+                on_state(endpoint, "online" if endpoint in registered else "offline")
+        await asyncio.sleep(every_s)

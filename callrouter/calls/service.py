@@ -16,7 +16,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,7 @@ from callrouter.acd.callflow import (
     refer_line,
 )
 from callrouter.ari import AriClient, AriError, Channel
+from callrouter.ari.nodes import node_of
 from callrouter.calls.bridges import MixingSweep, mixing_bridge_id
 from callrouter.calls.holding import CallerGone, HoldingBridges
 from callrouter.calls.model import LiveCall, SeatLeg
@@ -128,17 +129,25 @@ def announcement(position: int, minutes: int) -> list[str]:
 
 class CallService:
     def __init__(self, ari: AriClient, plan: NumberPlan, writer: TicketWriter, acd: Acd, *,
-                 clock: Clock = utcnow, hold_shard_size: int = 40) -> None:
+                 clock: Clock = utcnow, hold_shard_size: int = 40, nodes: Iterable[str] = ()) -> None:
         self.ari = ari
+        # a cluster's node names (their systemnames); empty: one Asterisk, ids as they always were
+        self.nodes = frozenset(nodes)
+        # seat registrations come from elsewhere (Kamailio's registrar in a cluster): the
+        # nodes' endpoint states are not watched
+        self.presence_external = False
+        self.cluster_status: Callable[[], dict[str, Any]] | None = None  # for /api/status
         self.plan = plan
         self.writer = writer
         self.acd = acd
         self.clock = clock
         self.calls: dict[str, LiveCall] = {}
         self.legs: dict[str, SeatLeg] = {}
-        self.holding = HoldingBridges(ari, hold_shard_size)
+        self.holding = HoldingBridges(ari, hold_shard_size, node_of=self.node_of)
         self.tasks = TaskOwner("calls")
         self.counters = {"arrived": 0, "ended": 0, "adopted": 0, "lost_in_gap": 0, "connected": 0}
+        if self.nodes:
+            self.counters["lost_with_node"] = 0
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.changes = 0  # ACD events handled: the state saver writes when this moved
         self._leg_seq = 0
@@ -151,6 +160,10 @@ class CallService:
         self.side_bridges: set[str] = set()
         # call recording (callrouter.recordings), wired by the engine; None: nothing recorded
         self.recorder: CallRecorder | None = None
+
+    def node_of(self, object_id: str) -> str | None:
+        """The cluster node an id belongs to (ari.nodes.node_of); None on one Asterisk."""
+        return node_of(object_id, self.nodes) if self.nodes else None
 
     def _bridge_of_call(self, call_id: str) -> str | None:
         call = self.calls.get(call_id)
@@ -352,7 +365,10 @@ class CallService:
             self.feed(OfferFailed(action.call_id, action.seat, "error"))
             return
         self._leg_seq += 1
-        leg = SeatLeg(id=f"{LEG_PREFIX}{self._leg_seq}-{int(time.time())}", call_id=action.call_id,
+        # rung from the caller's node (in a cluster, the node rings the seat through Kamailio)
+        node = self.node_of(call.id)
+        leg = SeatLeg(id=f"{LEG_PREFIX}{f'{node}-' if node else ''}{self._leg_seq}-{int(time.time())}",
+                      call_id=action.call_id,
                       seat=action.seat, offered_at=self.now_ts())
         self.legs[leg.id] = leg
         if not consult:
@@ -629,7 +645,13 @@ class CallService:
     async def watch_seats(self) -> None:
         """Subscribe to the seats' endpoints only (never the trunk's) and read their state
         now (seats.watch_endpoints says why)."""
+        if self.presence_external:
+            return
         await watch_endpoints(self.ari, sorted(self._endpoint_seat), self.endpoint_state)
+
+    @property
+    def seat_endpoints(self) -> list[str]:
+        return sorted(self._endpoint_seat)
 
     def endpoint_state(self, resource: str, state: str) -> None:
         seat = self._endpoint_seat.get(resource)
@@ -648,6 +670,21 @@ class CallService:
 
     def seat_of_channel(self, channel: Channel) -> str | None:
         return self._endpoint_seat.get(endpoint_of_channel(channel.name))
+
+    def node_lost(self, node: str) -> int:
+        """A cluster node died (its ARI connection stayed down): its callers and seat legs
+        went with it. Their tickets close as ended in the gap, the seats they held are
+        free again; returns how many calls were lost."""
+        lost = [c for c in self.calls.values() if self.node_of(c.id) == node]
+        for call in lost:
+            self.ended_in_gap(call)
+        for leg_id in [lid for lid in self.legs if self.node_of(lid) == node]:
+            # their callers (same node) ended above, which freed the seats in the ACD
+            self.legs.pop(leg_id, None)
+        self.holding.forget_node(node)
+        self.counters["lost_with_node"] = self.counters.get("lost_with_node", 0) + len(lost)
+        log.error("event=node_calls_lost node=%s calls=%d", node, len(lost))
+        return len(lost)
 
     # ------------------------------------------------------------ transfer between lines
     def transfer(self, call_id: str, to_line: str, reason: str, by_seat: str | None = None,

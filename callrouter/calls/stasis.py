@@ -55,5 +55,5 @@ class StasisRouter:
                 service.seat_dtmf(event.channel.id, event.digit)
         elif isinstance(event, PlaybackEvent) and event.type == "PlaybackFinished":
             service.playback_finished(event.playback_id)
-        elif isinstance(event, EndpointStateChange) and event.technology == "PJSIP":
+        elif isinstance(event, EndpointStateChange) and event.technology == "PJSIP" and not service.presence_external:
             service.endpoint_state(event.resource, event.state)

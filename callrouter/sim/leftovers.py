@@ -52,12 +52,13 @@ def _ari_get(settings: Settings, path: str, timeout: float) -> Any:
         return json.loads(resp.read() or b"[]")
 
 
-def _channels_cli(settings: Settings) -> list[dict[str, Any]]:
+def _channels_cli(settings: Settings, target: Any = None) -> list[dict[str, Any]]:
     """Every channel, from ``core show channels concise``: ARI's GET /channels leaves out
-    the Announcer channels that play a bridge's music, so ask the CLI."""
+    the Announcer channels that play a bridge's music, so ask the CLI (of ``target``, a
+    cluster node's; default: the settings' Asterisk)."""
     from callrouter.provision import asterisk as prov
 
-    out = prov.rx(prov.select_target(settings), "core show channels concise").stdout
+    out = prov.rx(target or prov.select_target(settings), "core show channels concise").stdout
     channels = []
     for line in out.splitlines():
         f = line.split("!")
@@ -66,8 +67,8 @@ def _channels_cli(settings: Settings) -> list[dict[str, Any]]:
     return channels
 
 
-def pbx_resources(settings: Settings, timeout: float = 10.0) -> PbxResources:
-    return PbxResources(bridges=list(_ari_get(settings, "/bridges", timeout)), channels=_channels_cli(settings))
+def pbx_resources(settings: Settings, timeout: float = 10.0, target: Any = None) -> PbxResources:
+    return PbxResources(bridges=list(_ari_get(settings, "/bridges", timeout)), channels=_channels_cli(settings, target))
 
 
 def leftover_problems(res: PbxResources, *, shard_size: int = 40, allow_channels: int = 0,

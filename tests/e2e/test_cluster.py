@@ -1,6 +1,8 @@
 """`callrouter cluster`: real Kamailio in front of two real Asterisk nodes, SIPp as the
-trunk (issue 11, first slice: the infrastructure; no engine is connected, so the nodes'
-dialplan answers and holds every caller, as it does when the engine is away).
+trunk (issue 11). The first tests run without an engine (the nodes' dialplan answers and
+holds every caller, as it does when the engine is away); the last ones run one engine in
+cluster mode (``cluster_engine``) connected to both nodes, with SIPp seats registered at
+Kamailio (about 35 s of the module's 55 s).
 
 Addresses: Kamailio on $CALLROUTER_TEST_CLUSTER_PROXY (default sip_bind + 16, so the
 single-node Asterisk of the other e2e tests keeps its own), the nodes on the next two, the
@@ -352,3 +354,321 @@ def test_kill_9_of_a_node_new_calls_answered_by_the_other(nodes_clean: ClusterUn
         f"16/16 new calls answered; first answered {first_answer_s:.2f} s after kill -9; worst INVITE->200 "
         f"{worst_ms:.0f} ms ({sum(1 for r in report.rtt_ms if r > 1000)} calls waited for the SIP timer); node marked inactive after {marked[0]:.2f} s; back in rotation {back_s:.2f} s "
         "after `cluster up` began\n")
+
+
+# ---------------------------------------------------------------------------------------
+# One engine driving both nodes (issue 11 items 2 and 4, engine side): `callrouter run`
+# with cluster_engine, seats (SIPp) registered at Kamailio.
+class ClusterEngine:
+    def __init__(self, cluster: ClusterUnderTest, factory: Any, seat_ip: str) -> None:
+        self.cluster = cluster
+        self.factory = factory
+        self.seat_ip = seat_ip
+        self.sims: list[Any] = []
+
+    def seats(self, *specs: Any) -> list[Any]:
+        """Softphones registered at Kamailio (started now, stopped after the test)."""
+        from callrouter.sim.seats import SeatSim
+
+        started = []
+        for spec in specs:
+            sim = SeatSim(self.cluster.settings, spec, local_ip=self.seat_ip)
+            self.sims.append(sim)
+            sim.start()
+            started.append(sim)
+        return started
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.factory.status())
+
+    def status_calls(self) -> list[dict[str, Any]]:
+        status, calls = self.factory.api("GET", "/api/calls")
+        assert status == 200 and isinstance(calls, list), calls
+        return calls
+
+    def tickets(self) -> list[dict[str, Any]]:
+        store = self.factory.store()
+        try:
+            return list(store.list(limit=1000))
+        finally:
+            store.close()
+
+    def route_to(self, node: str) -> None:
+        """Kamailio sends new calls to ``node`` only (the other is disabled, not probed);
+        ``route_to("")`` puts both back in rotation."""
+        from callrouter.provision import cluster as cl
+
+        plan = self.cluster.plan()
+        for n in plan.nodes:
+            state = "ap" if node in ("", n.name) else "d"
+            cl.rpc(plan, "dispatcher.set_state", state, cl.DISPATCHER_SET, n.sip_uri)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What each running node holds beyond each line's spare holding bridge (with its
+        music): no caller, no seat leg, no mixing or surplus holding bridge."""
+        from callrouter.provision import asterisk as prov
+        from callrouter.sim.leftovers import leftover_problems, pbx_resources
+
+        out = {}
+        for node in self.cluster.plan().nodes:
+            if prov.pid(node.target) is None:
+                continue
+            out[node.name] = leftover_problems(pbx_resources(node.settings, target=node.target))
+        return out
+
+
+def _calls_in_background(cluster: ClusterUnderTest, specs: list[CallSpec], rate: float,
+                         cancel: threading.Event) -> tuple[threading.Thread, list[TrunkReport]]:
+    out: list[TrunkReport] = []
+    thread = threading.Thread(target=lambda: out.append(run_calls(
+        cluster.settings, specs, rate, local_ip=cluster.trunk[1], timeout_s=60, cancel=cancel)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+@pytest.fixture
+def cluster_engine(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[ClusterEngine]:
+    """The engine in cluster mode, connected to both nodes (each reconciled); after the
+    test each node must hold nothing beyond its spare holding bridges, counted while the
+    engine runs; then the engine stops and those spares go (the next test starts clean)."""
+    from callrouter.provision import asterisk as prov
+    from tests.e2e.conftest import EngineFactory
+
+    cluster = nodes_clean
+    factory = EngineFactory(cluster.settings, tmp_path)
+    factory.env.update({k: cluster.env[k] for k in ("CALLROUTER_SIP_BIND", "CALLROUTER_TRUNK_IPS",
+                                                    "CALLROUTER_CLUSTER_SIZE", "CALLROUTER_CLUSTER_NODES")})
+    factory.env.update({"CALLROUTER_CLUSTER_ENGINE": "1", "CALLROUTER_CLUSTER_NODE_LOST_S": "2"})
+    factory.use_lines(wrap_up_s=0.3, ring_timeout_s=5)
+    under_test = ClusterEngine(cluster, factory, cluster.seat_source)
+    engine = factory.start()
+    problems: list[str] = []
+    try:
+        wait_for(lambda: "reconciled" in engine.log() and all(f"node={n}" in engine.log() for n in ("node1", "node2")),
+                 15, "the engine to reconcile both nodes")
+        yield under_test
+        for sim in under_test.sims:
+            sim.stop()
+        under_test.sims.clear()
+        under_test.route_to("")
+        deadline = time.monotonic() + 15
+        while (left := under_test.leftovers()) and any(left.values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        problems += [f"{node} holds after the test: {p}" for node, ps in left.items() for p in ps]
+        problems += [ln for e in factory.started for ln in e.log().splitlines() if "level=error" in ln
+                     and "node_lost" not in ln and "node_calls_lost" not in ln]
+    finally:
+        for sim in under_test.sims:
+            sim.stop()
+        under_test.route_to("")
+        for started in factory.started:
+            if started.proc.poll() is None:
+                started.stop()
+        for node in cluster.plan().nodes:
+            if prov.pid(node.target) is not None:
+                prov.rx(node.target, "channel request hangup all")
+                for bridge in prov.rx(node.target, "bridge show all").stdout.split():
+                    if bridge.startswith("callrouter-"):
+                        prov.rx(node.target, f"bridge destroy {bridge}")
+    assert not problems, "\n".join(problems[:20])
+
+
+def _hang_up_all(cluster: ClusterUnderTest) -> None:
+    """Every running node hangs its callers up (BYE): SIPp callers that wait for it end."""
+    from callrouter.provision import asterisk as prov
+
+    for node in cluster.plan().nodes:
+        if prov.pid(node.target) is not None:
+            prov.rx(node.target, "channel request hangup all")
+
+
+def _node(channel_id: str) -> str:
+    return channel_id.split("-", 1)[0]
+
+
+def test_engine_answers_calls_on_both_nodes_one_ticket_each(cluster_engine: ClusterEngine) -> None:
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    seats = ["s110-01", "s110-02"]
+    e.factory.login(*seats)
+    e.seats(*(SeatSpec(s, answer_delay_s=0.1, talk_s=0.3, talk_dist="fixed") for s in seats))
+    wait_for(lambda: all(e.status()["seats"][s]["registered"] for s in seats), 5, "both seats registered")
+    started = time.monotonic()
+    # callers stay until the far end hangs up: the seat's BYE ends each call
+    report = e.cluster.calls(10, 10, e.cluster.trunk[0], hold_s=-1, timeout_s=40)
+    took = time.monotonic() - started
+    assert report.failed == 0 and all(c.outcome == "completed_by_far_end" for c in report.calls), report.to_json()
+    rows = wait_for(lambda: e.factory.closed_tickets(10), 10, "ten tickets closed")
+    assert len(rows) == 10 and len({r["channel_id"] for r in rows}) == 10
+    assert all(r["seat"] in seats and r["seat_answered_at"] and r["outcome"] == "completed" for r in rows), rows
+    spread = {n: sum(1 for r in rows if _node(r["channel_id"]) == n) for n in ("node1", "node2")}
+    assert min(spread.values()) >= 4, spread
+    engine = e.status()["engine"]
+    assert engine["connected"] == 10 and engine["ended"] == 10 and engine["lost_with_node"] == 0, engine
+    sys.stderr.write(f"\ncluster engine: 10 calls answered by 2 seats through Kamailio in {took:.1f} s, "
+                     f"spread {spread}\n")
+
+
+def test_a_fire_caller_on_node_b_goes_before_earlier_callers_on_node_a(cluster_engine: ClusterEngine) -> None:
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    e.factory.login("s110-01")  # logged in, but its softphone is not registered yet: nobody answers
+    stop = threading.Event()
+    e.route_to("node1")
+    # ordinary: 122 (traffic accident, priority 2 on line 110); 110 itself is priority 1 as fire
+    threads = [_calls_in_background(e.cluster, [CallSpec("122", f"1380000000{i}", -1) for i in range(3)], 10,
+                                    stop)[0]]
+    try:
+        wait_for(lambda: e.status()["lines"]["110"]["waiting"] == 3, 10, "three ordinary callers waiting")
+        e.route_to("node2")
+        threads.append(_calls_in_background(e.cluster, [CallSpec("119", "13900000119", -1)], 1, stop)[0])
+        wait_for(lambda: e.status()["lines"]["110"]["waiting"] == 4, 10, "the fire caller waiting too")
+        e.route_to("")
+        wait_for(lambda: len(e.tickets()) == 4, 5, "four tickets written")
+        waiting = sorted((r["dialled"], _node(r["channel_id"])) for r in e.tickets())
+        assert waiting == [("119", "node2")] + [("122", "node1")] * 3, waiting
+        # the seat registers at Kamailio: the first caller it gets is the fire caller
+        e.seats(SeatSpec("s110-01", answer_delay_s=0.1, talk_s=0.2, talk_dist="fixed"))
+        wait_for(lambda: sum(1 for r in e.tickets() if r["seat_answered_at"]) >= 2, 15, "two callers answered")
+    finally:
+        _hang_up_all(e.cluster)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    first = min((r for r in e.tickets() if r["seat_answered_at"]), key=lambda r: str(r["seat_answered_at"]))
+    assert first["dialled"] == "119" and first["priority"] == 1 and _node(first["channel_id"]) == "node2", first
+    wait_for(lambda: e.factory.closed_tickets(4), 10, "every ticket closed")
+
+
+def test_seat_presence_follows_the_registration_at_kamailio(cluster_engine: ClusterEngine) -> None:
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    e.factory.login("s110-03")
+    assert e.status()["seats"]["s110-03"]["registered"] is False
+    started = time.monotonic()
+    (sim,) = e.seats(SeatSpec("s110-03", answer_delay_s=0.1, talk_s=0.2))
+    wait_for(lambda: e.status()["seats"]["s110-03"]["registered"], 5, "the seat registered in the engine")
+    online_s = time.monotonic() - started
+    stopped = time.monotonic()
+    sim.stop()  # unregisters at Kamailio
+    wait_for(lambda: not e.status()["seats"]["s110-03"]["registered"], 5, "the seat unregistered in the engine")
+    sys.stderr.write(f"\npresence from Kamailio: registered seen after {online_s:.1f} s (REGISTER included), "
+                     f"unregistered after {time.monotonic() - stopped:.1f} s\n")
+
+
+def test_kill_9_of_a_node_loses_its_calls_and_the_engine_keeps_the_others(cluster_engine: ClusterEngine) -> None:
+    from callrouter.provision import asterisk as prov
+
+    e = cluster_engine
+    node1 = e.cluster.plan().nodes[0]
+    stop = threading.Event()
+    held, _ = _calls_in_background(e.cluster, [CallSpec("110", f"1370000000{i}", -1) for i in range(4)], 10,
+                                          stop)
+    try:
+        wait_for(lambda: e.status()["lines"]["110"]["waiting"] == 4, 10, "four callers waiting")
+        rows = wait_for(lambda: [r for r in e.tickets() if r["answered_at"]] if len(e.tickets()) == 4 else [], 5,
+                        "their four tickets answered")
+        by_node = sorted(_node(r["channel_id"]) for r in rows)
+        assert by_node == ["node1", "node1", "node2", "node2"], by_node
+        pid = prov.pid(node1.target)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: e.status()["engine"]["lost_with_node"] == 2, 10, "node1's two calls counted lost")
+        lost_s = time.monotonic() - killed
+        status = e.status()
+        assert status["lines"]["110"]["waiting"] == 2 and status["cluster"]["nodes"]["node1"]["lost"], status
+        # new calls: answered by the engine on node2 (Kamailio's failover), ticketed
+        report = e.cluster.calls(4, 4, e.cluster.trunk[0], hold_s=1.0)
+        assert report.failed == 0, report.to_json()
+    finally:
+        _hang_up_all(e.cluster)
+        stop.set()
+        held.join(30)
+    rows = wait_for(lambda: e.factory.closed_tickets(8), 10, "eight tickets closed")
+    assert len(rows) == 8 and len({r["id"] for r in rows}) == 8
+    new = [r for r in rows if not str(r["caller"]).startswith("137")]
+    assert [_node(r["channel_id"]) for r in new] == ["node2"] * 4 and all(r["answered_at"] for r in new), new
+    lost = [r for r in rows if str(r["caller"]).startswith("137") and _node(r["channel_id"]) == "node1"]
+    assert len(lost) == 2 and all(r["outcome"] == "abandoned" for r in lost), lost
+    # node1 back: the engine reconnects and reconciles it (nothing of the old calls there)
+    code, out = e.cluster.cli("up")
+    assert code == 0 and out["started"] == ["node1"], out
+    wait_for(lambda: e.status()["cluster"]["nodes"]["node1"]["connected"], 15, "the engine back on node1")
+    wait_for(lambda: e.cluster.dispatcher().get("node1") == "active", 10, "node1 back in rotation")
+    sys.stderr.write(f"\ncluster engine, kill -9 of node1: its 2 calls counted lost {lost_s:.1f} s after; "
+                     "node2's 2 kept; 4/4 new calls answered on node2\n")
+
+
+def test_a_restarted_engine_adopts_the_callers_of_both_nodes(cluster_engine: ClusterEngine) -> None:
+    """kill -9 of the engine: the callers stay in both nodes' holding bridges; the next
+    engine reconciles each node and adopts them all, keeping their tickets."""
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    e.factory.login("s110-04")
+    stop = threading.Event()
+    held, _ = _calls_in_background(e.cluster, [CallSpec("122", f"1360000000{i}", -1) for i in range(4)], 10, stop)
+    try:
+        wait_for(lambda: len([r for r in e.tickets() if r["answered_at"]]) == 4, 10, "four callers answered")
+        before = {r["id"] for r in e.tickets()}
+        e.factory.started[0].stop(signal.SIGKILL)
+        engine = e.factory.start()
+        wait_for(lambda: all(f"node={n}" in engine.log() for n in ("node1", "node2")), 15, "both nodes reconciled")
+        status = e.status()
+        assert status["engine"]["adopted"] == 4 and status["lines"]["110"]["waiting"] == 4, status
+        # a seat registers: the adopted callers are answered, on both nodes
+        e.seats(SeatSpec("s110-04", answer_delay_s=0.1, talk_s=0.1, talk_dist="fixed"))
+        rows = wait_for(lambda: e.factory.closed_tickets(4), 20, "the four adopted calls answered and closed")
+    finally:
+        _hang_up_all(e.cluster)
+        stop.set()
+        held.join(30)
+    assert {r["id"] for r in rows} == before and all(r["seat"] == "s110-04" for r in rows), rows
+    assert sorted(_node(r["channel_id"]) for r in rows) == ["node1", "node1", "node2", "node2"]
+
+
+def test_transfers_and_a_consult_stay_on_the_callers_node(cluster_engine: ClusterEngine) -> None:
+    """*9 hands each caller (one per node) to 96345 on its own node; a three-way consult
+    rings the consulted seat from the caller's node and hands the caller over."""
+    from callrouter.sim.seats import SeatSpec
+
+    e = cluster_engine
+    e.factory.login("s110-05", "s96345-05")
+    e.seats(SeatSpec("s110-05", answer_delay_s=0.1, mode="transfer", xfer_digit="9"),
+            SeatSpec("s96345-05", answer_delay_s=0.1, talk_s=0.3, talk_dist="fixed"))
+    wait_for(lambda: all(e.status()["seats"][s]["registered"] for s in ("s110-05", "s96345-05")), 5, "seats")
+    report = e.cluster.calls(2, 4, e.cluster.trunk[0], hold_s=-1, timeout_s=30)
+    assert [c.outcome for c in report.calls] == ["completed_by_far_end"] * 2, report.to_json()
+    rows = wait_for(lambda: e.factory.closed_tickets(2), 10, "two tickets closed")
+    assert sorted(_node(r["channel_id"]) for r in rows) == ["node1", "node2"]
+    for row in rows:
+        assert row["line"] == "96345" and row["seat"] == "s96345-05", row
+        assert [(t["from_line"], t["to_line"], t["seat"]) for t in row["transfers"]] == [("110", "96345", "s110-05")]
+
+    # a consult: the 110 seat talks 3 s, the consulted 96345 seat stays until the caller leaves
+    e.factory.login("s110-06", "s96345-06")
+    e.seats(SeatSpec("s110-06", answer_delay_s=0.1, talk_s=3.0, talk_dist="fixed"),
+            SeatSpec("s96345-06", answer_delay_s=0.1, talk_s=0))
+    e.factory.api("POST", "/api/seats/s110-05/logout")
+    e.factory.api("POST", "/api/seats/s96345-05/logout")
+    wait_for(lambda: all(e.status()["seats"][s]["registered"] for s in ("s110-06", "s96345-06")), 5, "seats")
+    stop = threading.Event()
+    caller, out = _calls_in_background(e.cluster, [CallSpec("110", "13500000001", 5.0)], 1, stop)
+    try:
+        call = wait_for(lambda: next((c for c in e.status_calls() if c.get("seat") == "s110-06"), None), 10,
+                        "the 110 seat to answer")
+        status, body = e.factory.api("POST", f"/api/calls/{call['call_id']}/consult", {"line": "96345"})
+        assert status == 200, body
+        caller.join(30)
+    finally:
+        stop.set()
+        caller.join(30)
+    assert out and out[0].calls[0].outcome == "completed", out[0].to_json() if out else "no report"
+    ticket = next(r for r in wait_for(lambda: e.factory.closed_tickets(3), 10, "the consult's ticket")
+                  if r["caller"] == "13500000001")
+    assert ticket["seat"] == "s96345-06" and [(t["to_line"], t["reason"]) for t in ticket["transfers"]] == [
+        ("96345", "three-way consult")], ticket
