@@ -66,6 +66,7 @@ PATH_KAMAILIO, PATH_DIRECT = "kamailio", "direct"
 MAX_RATE, MAX_SECONDS, MAX_HOLD, MAX_NODES = 200.0, 30.0, 10.0, 4
 MAX_CALLS = 25_000  # over the whole run
 MAX_RUN_S = 20 * 60.0
+MAX_RETRIES = 2  # a step whose node died from outside is repeated after `cluster up`
 SETTLE_S = 1.0  # after the last caller's hang-up, inside the CPU window (the ends are part of the cost)
 STEP_OVERHEAD_S = 4.0  # settling and counting between steps (for the estimate)
 PHASE_OVERHEAD_S = 15.0  # cluster up, probe, down
@@ -478,7 +479,7 @@ class Bench:
         before = {n.name: cl.node_channels(n)["processed"] or 0 for n in cluster.nodes}
         pids = {n.name: prov.pid(n.target) for n in cluster.nodes}
         if any(p is None for p in pids.values()):
-            raise SystemExit(f"a node is not running: {pids}")
+            raise NodeLost(f"a node is not running before a step: {pids}")
         node_cpu = {name: CpuSampler(pid) for name, pid in pids.items() if pid is not None}
         kam_cpu = [CpuSampler(pid) for pid in cl._own_kamailios(cluster)]
         wire = WireTimer(caller, target) if step.kind == "pdd" else None
@@ -490,6 +491,12 @@ class Bench:
             wire_result = wire.stop() if wire is not None else None
         window = time.monotonic() - started
         busy1 = busy_jiffies()
+        now = {n.name: prov.pid(n.target) for n in cluster.nodes}
+        if now != pids:
+            # killed from outside (another home's `cluster down` before the fix of
+            # cluster._node_strays killed every chroot's node1/node2): this step says nothing
+            raise NodeLost(f"{step.nodes} node(s) {step.kind} {step.path} {step.rate:g}/s: node pids {pids} -> {now}, "
+                           f"{report.failed} of {len(report.calls)} calls failed")
         node_s = {name: s.cpu_s() - s.c0 for name, s in node_cpu.items()}
         kam_s = sum(s.cpu_s() - s.c0 for s in kam_cpu)
         _wait_idle(cluster)
@@ -510,6 +517,10 @@ class Bench:
             self.notes.append(f"{step.nodes} node(s) {step.path} {step.rate:g}/s: failed {outcomes}; "
                               f"SIPp errors: {report.errors[-3:]}")
         return result
+
+
+class NodeLost(Exception):
+    """A node's Asterisk died or was replaced during a step."""
 
 
 def _run_calls_interruptible(settings: Settings, specs: list[Any], rate: float, local_ip: str, target: str) -> Any:
@@ -667,7 +678,16 @@ def main() -> int:
                 phase_started = time.monotonic()
                 cluster = bench.up(n)
                 for step in (s for s in steps if s.nodes == n):
-                    r = bench.run_step(cluster, step)
+                    for attempt in range(MAX_RETRIES + 1):
+                        try:
+                            r = bench.run_step(cluster, step)
+                            break
+                        except NodeLost as exc:
+                            if attempt == MAX_RETRIES:
+                                raise SystemExit(f"bench_cluster: {exc}; gave up after {MAX_RETRIES} retries") from None
+                            bench.notes.append(f"step repeated: {exc}")
+                            print(f"bench_cluster: {exc}: cluster up again, step repeated", file=sys.stderr)
+                            cluster = bench.up(n)
                     results.append(r)
                     wire = f", wire p50/p99 {_ms(r.wire_ms, 50, 2)}/{_ms(r.wire_ms, 99, 2)} ms" if r.wire_ms else ""
                     print(f"{n} node(s) {step.kind} {step.path} {step.rate:g}/s: {r.offered} calls, {r.failed} failed, "
