@@ -63,7 +63,7 @@ from callrouter.config import Settings
 
 PATH_KAMAILIO, PATH_DIRECT = "kamailio", "direct"
 # bounds on the load one run may put on the shared machine
-MAX_RATE, MAX_SECONDS, MAX_HOLD, MAX_NODES = 200.0, 30.0, 10.0, 4
+MAX_RATE, MAX_SECONDS, MAX_HOLD, MAX_NODES = 500.0, 30.0, 10.0, 4
 MAX_CALLS = 25_000  # over the whole run
 MAX_RUN_S = 20 * 60.0
 MAX_RETRIES = 2  # a step whose node died from outside is repeated after `cluster up`

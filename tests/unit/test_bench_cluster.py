@@ -48,7 +48,7 @@ def test_the_default_run_is_within_its_bounds_and_excess_is_refused() -> None:
     bc.check_plan([1, 2], steps, 1.0)
     assert 4 * 60 < bc.estimate_s(steps, 1.0) < 8 * 60
     with pytest.raises(ValueError, match="rates"):
-        bc.check_plan([1], bc.plan_steps([1], [500], 10, [], 5, 0), 1.0)
+        bc.check_plan([1], bc.plan_steps([1], [600], 10, [], 5, 0), 1.0)
     with pytest.raises(ValueError, match="calls in the run"):
         bc.check_plan([1, 2, 3, 4], bc.plan_steps([1, 2, 3, 4], [200] * 10, 30, [], 5, 0), 1.0)
     with pytest.raises(ValueError, match="node counts"):
