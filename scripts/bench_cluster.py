@@ -491,16 +491,16 @@ class Bench:
             wire_result = wire.stop() if wire is not None else None
         window = time.monotonic() - started
         busy1 = busy_jiffies()
+        node_s = {name: s.cpu_s() - s.c0 for name, s in node_cpu.items()}
+        kam_s = sum(s.cpu_s() - s.c0 for s in kam_cpu)
+        _wait_idle(cluster)
+        after = {n.name: cl.node_channels(n)["processed"] or 0 for n in cluster.nodes}
         now = {n.name: prov.pid(n.target) for n in cluster.nodes}
         if now != pids:
             # killed from outside (another home's `cluster down` before the fix of
             # cluster._node_strays killed every chroot's node1/node2): this step says nothing
             raise NodeLost(f"{step.nodes} node(s) {step.kind} {step.path} {step.rate:g}/s: node pids {pids} -> {now}, "
                            f"{report.failed} of {len(report.calls)} calls failed")
-        node_s = {name: s.cpu_s() - s.c0 for name, s in node_cpu.items()}
-        kam_s = sum(s.cpu_s() - s.c0 for s in kam_cpu)
-        _wait_idle(cluster)
-        after = {n.name: cl.node_channels(n)["processed"] or 0 for n in cluster.nodes}
         answer_times = [t for t, _ in report.rtt_samples]
         result = StepResult(step, len(report.calls), len(report.rtt_ms), report.failed, report.rtt_ms,
                             answered_per_s(answer_times, step.rate),
@@ -582,12 +582,18 @@ def hold_bench_lock(path: str) -> str:
     `flock` parent holding it already counts. Returns what the figures should say."""
     if not path:
         return "no benchmark lock held"
-    try:
-        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        parent = []
-    if parent and parent[0].endswith(b"flock") and path.encode() in parent:
-        return f"run under `flock {path}`"
+    pid = os.getppid()
+    for _ in range(8):  # `flock FILE sh -c '...'` holds it for everything below it
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if args and args[0].endswith(b"flock") and path.encode() in args:
+            return f"run under `flock {path}`"
+        if ppid <= 1:
+            break
+        pid = ppid
     fh = open(path, "a")  # noqa: SIM115 - held open until the process ends
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
