@@ -515,8 +515,17 @@ class Bench:
                 if not c.ok:
                     outcomes[c.outcome] = outcomes.get(c.outcome, 0) + 1
             self.notes.append(f"{step.nodes} node(s) {step.path} {step.rate:g}/s: failed {outcomes}; "
-                              f"SIPp errors: {report.errors[-3:]}")
+                              f"SIPp's last error: {_first_line(report.errors)}")
         return result
+
+
+def _first_line(errors: list[str]) -> str:
+    """The first line of SIPp's last error that says something (not an echoed SIP line)."""
+    for text in reversed(errors):
+        for line in text.splitlines():
+            if "Dead call" in line or "rror" in line or "ailed" in line:
+                return line.strip()[:200]
+    return (errors[-1].splitlines() or [""])[0][:200] if errors else "none"
 
 
 class NodeLost(Exception):
