@@ -486,16 +486,26 @@ def start_node(cluster: Cluster, node: Node) -> bool:
     return True
 
 
-def _node_strays(node: Node) -> list[int]:
-    """Asterisk processes of this node (its -C) still running without a pid file."""
+def is_node_process(node: Node, args: list[bytes], root: str) -> bool:
+    """Is a process with this command line and root directory (``/proc/<pid>/root``) this
+    node's Asterisk? A chroot node's ``-C`` path (``/etc/asterisk-node1/...``) is the same
+    in every chroot: another home's cluster on the same machine runs the same command line,
+    so the root must be this node's chroot too."""
     conf = f"{node.target.paths.etc_dir}/asterisk.conf".encode()
+    if not args or not args[0].endswith(b"asterisk") or conf not in args:
+        return False
+    return node.target.mode != "chroot" or root == str(node.target.root)
+
+
+def _node_strays(node: Node) -> list[int]:
+    """Asterisk processes of this node (its -C, its chroot) still running without a pid file."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             args = (entry / "cmdline").read_bytes().split(b"\0")
-            if args and args[0].endswith(b"asterisk") and conf in args:
+            if args and args[0].endswith(b"asterisk") and is_node_process(node, args, os.readlink(entry / "root")):
                 found.append(int(entry.name))
     return found
 

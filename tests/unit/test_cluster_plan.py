@@ -53,6 +53,17 @@ def test_plan_gives_each_node_its_own_name_dirs_ports_and_home(tmp_path: Path) -
         "1 sip:127.0.2.2:5060 0 0 duid=node1", "1 sip:127.0.2.3:5060 0 0 duid=node2"]
 
 
+def test_a_node_process_is_matched_by_its_chroot_not_only_its_command_line(tmp_path: Path) -> None:
+    """Another home's cluster on the same machine runs the very same command line (the
+    -C path is inside each chroot): `cluster down` here must never kill its nodes."""
+    node1, node2 = cluster.plan(_settings(tmp_path, sip_bind="127.0.2.1")).nodes
+    args = [b"/usr/sbin/asterisk", b"-C", b"/etc/asterisk-node1/asterisk.conf", b"-g"]
+    assert cluster.is_node_process(node1, args, str(node1.target.root))
+    assert not cluster.is_node_process(node1, args, "/var/lib/callrouter-other/asterisk-root")
+    assert not cluster.is_node_process(node2, args, str(node2.target.root))
+    assert not cluster.is_node_process(node1, [b"/usr/bin/python", *args[1:]], str(node1.target.root))
+
+
 def test_kamailio_template_renders_every_placeholder(tmp_path: Path) -> None:
     s = _settings(tmp_path, sip_bind="127.0.2.1", trunk_ips=("127.0.2.10", "10.1.0.0/16"))
     plan = cluster.plan(s)
