@@ -178,7 +178,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     # in the store alone) bench_answer at 20 calls/s measured 4.2 ms of engine CPU per call
     # at 0.2 s, 6.1 at 0.1 s and 11.3 at 0.03 s (5.5 before the Core path, at 0.2 s); a
     # ticket change reaches the stream with p99 ~40 ms at 0.03 s, ~220 ms at 0.2 s
-    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=0.2, retry_max_s=2.0,
+    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=settings.ticket_commit_gap_ms / 1000, retry_max_s=2.0,
                           spool_path=settings.spool_path)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
     acd = restore_acd(lines, await state.load())
