@@ -133,6 +133,11 @@ class Settings:
     outbox_retention_s: int = 86400
     # the relay trims, reports groups behind the trim point and purges this often
     housekeeping_s: int = 30
+    # below 100 ticket changes/s the ticket writer starts commits at least this far apart
+    # (milliseconds; a change after a quiet spell is written at once): each commit costs the
+    # engine ~3 ms of CPU, so a shorter gap trades CPU for ticket change -> stream latency
+    # (p99 about the gap plus a few ms; docs/BENCHMARKS.md)
+    ticket_commit_gap_ms: int = 200
 
     api_bind: str = "127.0.0.1"
     api_port: int = 8080

@@ -233,12 +233,17 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                         maxlen=settings.stream_maxlen, retention_s=settings.stream_retention_s,
                         outbox_retention_s=settings.outbox_retention_s, housekeeping_s=settings.housekeeping_s)
     # a change after a quiet spell is written at once; otherwise commits start at least
-    # 0.2 s apart: CPU first. With the store's Core statements (a transaction ~1 ms of CPU
-    # in the store alone) bench_answer at 20 calls/s measured 4.2 ms of engine CPU per call
-    # at 0.2 s, 6.1 at 0.1 s and 11.3 at 0.03 s (5.5 before the Core path, at 0.2 s); a
-    # ticket change reaches the stream with p99 ~40 ms at 0.03 s, ~220 ms at 0.2 s
-    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=0.2, retry_max_s=2.0,
-                          spool_path=settings.spool_path)
+    # ticket_commit_gap_ms apart (default 200): CPU first. A commit costs the engine ~3.1 ms
+    # of CPU (profiled under bench_answer at 20 calls/s: ~1.8 ms the store's transaction in
+    # its thread, half of it SQLAlchemy's execution layer; ~1.3 ms on the event loop: the
+    # thread hop, the writer's and the relay's rounds, the XADD), so the gap sets both the
+    # latency and the CPU. Same run, shared machine (2026-12-01 15:15-15:24, 4b1c9c5 vs
+    # main): engine CPU per call at 20 calls/s 5.42 ms (main, 0.2 s), 5.10 (0.2 s), 9.27
+    # (30 ms: 1.71x); at 100 calls/s the writer lingers (3.1-3.6 ms at either gap); ticket
+    # change -> stream p99 at 50 changes/s 205/209 ms (SQLite/PostgreSQL) at 0.2 s, 34/38 ms
+    # at 30 ms (bench_dispatch_stream)
+    writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=settings.ticket_commit_gap_ms / 1000,
+                          retry_max_s=2.0, spool_path=settings.spool_path)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
     acd = restore_acd(lines, await state.load())
     log.info("event=engine_starting plan=%s entries=%d lines=%s db=%s ari=%s api=%s:%d", plan.source,

@@ -92,6 +92,11 @@ def test_env_overrides_file(write_config: WriteConfig) -> None:
     assert s.log_level == "DEBUG"  # not in the environment: the file's value stands
 
 
+def test_ticket_commit_gap_defaults_to_200_ms_and_is_set_from_the_environment() -> None:
+    assert load_settings(env={}).ticket_commit_gap_ms == 200
+    assert load_settings(env={"CALLROUTER_TICKET_COMMIT_GAP_MS": "30"}).ticket_commit_gap_ms == 30
+
+
 def test_env_tuple_is_comma_separated() -> None:
     s = load_settings(env={"CALLROUTER_TRUNK_IPS": "192.0.2.10, 198.51.100.7,,"})
     assert s.trunk_ips == ("192.0.2.10", "198.51.100.7")

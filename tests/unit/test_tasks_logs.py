@@ -11,7 +11,7 @@ from types import TracebackType
 import pytest
 
 from callrouter.logs import LogfmtFormatter, q
-from callrouter.tasks import TaskOwner
+from callrouter.tasks import TaskOwner, stopped_within
 
 
 # --- TaskOwner -------------------------------------------------------------------------
@@ -72,6 +72,21 @@ async def test_shutdown_with_nothing_running() -> None:
     owner = TaskOwner("idle")
     await owner.shutdown(timeout=0.01)
     assert len(owner) == 0
+
+
+# --- stopped_within (the writer's commit gap, the backoffs) -----------------------------
+async def test_stopped_within_times_out_false_and_wakes_true_at_once() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await stopped_within(stop, 0.05) is False
+    assert loop.time() - started >= 0.04
+    loop.call_later(0.02, stop.set)
+    started = loop.time()
+    assert await stopped_within(stop, 5.0) is True
+    assert loop.time() - started < 1.0  # woken by stop, not the 5 s timeout
+    assert await stopped_within(stop, 5.0) is True  # already set: no wait at all
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]  # no task left behind
 
 
 # --- logs ------------------------------------------------------------------------------
