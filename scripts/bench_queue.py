@@ -71,7 +71,15 @@ from bench_common import (
     unrecorded_lines,
 )
 
-from callrouter.capacity.outcomes import THRESHOLDS_S, Outcome, fair_figures, late_answers, matched, worst_gap
+from callrouter.capacity.outcomes import (
+    THRESHOLDS_S,
+    Outcome,
+    fair_figures,
+    late_answers,
+    matched,
+    share_answered_within,
+    worst_gap,
+)
 from callrouter.config import load_settings
 from callrouter.numberplan import load_plan
 from callrouter.provision import asterisk as prov
@@ -204,8 +212,11 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
             wait = _ts(r["seat_answered_at"]) - _ts(r["arrived_at"])
             waits[line].append(wait)
             by_pool += str(r["seat"]).startswith("ovf-")
+            # talk: the seat answered -> the call ended (the caller's or the seat's hang-up)
+            talk = _ts(r["ended_at"]) - _ts(r["seat_answered_at"]) if r["ended_at"] else None
             callers.append({"line": line, "wait_s": wait, "answered": True, "seat": str(r["seat"]),
-                            "number": str(r["number"]), "priority": r["priority"], "arrived": _ts(r["arrived_at"])})
+                            "number": str(r["number"]), "priority": r["priority"], "arrived": _ts(r["arrived_at"]),
+                            "talk_s": talk})
         else:
             abandoned[line] += 1
             # gave up: arrival -> the caller's hang-up
@@ -262,6 +273,12 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
             by_pool += "ovf-" in f[3]
             c = callers.setdefault(f[1], {"line": q})
             c.update(wait_s=float(f[6]) - float(f[5]), answered=True, seat=_member(f[3]), arrived=float(f[5]))
+        elif event in ("COMPLETEAGENT", "COMPLETECALLER") and len(f) > 6:
+            # holdtime|calltime|origposition: calltime = whole seconds talking to the member
+            try:
+                callers.setdefault(f[1], {"line": q})["talk_s"] = float(f[6])
+            except ValueError:
+                pass
         elif event in ("ABANDON", "EXITWITHTIMEOUT", "EXITEMPTY"):
             abandoned[q] += 1
             # position|origposition|waittime: whole seconds in the queue (the caller answered
@@ -326,6 +343,23 @@ def fair_tables(results: list[dict], patience: float, waiting_model: bool = True
     return out
 
 
+CURVE_S = (10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 57.0, 58.0, 59.0, 60.0, 61.0)
+
+
+def curve_table(results: list[dict]) -> list[str]:
+    """Each line's share of the offered answered within t over many t: "not slower" is one
+    curve at or above the other everywhere."""
+    out = ["", "Share of each line's offered callers answered within t s:", "",
+           "| path | line | " + " | ".join(f"{t:g}" for t in CURVE_S) + " |",
+           "|---|---|" + "---:|" * len(CURVE_S)]
+    for line in ("110", "96345"):
+        for r in results:
+            o = outcomes(r, line)
+            out.append(f"| {r['path']} | {line} | " + " | ".join(_p(share_answered_within(o, t)) for t in CURVE_S)
+                       + " |")
+    return out
+
+
 def priority_table(results: list[dict]) -> list[str]:
     """96345's callers by the number plan's priority of the number they dialled."""
     out = ["", "96345's callers by the number plan's priority of the number they dialled (1 = most urgent):", "",
@@ -344,14 +378,21 @@ def priority_table(results: list[dict]) -> list[str]:
 
 def seat_table(results: list[dict]) -> list[str]:
     """Answers per seat and line: who took which line's callers."""
-    out = ["", "Answers per seat group and line (own seats, shared pool ovf-01..04, 96345-only pool ovf-05..06):", "",
-           "| path | line | s110-* | s96345-* | ovf-01..04 | ovf-05..06 |", "|---|---|---:|---:|---:|---:|"]
+    out = ["", ("Answers per seat group and line (own seats, shared pool ovf-01..04, 96345-only pool ovf-05..06); "
+           "the answered calls' talk (seat answered -> call ended: tickets; app_queue: queue_log's whole-second "
+           "call time), its sum and the calls with under 2 s of it:"), "",
+           ("| path | line | s110-* | s96345-* | ovf-01..04 | ovf-05..06 | talk s, sum | talk s, mean "
+            "| calls with talk < 2 s |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     groups = (("s110-",), ("s96345-",), ("ovf-01", "ovf-02", "ovf-03", "ovf-04"), ("ovf-05", "ovf-06"))
     for r in results:
         for line in ("110", "96345"):
-            seats = [str(c["seat"]) for c in r["callers"] if c["answered"] and c["line"] == line]
+            answered = [c for c in r["callers"] if c["answered"] and c["line"] == line]
+            seats = [str(c["seat"]) for c in answered]
             counts = [sum(1 for s in seats if s.startswith(g)) for g in groups]
-            out.append(f"| {r['path']} | {line} | " + " | ".join(str(n) for n in counts) + " |")
+            talks = [float(c["talk_s"]) for c in answered if c.get("talk_s") is not None]
+            talk = (f"{sum(talks):.0f} | {sum(talks) / len(talks):.1f} | {sum(1 for t in talks if t < 2)}"
+                    if talks else "- | - | -")
+            out.append(f"| {r['path']} | {line} | " + " | ".join(str(n) for n in counts) + f" | {talk} |")
     return out
 
 
@@ -409,7 +450,8 @@ def render(results: list[dict], args: argparse.Namespace, head: str) -> str:
                      f"{r['seconds']:.0f} | {cpu_ms:.1f}") if line == "all" else " | | | | |"
             out.append(f"| {r['path']} | {line} | {n} | {len(w)} | {ab} | {fmt(pct(w, 50))} | {fmt(pct(w, 90))} | "
                        f"{sl:.0f} % | {extra} |")
-    out += (fair_tables(results, args.patience, waiting_model) + priority_table(results) + seat_table(results)
+    out += (fair_tables(results, args.patience, waiting_model) + curve_table(results) + priority_table(results)
+            + seat_table(results)
             + keeper_table(results))
     return "\n".join(out)
 
