@@ -45,6 +45,7 @@ dialled number's priority; answers per seat group and line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -83,7 +84,7 @@ from callrouter.capacity.outcomes import (
 from callrouter.config import load_settings
 from callrouter.numberplan import load_plan
 from callrouter.provision import asterisk as prov
-from callrouter.sim.patience import PatienceKeeper
+from callrouter.sim.patience import PatienceKeeper, unconnected_answers
 from callrouter.sim.seats import SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec, run_calls
 from callrouter.tickets import TicketStore
@@ -200,29 +201,8 @@ def run_callrouter(settings, lines: Path, specs: list[CallSpec], args: argparse.
         rows = store.list(limit=100_000)
     finally:
         store.close()
-    waits: dict[str, list[float]] = {"110": [], "96345": []}
-    abandoned = {"110": 0, "96345": 0}
-    offered = {"110": 0, "96345": 0}
-    by_pool = 0
-    callers: list[dict] = []
-    for r in rows:
-        line = str(r["line"])
-        offered[line] += 1
-        if r["seat_answered_at"]:
-            wait = _ts(r["seat_answered_at"]) - _ts(r["arrived_at"])
-            waits[line].append(wait)
-            by_pool += str(r["seat"]).startswith("ovf-")
-            # talk: the seat answered -> the call ended (the caller's or the seat's hang-up)
-            talk = _ts(r["ended_at"]) - _ts(r["seat_answered_at"]) if r["ended_at"] else None
-            callers.append({"line": line, "wait_s": wait, "answered": True, "seat": str(r["seat"]),
-                            "number": str(r["number"]), "priority": r["priority"], "arrived": _ts(r["arrived_at"]),
-                            "talk_s": talk})
-        else:
-            abandoned[line] += 1
-            # gave up: arrival -> the caller's hang-up
-            gone = _ts(r["ended_at"]) - _ts(r["arrived_at"]) if r["ended_at"] else None
-            callers.append({"line": line, "wait_s": gone, "answered": False, "seat": None,
-                            "number": str(r["number"]), "priority": r["priority"], "arrived": _ts(r["arrived_at"])})
+    callers = ticket_callers(rows)
+    waits, abandoned, offered, by_pool = tally(callers)
     transcribed = sum(1 for r in rows if r.get("transcript"))
     print(f"callrouter: {len(rows)} tickets ({transcribed} with a transcript), logs {tmp}", file=sys.stderr)
     name = f"callrouter + speech (limit {speech}, {transcribed} transcribed)" if speech else "callrouter"
@@ -254,42 +234,83 @@ def run_app_queue(settings, specs: list[CallSpec], args: argparse.Namespace) -> 
     # ENTERQUEUE carries the caller id: the number it dialled and that number's priority
     plan = load_plan(settings.numberplan_path)
     dialled = {s.caller: {"number": s.number, "priority": plan.route(s.number).priority} for s in specs}
-    waits: dict[str, list[float]] = {"110": [], "96345": []}
-    abandoned = {"110": 0, "96345": 0}
-    offered = {"110": 0, "96345": 0}
-    by_pool = 0
+    callers = queue_log_callers(text, dialled)
+    waits, abandoned, offered, by_pool = tally(callers)
+    unknown = sum(1 for c in callers if c.get("wait_s") is None)
+    print(f"app_queue: {sum(offered.values())} ENTERQUEUE lines in {qlog} ({unknown} without an outcome time)",
+          file=sys.stderr)
+    return summarise("app_queue", waits, abandoned, offered, report.failed, cpu, seconds, by_pool, callers, kept)
+
+
+def ticket_callers(rows: list[dict]) -> list[dict]:
+    """callrouter's offered callers from its tickets (one per caller)."""
+    callers: list[dict] = []
+    for r in rows:
+        c = {"line": str(r["line"]), "number": str(r["number"]), "priority": r["priority"],
+             "arrived": _ts(r["arrived_at"]), "channel": str(r.get("channel_id") or "")}
+        if r["seat_answered_at"]:
+            # talk: the seat answered -> the call ended (the caller's or the seat's hang-up)
+            talk = _ts(r["ended_at"]) - _ts(r["seat_answered_at"]) if r["ended_at"] else None
+            c.update(wait_s=_ts(r["seat_answered_at"]) - _ts(r["arrived_at"]), answered=True, seat=str(r["seat"]),
+                     talk_s=talk)
+        else:
+            # gave up: arrival -> the caller's hang-up
+            c.update(wait_s=_ts(r["ended_at"]) - _ts(r["arrived_at"]) if r["ended_at"] else None, answered=False,
+                     seat=None)
+        callers.append(c)
+    return callers
+
+
+def queue_log_callers(text: str, dialled: dict[str, dict]) -> list[dict]:
+    """app_queue's offered callers from its queue_log lines (``dialled``: caller id -> the
+    number it dialled and that number's priority)."""
     callers: dict[str, dict] = {}  # queue_log's call id (the caller's UNIQUEID) -> the caller
     for line in text.splitlines():
         f = line.split("|")
         if len(f) < 5 or not f[2].startswith("bench-"):
             continue
         q, event = f[2].removeprefix("bench-"), f[4]
+        c = callers.setdefault(f[1], {"line": q, "channel": f[1], "wait_s": None, "answered": False, "seat": None,
+                                      "arrived": float(f[0])})
         if event == "ENTERQUEUE":
-            offered[q] += 1
-            callers[f[1]] = {"line": q, "wait_s": None, "answered": False, "seat": None, "arrived": float(f[0]),
-                             **dialled.get(f[6] if len(f) > 6 else "", {})}
+            c.update(arrived=float(f[0]), **dialled.get(f[6] if len(f) > 6 else "", {}))
         elif event == "BENCHANSWER" and len(f) >= 7:
-            waits[q].append(float(f[6]) - float(f[5]))
-            by_pool += "ovf-" in f[3]
-            c = callers.setdefault(f[1], {"line": q})
             c.update(wait_s=float(f[6]) - float(f[5]), answered=True, seat=_member(f[3]), arrived=float(f[5]))
         elif event in ("COMPLETEAGENT", "COMPLETECALLER") and len(f) > 6:
             # holdtime|calltime|origposition: calltime = whole seconds talking to the member
-            try:
-                callers.setdefault(f[1], {"line": q})["talk_s"] = float(f[6])
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                c["talk_s"] = float(f[6])
         elif event in ("ABANDON", "EXITWITHTIMEOUT", "EXITEMPTY"):
-            abandoned[q] += 1
             # position|origposition|waittime: whole seconds in the queue (the caller answered
             # in the dialplan just before Queue(), as the engine's callers are)
-            c = callers.setdefault(f[1], {"line": q, "arrived": float(f[0])})
             c.update(wait_s=float(f[7]) if len(f) > 7 and f[7].isdigit() else None, answered=False, seat=None)
-    unknown = sum(1 for c in callers.values() if c.get("wait_s") is None)
-    print(f"app_queue: {sum(offered.values())} ENTERQUEUE lines in {qlog} ({unknown} without an outcome time)",
-          file=sys.stderr)
-    return summarise("app_queue", waits, abandoned, offered, report.failed, cpu, seconds, by_pool,
-                     list(callers.values()), kept)
+    return list(callers.values())
+
+
+def tally(callers: list[dict]) -> tuple[dict[str, list[float]], dict[str, int], dict[str, int], int]:
+    """Per line: the answered callers' waits, abandons, offered; answers by overflow seats."""
+    waits: dict[str, list[float]] = {"110": [], "96345": []}
+    abandoned = {"110": 0, "96345": 0}
+    offered = {"110": 0, "96345": 0}
+    for c in callers:
+        offered[c["line"]] += 1
+        if c["answered"]:
+            waits[c["line"]].append(c["wait_s"])
+        else:
+            abandoned[c["line"]] += 1
+    return waits, abandoned, offered, sum(1 for c in callers if c["answered"] and str(c["seat"]).startswith("ovf-"))
+
+
+def as_lived(r: dict) -> dict:
+    """The path's figures with a seat's answer the caller never heard (the keeper found it
+    still unbridged at its patience and hung it up) counted as the abandon it was; runs
+    without the keeper as they are."""
+    if not r.get("keeper"):
+        return r
+    callers = unconnected_answers(r["callers"], r["keeper"]["decisions"])
+    waits, abandoned, offered, by_pool = tally(callers)
+    return {**r, "callers": callers, "waits": waits, "abandoned": abandoned, "offered": offered, "by_pool": by_pool,
+            "unconnected": sum(1 for c in callers if c.get("unconnected_seat"))}
 
 
 def _member(channel: str) -> str:
@@ -405,15 +426,16 @@ def keeper_table(results: list[dict]) -> list[str]:
            "hung up through ARI (still waiting); how late after the deadline; the keeper's ARI requests (GET "
            "/channels listings, GET /bridges, GET /channels/{id} look-ups, DELETE) and their summed wall time, an "
            "upper bound of the Asterisk CPU they cost; the keeper's own CPU (not in either path's figures)."), "",
-           ("| path | kept (with a seat) | hung up | gone before | late p50 / max s | requests (list / bridges / "
-           "look-ups / DELETE) | request wall ms | per answered call ms | share of the path's Asterisk CPU "
-           "| keeper CPU ms |"),
-           "|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+           ("| path | kept (with a seat) | hung up | of them a seat had answered | gone before | late p50 / max s "
+           "| requests (list / bridges / look-ups / DELETE) | request wall ms | per answered call ms "
+           "| share of the path's Asterisk CPU | keeper CPU ms |"),
+           "|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
         k = r["keeper"]
         answered = max(1, sum(len(w) for w in r["waits"].values()))
         ast_ms = 10 * r["asterisk_cpu"] * r["seconds"]  # % of a core x s -> ms
-        out.append(f"| {r['path']} | {k['kept']} | {k['hung_up']} | {k['gone']} | {fmt(k['late_p50_s'], 2)} / "
+        out.append(f"| {r['path']} | {k['kept']} | {k['hung_up']} | {r.get('unconnected', 0)} | {k['gone']} | "
+                   f"{fmt(k['late_p50_s'], 2)} / "
                    f"{fmt(k['late_max_s'], 2)} | {k['requests']} ({k['listings']} / {k['bridge_reads']} / "
                    f"{k['lookups']} / {k['hangups']}) | {1000 * k['request_wall_s']:.0f} | "
                    f"{1000 * k['request_wall_s'] / answered:.2f} | "
@@ -425,6 +447,7 @@ def render(results: list[dict], args: argparse.Namespace, head: str) -> str:
     """The report: the per-line table (time to answer of the answered callers, CPU), then the
     figures over offered callers, 96345 by priority, answers per seat group."""
     waiting_model = getattr(args, "caller_model", "waiting") == "waiting"
+    results = [as_lived(r) for r in results]
     patience = (f"patience {args.patience:.0f} s while waiting (a caller with a seat stays until the seat ends the "
                 "call)" if waiting_model else
                 f"patience {args.patience:.0f} s from the 200 OK (the old model: the caller hangs up then, with a "

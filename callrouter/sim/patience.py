@@ -258,3 +258,27 @@ class PatienceKeeper(threading.Thread):
                            "action": d.action, "result": d.result} for d in self.decisions],
             **self.stats.to_json(),
         }
+
+
+def unconnected_answers(callers: Sequence[Mapping[str, Any]],
+                        decisions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The callers' outcomes as the callers lived them: a caller the keeper hung up (not in a
+    bridge with a seat at its deadline) gave up then, even when a seat's answer was recorded
+    a moment before (the seat had answered, the caller was not yet connected to it): such a
+    caller becomes ``answered`` False, ``wait_s`` = hang-up - arrival, with
+    ``unconnected_seat`` = the seat and ``seat_answered_s`` = the recorded wait.
+
+    ``callers``: dicts with ``channel`` (Asterisk's channel id), ``answered``, ``wait_s``,
+    ``arrived`` (Unix s), ``seat``; ``decisions``: ``PatienceKeeper.summary()["decisions"]``.
+    Callers without a channel id are left as they are. Returns new dicts."""
+    hung_up = {str(d["id"]): float(d["at"]) for d in decisions
+               if d.get("action") == "hangup" and d.get("result") == "ok"}
+    out = []
+    for c in callers:
+        c = dict(c)
+        at = hung_up.get(str(c.get("channel") or ""))
+        if at is not None and c.get("answered"):
+            c.update(answered=False, unconnected_seat=c.get("seat"), seat_answered_s=c.get("wait_s"), seat=None,
+                     wait_s=max(0.0, at - float(c["arrived"])) if c.get("arrived") is not None else c.get("wait_s"))
+        out.append(c)
+    return out

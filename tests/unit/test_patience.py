@@ -12,6 +12,7 @@ from callrouter.sim.patience import (
     due,
     is_seat,
     seat_prefixes,
+    unconnected_answers,
     unknown_members,
     with_seat,
 )
@@ -81,3 +82,28 @@ def test_unknown_members_are_only_those_of_the_due_callers_bridges() -> None:
     assert unknown_members(["x", "x2"], bridges, names) == {"s1"}
     assert unknown_members(["z"], bridges, names) == {"s3"}
     assert unknown_members([], bridges, names) == set()
+
+
+def test_a_seat_answer_the_caller_never_heard_is_an_abandon_at_the_hang_up() -> None:
+    callers = [
+        # the seat answered at 60.05 s, the keeper found the caller still unbridged at 60.10 s
+        {"channel": "c1", "answered": True, "wait_s": 60.05, "arrived": 1000.0, "seat": "s96345-01"},
+        # kept: bridged with its seat at the deadline
+        {"channel": "c2", "answered": True, "wait_s": 59.9, "arrived": 1001.0, "seat": "ovf-05"},
+        # an ordinary abandon the keeper hung up; one whose channel had gone; one without an id
+        {"channel": "c3", "answered": False, "wait_s": 60.1, "arrived": 1002.0, "seat": None},
+        {"channel": "c4", "answered": True, "wait_s": 12.0, "arrived": 1003.0, "seat": "s110-01"},
+        {"answered": True, "wait_s": 60.05, "arrived": 1004.0, "seat": "s110-02"},
+    ]
+    decisions = [
+        {"id": "c1", "at": 1060.1, "action": "hangup", "result": "ok"},
+        {"id": "c2", "at": 1061.1, "action": "keep", "result": ""},
+        {"id": "c3", "at": 1062.1, "action": "hangup", "result": "ok"},
+        {"id": "c4", "at": 1063.1, "action": "hangup", "result": "gone"},
+    ]
+    out = unconnected_answers(callers, decisions)
+    assert out[0]["answered"] is False and out[0]["seat"] is None
+    assert out[0]["unconnected_seat"] == "s96345-01" and out[0]["seat_answered_s"] == 60.05
+    assert abs(out[0]["wait_s"] - 60.1) < 1e-9
+    assert out[1:] == callers[1:]  # kept, already abandoned, gone before its deadline, no id: unchanged
+    assert callers[0]["answered"] is True  # the input is not changed
