@@ -422,10 +422,13 @@ def keeper_table(results: list[dict]) -> list[str]:
     rows = [r for r in results if r.get("keeper")]
     if not rows:
         return []
-    out = ["", ("The callers' patience (callrouter.sim.patience): at each caller's deadline, kept (with a seat) or "
-           "hung up through ARI (still waiting); how late after the deadline; the keeper's ARI requests (GET "
-           "/channels listings, GET /bridges, GET /channels/{id} look-ups, DELETE) and their summed wall time, an "
-           "upper bound of the Asterisk CPU they cost; the keeper's own CPU (not in either path's figures)."), "",
+    out = ["", ("The callers' patience (callrouter.sim.patience): at each caller's deadline (channel created + "
+           "patience), kept (bridged with a seat) or hung up through ARI (still waiting), and of those hung up the "
+           "ones a seat had answered a moment before without the caller yet bridged to it (counted above as the "
+           "abandons they were); callers whose channel had ended before their deadline; how late after the "
+           "deadline the keeper decided; its ARI requests (GET /channels listings, GET /bridges, GET "
+           "/channels/{id} look-ups, DELETE) and their summed wall time, an upper bound of the Asterisk CPU they "
+           "cost; the keeper's own CPU (not in either path's figures)."), "",
            ("| path | kept (with a seat) | hung up | of them a seat had answered | gone before | late p50 / max s "
            "| requests (list / bridges / look-ups / DELETE) | request wall ms | per answered call ms "
            "| share of the path's Asterisk CPU | keeper CPU ms |"),
