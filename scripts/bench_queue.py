@@ -21,7 +21,7 @@ its channel was created, a caller whose channel is not in a bridge with a seat's
 (Asterisk's view: ARI GET /channels and /bridges, the same requests on both paths) is hung
 up through ARI (an abandon), a caller with a seat is left to its conversation. The keeper's
 own requests and their wall time are reported (its cost to Asterisk, the same on both paths).
-Until 2026-12-01 15:xx (the runs up to 14:38) each caller hung up --patience s after its
+Until 5b814e5 (the runs up to 2026-12-01 14:38 UTC) each caller hung up --patience s after its
 200 OK whether a seat had it or not, so an answer in its last seconds was a call of those
 seconds.
 
