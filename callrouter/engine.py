@@ -31,6 +31,7 @@ from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
 from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
+from callrouter.ha import leader as ha
 from callrouter.numberplan import load_plan
 from callrouter.provision.asterisk import log_dir_on_host, recording_dir_on_host
 from callrouter.recordings.recorder import CallRecorder
@@ -141,6 +142,24 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
     await step("store_close", asyncio.to_thread(store.close), budget(0.5))
 
 
+def _leadership(settings: Settings, service: CallService, ari: AriClient, state: StateStore, lines: LinesConfig,
+                router: StasisRouter, unseen: UnseenCallImporter,
+                recorder: CallRecorder) -> ha.Leadership | None:
+    """Several engines on one Asterisk (``ha_app_filter``): the lease decides which one
+    claims calls and runs the queues (callrouter.ha). None with one engine."""
+    if not settings.ha_app_filter:
+        return None
+    leadership = ha.build(settings, service, ari, state, lambda saved: restore_acd(lines, saved))
+    router.acting, router.on_broadcast, router.on_adopted = (leadership.acting, leadership.on_broadcast,
+                                                             leadership.on_adopted)
+
+    def after_take_over() -> None:
+        unseen.after_reconcile(service, time.time())
+        recorder.after_reconcile()
+    leadership.after_take_over = after_take_over
+    return leadership
+
+
 async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                      on_ready: Ready | None = None, handle_signals: bool = True,
                      watch_exit: bool = True) -> CallService:
@@ -205,8 +224,13 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     recorder = service.recorder = CallRecorder(service, store, await asyncio.to_thread(recording_dir_on_host, settings),
                                                settings.recordings_path, min_free_mb=settings.recording_min_free_mb)
 
+    router = StasisRouter(service)
+    leadership = _leadership(settings, service, ari, state, lines, router, unseen, recorder)
+
     async def connected() -> None:
         connected_at = time.time()
+        if leadership is not None and not await leadership.on_connected():
+            return  # a standby: nothing of its own to reconcile (the holder adopts on take-over)
         await reconcile(service)
         unseen.after_reconcile(service, connected_at)
         recorder.after_reconcile()
@@ -228,7 +252,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await site.start()
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
-        asyncio.create_task(ari.run_events(StasisRouter(service), connected), name="ari-events"),
+        asyncio.create_task(ari.run_events(router, connected), name="ari-events"),
         asyncio.create_task(_ticker(service), name="acd-tick"),
         asyncio.create_task(_saver(service, state), name="state-saver"),
         asyncio.create_task(relay.run(), name="outbox-relay"),
@@ -236,6 +260,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         asyncio.create_task(security.run(), name="security-log"),
         asyncio.create_task(recorder.run(), name="recordings"),
     }
+    if leadership is not None:
+        tasks.add(asyncio.create_task(leadership.run(), name="ha-lease"))
     keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()
     try:
@@ -255,6 +281,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
             watchdog.arm(lambda: _pending(service))  # a task died: stopping all the same, bounded
         await _stop_bounded(service, tasks, keep_running, runner, state, writer, relay, ari, store, watchdog,
                             speech)
+        if leadership is not None:
+            # after the last state save: a standby taking over now finds it
+            await step("ha_release", leadership.close(), max(0.1, min(1.0, watchdog.remaining())))
         if handle_signals:
             signals.remove()
         if not watch_exit:

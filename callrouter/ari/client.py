@@ -271,6 +271,30 @@ class AriClient:
         await self.request("PUT", f"/applications/{quote(self.app)}/eventFilter",
                            body={"disallowed": [{"type": t} for t in disallowed]})
 
+    # several engines (StasisBroadcast)
+    async def claim(self, channel_id: str) -> bool:
+        """Claim a broadcast channel for this application: True if ours (204), False if
+        another application won it (409) or the offer expired (404)."""
+        try:
+            await self.request("POST", "/events/claim", params={"channelId": channel_id, "application": self.app})
+        except AriError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def move(self, channel_id: str, app_args: str = "") -> None:
+        """Move a channel in another application's Stasis into this one (it keeps its
+        bridge; this application gets StasisStart with ``app_args``)."""
+        params = {"app": self.app}
+        if app_args:
+            params["appArgs"] = app_args
+        await self.request("POST", f"/channels/{quote(channel_id)}/move", params=params)
+
+    async def applications(self) -> list[dict[str, Any]]:
+        result = await self.request("GET", "/applications", over_ws=False)
+        return [a for a in result or [] if isinstance(a, dict)]
+
     # application
     async def application(self) -> dict[str, Any]:
         # lists every channel and bridge the application holds: over HTTP (see request)
