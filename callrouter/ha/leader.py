@@ -175,8 +175,10 @@ class Leadership:
         if self.acting():
             try:
                 await self.lease.release(self.logic.term)
-            except LeaseErrors:
-                pass
+                log.info("event=lease_released term=%d", self.logic.term)
+            except LeaseErrors as exc:
+                log.warning("event=lease_not_released term=%d error=%r: a standby takes over once it expires",
+                            self.logic.term, exc)
         await self.lease.close()
 
 

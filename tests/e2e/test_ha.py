@@ -55,7 +55,7 @@ def _two_engines(engines: EngineFactory) -> tuple[Engine, Engine]:
     return first, second
 
 
-def test_two_engines_the_leader_answers_the_standby_claims_nothing(engines: EngineFactory,
+def test_two_engines_the_leader_answers_the_standby_claims_nothing_and_a_clean_stop_hands_over(engines: EngineFactory,
                                                                     seats: list[SeatSims]) -> None:
     engines.use_lines(wrap_up_s=1)
     first, second = _two_engines(engines)
@@ -69,6 +69,12 @@ def test_two_engines_the_leader_answers_the_standby_claims_nothing(engines: Engi
     assert len(rows) == 3 and all(r["seat"] == "s110-01" and r["outcome"] == "completed" for r in rows), rows
     assert first.log().count("event=call_connected") == 3
     assert "event=call_arrived" not in second.log(), "the standby handled a call"
+    # a clean stop gives the lease up: the standby leads within a third of the ttl, not the ttl
+    stopped_at = time.time()
+    assert first.stop() == 0
+    wait_for(lambda: _leading(second), 5, "the standby to take the released lease")
+    assert "event=lease_released term=1" in first.log()
+    assert _log_time(second, "event=lease_taken") - stopped_at < TTL_MS / 1000, "released, not expired"
 
 
 def test_kill_9_of_the_leader_the_standby_adopts_waiting_and_talking_callers(engines: EngineFactory,
