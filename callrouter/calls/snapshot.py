@@ -77,14 +77,18 @@ class StateStore:
                             self.path)
             self._redis_ok = False
 
-    async def load(self) -> dict[str, Any] | None:
-        """The newest saved state of Redis and the file, or None."""
+    async def load(self, *, shared: bool = False) -> dict[str, Any] | None:
+        """The newest saved state of Redis and the file, or None. ``shared``: Redis must
+        answer (several engines: the holder's state is there, this engine's file is old);
+        its errors are raised."""
         found: list[dict[str, Any]] = []
         try:
             raw = await self._client().get(self.key)
             if raw:
                 found.append(json.loads(raw))
         except (RedisError, OSError, ValueError) as exc:
+            if shared:
+                raise
             log.warning("event=state_redis_unreadable error=%r", exc)
         try:
             found.append(json.loads(await asyncio.to_thread(self.path.read_text)))

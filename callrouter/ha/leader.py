@@ -145,8 +145,21 @@ class Leadership:
         log.info("event=lease_taken term=%d app=%s", term, self.ari.app)
         self.taking_over, self.ready = True, False
         self.figures["terms"] += 1
+        readable, saved = await self._shared_state()
+        if not readable:
+            # without the holder's state this engine would lead with no seats logged in:
+            # give the lease back and try again later
+            for follow in self.logic.step_down("shared state unreadable"):
+                if isinstance(follow, SteppedDown):
+                    self._step_down(follow)
+            try:
+                await self.lease.release(term)
+            except LeaseErrors:
+                pass
+            self.taking_over = False
+            return
         try:
-            self.service.step_down(self.restore(await self.state.load()))
+            self.service.step_down(self.restore(saved))
             self.early.clear()
             self.pending = await take_over(self.service, self.app_filter)
             self.ready = True
@@ -163,6 +176,16 @@ class Leadership:
         self.figures["took_over_s"] = self.clock() - since
         log.info("event=leading term=%d took_s=%.3f calls=%d", term, self.figures["took_over_s"],
                  len(self.service.calls))
+
+    async def _shared_state(self, attempts: int = 5) -> tuple[bool, dict[str, Any] | None]:
+        """(readable, the holder's last state from Redis or None if there is none)."""
+        for attempt in range(attempts):
+            try:
+                return True, await self.state.load(shared=True)
+            except (*LeaseErrors, ValueError) as exc:
+                log.warning("event=shared_state_unreadable attempt=%d error=%r", attempt + 1, exc)
+                await asyncio.sleep(0.1)
+        return False, None
 
     def _step_down(self, step: SteppedDown) -> None:
         self.ready = False

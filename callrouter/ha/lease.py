@@ -60,6 +60,9 @@ class LeaseLogic:
     last_attempt: float = float("-inf")
     in_flight: bool = False
     last_tick: float = float("-inf")
+    # a standby that found Redis away tries again only a ttl after: when Redis returns, the
+    # holder (renewing every third of it) gets its lease back first, with no take-over
+    hold_off_until: float = float("-inf")
 
     @property
     def every_s(self) -> float:
@@ -80,7 +83,7 @@ class LeaseLogic:
         if self.role is Role.LEADER:
             self.last_attempt, self.in_flight = now, True
             return [Renew(self.term)]
-        if not ready:
+        if not ready or now < self.hold_off_until:
             return []
         self.last_attempt, self.in_flight = now, True
         return [Acquire()]
@@ -110,6 +113,8 @@ class LeaseLogic:
         self.in_flight = False
         if self.role is Role.LEADER and sent_at < self.valid_until:
             self.degraded = True  # nobody can take it without Redis: go on leading
+        elif self.role is Role.STANDBY:
+            self.hold_off_until = sent_at + self.ttl_s
         return []
 
     def step_down(self, reason: str) -> list[Step]:

@@ -19,6 +19,8 @@ from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec
 from tests.conftest import wait_for
 from tests.e2e.conftest import Engine, EngineFactory
+from tests.e2e.test_outages import StoppableRedis
+from tests.integration.servers import private_redis_binary
 
 TTL_MS = 3000
 
@@ -29,6 +31,16 @@ def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
     yield started
     for group in started:
         group.stop()
+
+
+@pytest.fixture
+def stoppable_redis() -> Iterator[StoppableRedis]:
+    server = StoppableRedis(private_redis_binary())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
 
 
 def _leading(engine: Engine) -> bool:
@@ -134,3 +146,32 @@ def test_a_stalled_leader_steps_down_and_does_nothing_twice(engines: EngineFacto
     assert "event=state_write_fenced" not in second.log()
     # the waiting caller was connected once, by the new leader
     assert first.log().count("event=call_connected") + second.log().count("event=call_connected") == 2
+
+
+def test_redis_away_the_leader_leads_on_and_the_standby_never_takes_over(stoppable_redis: StoppableRedis,
+                                                                         engines: EngineFactory,
+                                                                         seats: list[SeatSims]) -> None:
+    # (Redis first: torn down after the engines have stopped)
+    engines.env["CALLROUTER_REDIS_URL"] = stoppable_redis.url
+    engines.use_lines(wrap_up_s=1)
+    first, second = _two_engines(engines)
+    seats.append(start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.2, talk_s=0.5,
+                                                         talk_dist="fixed")]))
+    engines.login("s110-01", engine=first)
+    stoppable_redis.stop()
+    wait_for(lambda: "event=lease_degraded" in first.log(), 5, "the leader to notice Redis is away")
+    time.sleep(2 * TTL_MS / 1000)  # the lease has expired in nobody's Redis: nobody may take it
+    thread, out = engines.calls_in_background([CallSpec("110", f"1393000000{i}", -1) for i in range(2)], 2)
+    thread.join(timeout=60)
+    assert out and all(c.ok for c in out[0].calls), out
+    assert not _leading(second), "a standby took over without Redis"
+    stoppable_redis.start()
+    time.sleep(TTL_MS / 1000)
+    # the lease expired while nobody could take it: the holder's renewal sets it again, same term
+    assert "event=lease_lost" not in first.log() and not _leading(second)
+    thread, out = engines.calls_in_background([CallSpec("110", "13930000009", -1)], 1)
+    thread.join(timeout=60)
+    assert out and out[0].calls[0].ok
+    rows = wait_for(lambda: engines.closed_tickets(3), 20, "three tickets closed")
+    assert len(rows) == 3 and all(r["seat"] == "s110-01" and r["outcome"] == "completed" for r in rows), rows
+    assert first.log().count("event=call_connected") == 3

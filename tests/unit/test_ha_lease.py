@@ -127,3 +127,24 @@ def test_two_engines_never_act_at_once_while_redis_answers(script: list[tuple[st
         if acting:
             assert holder == acting[0]
     assert terms == sorted(set(terms))
+
+
+def test_when_redis_returns_the_holder_renews_before_a_standby_tries() -> None:
+    holder, standby = leader(0.0), LeaseLogic(TTL)
+    assert standby.tick(0.5) == [Acquire()]
+    standby.acquired(0.5, None)
+    # Redis away from 1.0 to 5.0: both fail
+    holder.tick(1.0)
+    holder.unanswered(1.0)
+    assert standby.tick(1.5) == [Acquire()]
+    standby.unanswered(1.5)
+    assert standby.tick(2.6) == [] and standby.tick(4.4) == [], "no attempt for a ttl after a failure"
+    assert standby.tick(4.6) == [Acquire()]
+    standby.unanswered(4.6)
+    # Redis back at 5.0: the holder's renewal (every ttl/3) comes before the standby's next try
+    for t in (2.0, 3.0, 4.0):
+        assert holder.tick(t) == [Renew(7)]
+        holder.unanswered(t)
+    assert holder.tick(5.1) == [Renew(7)]
+    assert holder.renewed(5.1, True) == [] and holder.may_act(5.2) and not holder.degraded
+    assert standby.tick(5.2) == []
