@@ -181,6 +181,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         signals.install()
     plan = load_plan(settings.numberplan_path)
     lines = load_lines(settings.lines_path)
+    ha.check(settings)
     # the ticket rules that differ per line (callbacks of abandoned calls) from lines.toml
     store = TicketStore(settings.database_url, rules=rules_of(lines))
     await asyncio.to_thread(store.create_schema)

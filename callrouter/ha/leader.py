@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from callrouter.ari import AriClient, AriError, Event
 from callrouter.calls.recovery import reconcile, take_over
 from callrouter.calls.service import CallService
 from callrouter.calls.snapshot import StateStore
+from callrouter.config import ConfigError, Settings
 from callrouter.ha.lease import Acquire, BecameLeader, LeaseLogic, Renew, Role, Step, SteppedDown
 from callrouter.ha.redis_lease import LeaseErrors, RedisLease
 from callrouter.logs import q
@@ -205,7 +207,21 @@ class Leadership:
         await self.lease.close()
 
 
-def build(settings: Any, service: CallService, ari: AriClient, state: StateStore, restore: Restore) -> Leadership:
+def check(settings: Settings) -> None:
+    """Refuse settings under which this engine would lead and claim nothing."""
+    if not settings.ha_app_filter:
+        return
+    try:
+        matches = re.search(settings.ha_app_filter, settings.ari_app) is not None
+    except re.error as exc:
+        raise ConfigError(f"ha_app_filter {settings.ha_app_filter!r}: not a regular expression ({exc})") from exc
+    if not matches:
+        # every call would wait in the dialplan's hold
+        raise ConfigError(f"ari_app {settings.ari_app!r} does not match ha_app_filter {settings.ha_app_filter!r}: "
+                          "give each engine its own application name matching the filter")
+
+
+def build(settings: Settings, service: CallService, ari: AriClient, state: StateStore, restore: Restore) -> Leadership:
     """The engine's leadership for ``settings.ha_app_filter`` (several engines)."""
     instance = f"{settings.ari_app}:{os.getpid()}:{secrets.token_hex(3)}"
     lease = RedisLease(settings.redis_url, settings.redis_prefix, instance, settings.ha_lease_ttl_ms)

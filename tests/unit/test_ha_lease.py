@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callrouter.config import ConfigError, Settings
+from callrouter.ha.leader import check
 from callrouter.ha.lease import Acquire, BecameLeader, LeaseLogic, Renew, Role, SteppedDown
 
 TTL = 3.0
@@ -148,3 +151,12 @@ def test_when_redis_returns_the_holder_renews_before_a_standby_tries() -> None:
     assert holder.tick(5.1) == [Renew(7)]
     assert holder.renewed(5.1, True) == [] and holder.may_act(5.2) and not holder.degraded
     assert standby.tick(5.2) == []
+
+
+def test_an_engine_whose_application_the_filter_misses_is_refused() -> None:
+    check(Settings(ari_app="callrouter-a", ha_app_filter="^callrouter-"))
+    check(Settings(ari_app="callrouter"))  # one engine: nothing to check
+    with pytest.raises(ConfigError, match="does not match"):
+        check(Settings(ari_app="callrouter", ha_app_filter="^callrouter-"))
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        check(Settings(ari_app="callrouter-a", ha_app_filter="^callrouter-("))
