@@ -142,16 +142,19 @@ def stasis_entries(settings: Settings) -> dict[str, str]:
     character) and the engine reads it from CR_DIALLED."""
     app_filter = settings.ha_app_filter
     if not app_filter:
+        # nothing of the broadcast is loaded: the one-engine path stays as it was
         return {"enter_engine": "Stasis(${CR_APP},${CR_DIALLED})",
                 "enter_record": "Stasis(${CR_APP},recording)",
-                "enter_feature": "Stasis(${CR_APP},feature,${EXTEN})"}
+                "enter_feature": "Stasis(${CR_APP},feature,${EXTEN})", "ha_modules": ""}
     if any(c in app_filter for c in ",;\n\r") or "${" in app_filter or "$[" in app_filter:
         raise RenderError(f"ha_app_filter {app_filter!r}: no comma, semicolon, line break, '${{' or '$[' "
                           "(the dialplan would split or expand it; write [,] for a comma)")
     timeout = max(0, min(60000, settings.ha_claim_timeout_ms))
     return {"enter_engine": f"StasisBroadcast({timeout},{app_filter})",
             "enter_record": f"StasisBroadcast({timeout},{app_filter},recording)",
-            "enter_feature": f"StasisBroadcast({timeout},{app_filter},feature:${{EXTEN}})"}
+            "enter_feature": f"StasisBroadcast({timeout},{app_filter},feature:${{EXTEN}})",
+            "ha_modules": ("; several engines (ha_app_filter): StasisBroadcast and POST /events/claim\n"
+                           "load = res_stasis_broadcast.so\nload = app_stasis_broadcast.so\n")}
 
 
 def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) -> dict[str, str]:
