@@ -197,6 +197,7 @@ class Leadership:
     async def close(self) -> None:
         """A clean stop: give the lease up so a standby takes over at once."""
         await self.tasks.shutdown(timeout=0.5)
+        log.info("event=ha_counts %s", " ".join(f"{k}={v:g}" for k, v in self.figures.items()))
         if self.acting():
             try:
                 await self.lease.release(self.logic.term)
