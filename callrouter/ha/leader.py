@@ -56,6 +56,8 @@ class Leadership:
         self.pending: set[str] = set()
         self._late: asyncio.Task[None] | None = None
         self.early: set[str] = set()
+        self._leading: asyncio.Task[None] | None = None
+        self._was_degraded = False
         self.figures: dict[str, float] = {"terms": 0, "took_over_s": 0.0, "claimed": 0, "claims_lost": 0}
         # run once the take-over's reconcile is done (the CEL import, recordings)
         self.after_take_over: Callable[[], None] | None = None
@@ -132,14 +134,19 @@ class Leadership:
             else:
                 return
         except LeaseErrors as exc:
-            if self.logic.role is Role.LEADER and not self.logic.degraded:
-                log.warning("event=lease_unanswered error=%r", exc)
+            was_degraded = self.logic.degraded
             outcome = self.logic.unanswered(sent_at)
-            if self.logic.degraded:
-                log.warning("event=lease_degraded term=%d: Redis does not answer; leading on", self.logic.term)
+            if self.logic.degraded and not was_degraded:
+                log.warning("event=lease_degraded term=%d error=%r: Redis does not answer; leading on",
+                            self.logic.term, exc)
+        else:
+            if self.logic.role is Role.LEADER and not self.logic.degraded and self._was_degraded:
+                log.info("event=lease_confirmed term=%d: Redis answers again", self.logic.term)
+        self._was_degraded = self.logic.degraded
         for follow in outcome:
             if isinstance(follow, BecameLeader):
-                await self._lead(follow.term, sent_at)
+                # beside the lease loop: renewals go on while the take-over works
+                self._leading = self.tasks.spawn(self._lead(follow.term, sent_at), name="ha-take-over")
             elif isinstance(follow, SteppedDown):
                 self._step_down(follow)
 
@@ -190,6 +197,9 @@ class Leadership:
         return False, None
 
     def _step_down(self, step: SteppedDown) -> None:
+        for task in (self._leading, self._late):
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()  # a take-over under way must not go on acting
         self.ready = False
         dropped = self.service.step_down(self.restore(None))
         log.warning("event=lease_lost term=%d reason=%s dropped_calls=%d", step.term, q(step.reason), dropped)
