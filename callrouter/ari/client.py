@@ -76,6 +76,8 @@ class AriClient:
         # what the engine costs Asterisk: requests by kind, events by type (since start)
         self.requests: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
+        # None (one engine): every request goes out; else only while this returns True
+        self.gate: Callable[[], bool] | None = None
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -114,6 +116,10 @@ class AriClient:
         thread's stack, and measured here a ``GET /channels`` answer at 1,400 held
         (about 1 MB) crashed it (segfault in ``ast_websocket_write``); on the socket such
         an answer would also hold up every event behind it."""
+        if self.gate is not None and not self.gate():
+            # several engines: one not sure it holds the lease (a standby, or a holder back
+            # from a stall before its renewal is answered) sends Asterisk nothing
+            raise AriError(method, path, 0, "this engine does not lead now")
         self.requests[request_kind(method, path)] += 1
         if over_ws and self._ws_rest_ready and self._ws is not None and not self._ws.closed:
             try:

@@ -66,6 +66,9 @@ class Leadership:
         state.fence = self._fenced_set
         # a standby saves nothing (its empty state would be the newest on take-over)
         state.gate = self.acting
+        # fencing towards Asterisk: nothing of a call is touched unless the lease is sure,
+        # so requests a stalled former holder had under way fail instead of acting
+        ari.gate = self.acting
 
     def acting(self) -> bool:
         return self.logic.may_act(self.clock())
