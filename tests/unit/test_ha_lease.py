@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callrouter.ari import AriClient, AriError
 from callrouter.config import ConfigError, Settings
 from callrouter.ha.leader import check
 from callrouter.ha.lease import Acquire, BecameLeader, LeaseLogic, Renew, Role, SteppedDown
@@ -160,3 +163,20 @@ def test_an_engine_whose_application_the_filter_misses_is_refused() -> None:
         check(Settings(ari_app="callrouter", ha_app_filter="^callrouter-"))
     with pytest.raises(ConfigError, match="not a regular expression"):
         check(Settings(ari_app="callrouter-a", ha_app_filter="^callrouter-("))
+
+
+def test_an_engine_not_sure_of_its_lease_sends_asterisk_nothing() -> None:
+    async def run() -> None:
+        ari = AriClient("http://127.0.0.1:9/ari", "u", "p", "callrouter-a")
+        logic = leader(0.0)
+        now = [1.0]
+        ari.gate = lambda: logic.may_act(now[0])
+        await ari.open()
+        try:
+            now[0] = 5.0  # past the ttl, no renewal answered
+            with pytest.raises(AriError, match="does not lead now") as info:
+                await ari.hangup("c1")
+            assert info.value.status == 0 and not ari.requests, "nothing was sent"
+        finally:
+            await ari.close()
+    asyncio.run(run())
