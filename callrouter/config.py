@@ -80,6 +80,18 @@ class Settings:
     # seconds the dialplan holds a caller before retrying Stasis when the engine is away
     fallback_hold_s: int = 2
 
+    # Several engines on one Asterisk (callrouter.ha). Empty (the default): one engine, and
+    # the dialplan hands every call to Stasis(ari_app). A regular expression (no comma):
+    # the dialplan offers each call with StasisBroadcast to every ARI application whose
+    # name matches it, and each engine runs with its own ari_app matching it. One engine at
+    # a time holds the lease ``<redis_prefix>:ha:lease`` (ha_lease_ttl_ms, renewed every
+    # third of it) and claims the calls and runs the queues; the others stand by and take
+    # over when it dies. A call nobody claims within ha_claim_timeout_ms goes to the
+    # dialplan's fallback hold and is offered again after fallback_hold_s.
+    ha_app_filter: str = ""
+    ha_claim_timeout_ms: int = 500
+    ha_lease_ttl_ms: int = 3000
+
     # `callrouter cluster up` (callrouter.provision.cluster): Kamailio on sip_bind:sip_port
     # (where the trunk sends) in front of Asterisk nodes on cluster_nodes (empty: the
     # cluster_size addresses after sip_bind: 127.0.0.2, 127.0.0.3 ...). Kamailio probes the

@@ -33,6 +33,7 @@ from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
 from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
+from callrouter.ha import leader as ha
 from callrouter.logs import q
 from callrouter.numberplan import load_plan
 from callrouter.provision.asterisk import log_dir_on_host, recording_dir_on_host
@@ -200,6 +201,24 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
     await step("store_close", asyncio.to_thread(store.close), budget(0.5))
 
 
+def _leadership(settings: Settings, service: CallService, ari: AriClient, state: StateStore, lines: LinesConfig,
+                router: StasisRouter, unseen: UnseenCallImporter,
+                recorder: CallRecorder) -> ha.Leadership | None:
+    """Several engines on one Asterisk (``ha_app_filter``): the lease decides which one
+    claims calls and runs the queues (callrouter.ha). None with one engine."""
+    if not settings.ha_app_filter:
+        return None
+    leadership = ha.build(settings, service, ari, state, lambda saved: restore_acd(lines, saved))
+    router.acting, router.on_broadcast, router.on_adopted = (leadership.acting, leadership.on_broadcast,
+                                                             leadership.on_adopted)
+
+    def after_take_over() -> None:
+        unseen.after_reconcile(service, time.time())
+        recorder.after_reconcile()
+    leadership.after_take_over = after_take_over
+    return leadership
+
+
 async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                      on_ready: Ready | None = None, handle_signals: bool = True,
                      watch_exit: bool = True) -> CallService:
@@ -221,6 +240,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         signals.install()
     plan = load_plan(settings.numberplan_path)
     lines = load_lines(settings.lines_path)
+    ha.check(settings)
     # the ticket rules that differ per line (callbacks of abandoned calls) from lines.toml
     store = TicketStore(settings.database_url, rules=rules_of(lines))
     await asyncio.to_thread(store.create_schema)
@@ -277,8 +297,13 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     recorder = service.recorder = CallRecorder(service, store, await asyncio.to_thread(recording_dir_on_host, settings),
                                                settings.recordings_path, min_free_mb=settings.recording_min_free_mb)
 
+    router = StasisRouter(service)
+    leadership = _leadership(settings, service, ari, state, lines, router, unseen, recorder)
+
     async def connected() -> None:
         connected_at = time.time()
+        if leadership is not None and not await leadership.on_connected():
+            return  # a standby: nothing of its own to reconcile (the holder adopts on take-over)
         await reconcile(service)
         unseen.after_reconcile(service, connected_at)
         recorder.after_reconcile()
@@ -302,7 +327,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         _cluster_service(service, ari)
         call_tasks = _cluster_tasks(service, ari, cluster_plan, lambda: None)
     else:
-        call_tasks = {"ari-events": ari.run_events(StasisRouter(service), connected),
+        call_tasks = {"ari-events": ari.run_events(router, connected),
                       "recordings": recorder.run()}
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
@@ -313,6 +338,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         asyncio.create_task(unseen.run(service, max(1, settings.cel_import_s)), name="unseen-calls"),
         asyncio.create_task(security.run(), name="security-log"),
     }
+    if leadership is not None:
+        tasks.add(asyncio.create_task(leadership.run(), name="ha-lease"))
     keep_running = {"ticket-writer", "outbox-relay"}  # stopped last, in order
     started = time.monotonic()
     try:
@@ -332,6 +359,9 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
             watchdog.arm(lambda: _pending(service))  # a task died: stopping all the same, bounded
         await _stop_bounded(service, tasks, keep_running, runner, state, writer, relay, ari, store, watchdog,
                             speech)
+        if leadership is not None:
+            # after the last state save: a standby taking over now finds it
+            await step("ha_release", leadership.close(), max(0.1, min(1.0, watchdog.remaining())))
         if handle_signals:
             signals.remove()
         if not watch_exit:

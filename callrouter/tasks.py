@@ -43,6 +43,11 @@ class TaskOwner:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def cancel_all(self) -> None:
+        """Cancel every task now (each ends at its next await)."""
+        for task in list(self._tasks):
+            task.cancel()
+
     async def shutdown(self, timeout: float = 5.0) -> None:
         """Let running tasks finish for up to ``timeout`` seconds, then cancel the rest."""
         if self._tasks:

@@ -76,6 +76,8 @@ class AriClient:
         # what the engine costs Asterisk: requests by kind, events by type (since start)
         self.requests: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
+        # None (one engine): every request goes out; else only while this returns True
+        self.gate: Callable[[], bool] | None = None
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -114,6 +116,10 @@ class AriClient:
         thread's stack, and measured here a ``GET /channels`` answer at 1,400 held
         (about 1 MB) crashed it (segfault in ``ast_websocket_write``); on the socket such
         an answer would also hold up every event behind it."""
+        if self.gate is not None and not self.gate():
+            # several engines: one not sure it holds the lease (a standby, or a holder back
+            # from a stall before its renewal is answered) sends Asterisk nothing
+            raise AriError(method, path, 0, "this engine does not lead now")
         self.requests[request_kind(method, path)] += 1
         if over_ws and self._ws_rest_ready and self._ws is not None and not self._ws.closed:
             try:
@@ -270,6 +276,30 @@ class AriClient:
         """Ask Asterisk not to send these event types to the application at all."""
         await self.request("PUT", f"/applications/{quote(self.app)}/eventFilter",
                            body={"disallowed": [{"type": t} for t in disallowed]})
+
+    # several engines (StasisBroadcast)
+    async def claim(self, channel_id: str) -> bool:
+        """Claim a broadcast channel for this application: True if ours (204), False if
+        another application won it (409) or the offer expired (404)."""
+        try:
+            await self.request("POST", "/events/claim", params={"channelId": channel_id, "application": self.app})
+        except AriError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        return True
+
+    async def move(self, channel_id: str, app_args: str = "") -> None:
+        """Move a channel in another application's Stasis into this one (it keeps its
+        bridge; this application gets StasisStart with ``app_args``)."""
+        params = {"app": self.app}
+        if app_args:
+            params["appArgs"] = app_args
+        await self.request("POST", f"/channels/{quote(channel_id)}/move", params=params)
+
+    async def applications(self) -> list[dict[str, Any]]:
+        result = await self.request("GET", "/applications", over_ws=False)
+        return [a for a in result or [] if isinstance(a, dict)]
 
     # application
     async def application(self) -> dict[str, Any]:

@@ -151,6 +151,14 @@ class HoldingBridges:
             self._empty_since[bridge_id] = self.clock()
             self._quiet.add(bridge_id)
 
+    def forget(self) -> None:
+        """Drop what this engine knows of the bridges, touching none (another engine took
+        them over: callrouter.ha)."""
+        self.members.clear()
+        self._ready.clear()
+        self._empty_since.clear()
+        self._quiet.clear()
+
     def bridge_of(self, channel_id: str) -> str | None:
         for bridge_id, chans in self.members.items():
             if channel_id in chans:

@@ -11,11 +11,19 @@ lost and never replayed, and after a kill -9 the engine starts from its last sna
 - seat legs left ringing by a dead engine are hung up (their callers were restored as
   waiting and are offered again); bridges of ours that serve nobody are removed;
 - seat registrations are read afresh and the seats' endpoint events subscribed.
+
+With several engines (callrouter.ha) a new lease holder first moves every channel the
+other engines' applications still hold into its own (``take_over``: ``POST
+/channels/{id}/move``; measured on Asterisk 22.10: the channel stays in its bridge, so a
+talking caller hears nothing of it), then reconciles as above.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,9 +48,12 @@ UNUSED_EVENTS = ["ChannelVarset", "ChannelDialplan", "ChannelStateChange", "Chan
                  "PeerStatusChange", "ChannelUserevent", "ChannelHold", "ChannelUnhold", "ChannelCreated"]
 
 
-async def reconcile(service: CallService, ari: AriClient | None = None, node: str | None = None) -> None:
+async def reconcile(service: CallService, ari: AriClient | None = None, node: str | None = None,
+                    pending: frozenset[str] = frozenset()) -> None:
     """With ``node`` (a cluster): only that node's view, through its own client ``ari``;
-    the calls of other nodes are left alone."""
+    the calls of other nodes are left alone. ``pending``: channels being moved into this
+    application (take_over) that have not arrived yet: alive, adopted when their
+    StasisStart comes, so never closed as gone."""
     ari = ari or service.ari
     try:
         await ari.filter_events(UNUSED_EVENTS)
@@ -63,7 +74,7 @@ async def reconcile(service: CallService, ari: AriClient | None = None, node: st
 
     def mine(object_id: str) -> bool:
         return node is None or service.node_of(object_id) == node
-    _close_gone(service, callers, mine)
+    _close_gone(service, callers, mine, {cid for cid in pending if cid in channels})
     talking_legs = _adopt_callers(service, callers, bridges, legs)
     await _drop_orphans(service, ari, legs, talking_legs, bridges, callers, channels, mine)
 
@@ -84,9 +95,10 @@ def wide_endpoint_watch(app: dict[str, Any]) -> bool:
     return any("/" not in str(e) for e in app.get("endpoint_ids") or ())
 
 
-def _close_gone(service: CallService, callers: dict[str, Channel], mine: Callable[[str], bool]) -> None:
+def _close_gone(service: CallService, callers: dict[str, Channel], mine: Callable[[str], bool],
+                pending: set[str]) -> None:
     """Calls the engine (or its snapshot) knew whose caller left during the gap."""
-    for call in [c for c in service.calls.values() if c.id not in callers and mine(c.id)]:
+    for call in [c for c in service.calls.values() if c.id not in callers and mine(c.id) and c.id not in pending]:
         if service.recorder is not None and service.recorder.detouring(call.id):
             continue  # out of the application for its recording's start: back in a moment
         service.ended_in_gap(call)
@@ -94,7 +106,7 @@ def _close_gone(service: CallService, callers: dict[str, Channel], mine: Callabl
     # id derives from arrival and channel, so their tickets close without a look-up
     for entry in service.acd.snapshot(service.now_ts())["calls"]:
         cid = str(entry["call_id"])
-        if cid not in callers and cid not in service.calls and mine(cid):
+        if cid not in callers and cid not in service.calls and mine(cid) and cid not in pending:
             service.ended_unseen(cid, float(entry["arrived_at"]), entry["state"] == CallState.ON_CALL.value)
 
 
@@ -155,3 +167,46 @@ async def _drop_orphans(service: CallService, ari: AriClient, legs: dict[str, Ch
             log.info("event=orphan_bridge_removed bridge=%s", bridge.id)
         except AriError as exc:
             log.warning("event=orphan_bridge_remove_failed bridge=%s error=%s", bridge.id, q(exc))
+
+
+async def take_over(service: CallService, app_filter: str, *, settle_s: float = 1.0) -> set[str]:
+    """The lease changed hands: adopt every channel other engines' applications (names
+    matching ``app_filter``) hold, then reconcile. Returns the channels moved that had not
+    arrived by the reconcile: adopt each when its StasisStart (args ``adopted``) comes
+    (``reconcile`` again)."""
+    ari = service.ari
+    pattern = re.compile(app_filter)
+    moved: set[str] = set()
+    for app in await ari.applications():
+        name = str(app.get("name", ""))
+        if name == ari.app or not pattern.search(name):
+            continue
+        for channel_id in [str(c) for c in app.get("channel_ids") or []]:
+            if not channel_id.startswith((LEG_PREFIX, SIDE_PREFIX)):
+                # a move waits for the channel's current playback; the greeting the dead
+                # engine started is stopped by the reconcile anyway (rehold)
+                try:
+                    await ari.stop_playback(f"greet-{channel_id}")
+                except AriError:
+                    pass  # none playing
+            try:
+                await ari.move(channel_id, ADOPTED)
+                moved.add(channel_id)
+            except AriError as exc:
+                # hung up meanwhile (404), or already moved by another engine: not ours to adopt
+                log.info("event=take_over_move_failed channel=%s app=%s error=%s", channel_id, name, q(exc))
+    # a move completes on the channel's own thread: wait a moment until they show in ours
+    deadline = time.monotonic() + settle_s
+    missing = set(moved)
+    while missing:
+        missing -= set((await ari.application()).get("channel_ids") or [])
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    log.info("event=take_over_moved channels=%d pending=%d", len(moved), len(missing))
+    await reconcile(service, pending=frozenset(missing))
+    return missing
+
+
+# StasisStart args of a moved channel (calls.stasis.ADOPTED_ARG)
+ADOPTED = "adopted"

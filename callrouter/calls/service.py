@@ -151,6 +151,10 @@ class CallService:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.changes = 0  # ACD events handled: the state saver writes when this moved
         self._leg_seq = 0
+        # several engines (callrouter.ha): each names its seat legs apart (cr-leg-<tag>...),
+        # so two engines' legs never share an id
+        self.leg_tag = ""
+        self.acting: Callable[[], bool] = lambda: True
         self._endpoint_seat = endpoint_seats(acd.config)
         self._codes = in_call_codes(acd.config)
         self.mixing_sweep = MixingSweep(ari, self._bridge_of_call)
@@ -365,9 +369,10 @@ class CallService:
             self.feed(OfferFailed(action.call_id, action.seat, "error"))
             return
         self._leg_seq += 1
-        # rung from the caller's node (in a cluster, the node rings the seat through Kamailio)
+        # rung from the caller's node (in a cluster, the node rings the seat through Kamailio);
+        # with several engines each tags its legs (ha)
         node = self.node_of(call.id)
-        leg = SeatLeg(id=f"{LEG_PREFIX}{f'{node}-' if node else ''}{self._leg_seq}-{int(time.time())}",
+        leg = SeatLeg(id=f"{LEG_PREFIX}{f'{node}-' if node else ''}{self.leg_tag}{self._leg_seq}-{int(time.time())}",
                       call_id=action.call_id,
                       seat=action.seat, offered_at=self.now_ts())
         self.legs[leg.id] = leg
@@ -549,6 +554,19 @@ class CallService:
         self.feed(CallEnded(left.acd_id) if left.ended else CallAbandoned(left.acd_id))
         if left.seat_leg is not None and self.legs.pop(left.seat_leg, None) is not None:
             self.tasks.spawn(self.hangup(left.seat_leg), name=f"end-seat:{left.seat_leg}")
+
+    def step_down(self, acd: Acd) -> int:
+        """This engine no longer leads (callrouter.ha): forget every call without touching
+        it in Asterisk (the new holder has them) and start from ``acd`` (empty). Requests
+        under way are cancelled; returns how many calls were dropped."""
+        dropped = len(self.calls)
+        self.calls.clear()
+        self.legs.clear()
+        self.holding.forget()
+        self.tasks.cancel_all()
+        self.acd = acd
+        self.changes += 1
+        return dropped
 
     # ------------------------------------------------------------ after a (re)connect (recovery.reconcile)
     def adopt(self, channel: Channel) -> LiveCall:
@@ -886,6 +904,8 @@ class CallService:
         log.info("event=lines_reloaded source=%s", config.source)
 
     def tick(self) -> None:
+        if not self.acting():
+            return  # a standby engine (callrouter.ha): nothing of its own to time
         self.feed(Tick())
         surplus = self.holding.surplus()
         if surplus:

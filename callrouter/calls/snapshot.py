@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,12 @@ class StateStore:
         self.path = path
         self._redis: aioredis.Redis | None = None
         self._redis_ok = True
+        # several engines (callrouter.ha): the key is written only by the lease's current
+        # term (a compare-and-set in Redis), so a stalled former holder cannot overwrite
+        # the current holder's state; None: written as it is (one engine)
+        self.fence: Callable[[str, str], Awaitable[bool]] | None = None
+        # several engines: False while this one does not lead (nothing of its own to keep)
+        self.gate: Callable[[], bool] | None = None
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -51,11 +58,16 @@ class StateStore:
         return self._redis
 
     async def save(self, state: dict[str, Any]) -> None:
+        if self.gate is not None and not self.gate():
+            return
         text = json.dumps(state, separators=(",", ":"), default=str)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(_write_file, self.path, text)
         try:
-            await self._client().set(self.key, text)
+            if self.fence is None:
+                await self._client().set(self.key, text)
+            elif not await self.fence(self.key, text):
+                log.warning("event=state_write_fenced key=%s: another engine holds the lease now", self.key)
             if not self._redis_ok:
                 log.warning("event=redis_recovered url=%s", self.redis_url)
             self._redis_ok = True
@@ -65,14 +77,18 @@ class StateStore:
                             self.path)
             self._redis_ok = False
 
-    async def load(self) -> dict[str, Any] | None:
-        """The newest saved state of Redis and the file, or None."""
+    async def load(self, *, shared: bool = False) -> dict[str, Any] | None:
+        """The newest saved state of Redis and the file, or None. ``shared``: Redis must
+        answer (several engines: the holder's state is there, this engine's file is old);
+        its errors are raised."""
         found: list[dict[str, Any]] = []
         try:
             raw = await self._client().get(self.key)
             if raw:
                 found.append(json.loads(raw))
         except (RedisError, OSError, ValueError) as exc:
+            if shared:
+                raise
             log.warning("event=state_redis_unreadable error=%r", exc)
         try:
             found.append(json.loads(await asyncio.to_thread(self.path.read_text)))

@@ -7,6 +7,7 @@ distributor stops taking INVITEs when Asterisk's ARI taskprocessor backs up.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from callrouter.ari import (
     ChannelDestroyed,
@@ -18,17 +19,41 @@ from callrouter.ari import (
     StasisStart,
 )
 from callrouter.calls.features import handle_feature
+from callrouter.calls.recovery import ADOPTED
 from callrouter.calls.service import LEG_PREFIX, SIDE_PREFIX, CallService
 
 log = logging.getLogger("callrouter.calls")
 
 
+# StasisStart of a channel moved in from another engine's application (callrouter.ha):
+# the take-over's reconcile adopts it, with what the snapshot and Asterisk say
+ADOPTED_ARG = ADOPTED
+
+
 class StasisRouter:
     def __init__(self, service: CallService) -> None:
         self.service = service
+        # several engines (callrouter.ha): None with one engine. ``acting`` says whether
+        # this engine leads now; a standby (or a holder not sure of its lease) ignores
+        # every event; ``on_broadcast`` claims an offered call
+        self.acting: Callable[[], bool] | None = None
+        self.on_broadcast: Callable[[Event], None] | None = None
+        # a channel moved in from another engine's application arrived (take-over)
+        self.on_adopted: Callable[[str], None] | None = None
 
     def __call__(self, event: Event) -> None:
         service = self.service
+        if self.acting is not None:
+            if event.type == "CallBroadcast":
+                if self.on_broadcast is not None:
+                    self.on_broadcast(event)
+                return
+            if not self.acting():
+                return
+            if isinstance(event, StasisStart) and event.args[:1] == (ADOPTED_ARG,):
+                if self.on_adopted is not None:
+                    self.on_adopted(event.channel.id)
+                return
         if isinstance(event, StasisStart):
             kind = event.args[0] if event.args else ""
             if event.channel.id.startswith(SIDE_PREFIX):

@@ -396,6 +396,8 @@ class UnseenCallImporter:
         """Import every ``interval_s`` until cancelled (a task the engine owns)."""
         while True:
             await asyncio.sleep(interval_s)
+            if not service.acting():
+                continue  # a standby engine (callrouter.ha): the lease holder imports
             try:
                 await self.import_now(service)
             except (OSError, ValueError) as exc:

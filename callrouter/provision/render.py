@@ -134,6 +134,29 @@ def bench_queue_sections(settings: Settings) -> str:
     return "\n".join(out)
 
 
+def stasis_entries(settings: Settings) -> dict[str, str]:
+    """How the dialplan hands a channel to the engine: ``Stasis(${CR_APP},...)`` with one
+    engine; with several (``ha_app_filter``), ``StasisBroadcast`` to every engine whose
+    application name matches, the lease holder claiming it (callrouter.ha). Broadcast
+    arguments are colon-delimited: the dialled number stays out of them (it may hold any
+    character) and the engine reads it from CR_DIALLED."""
+    app_filter = settings.ha_app_filter
+    if not app_filter:
+        # nothing of the broadcast is loaded: the one-engine path stays as it was
+        return {"enter_engine": "Stasis(${CR_APP},${CR_DIALLED})",
+                "enter_record": "Stasis(${CR_APP},recording)",
+                "enter_feature": "Stasis(${CR_APP},feature,${EXTEN})", "ha_modules": ""}
+    if any(c in app_filter for c in ",;\n\r") or "${" in app_filter or "$[" in app_filter:
+        raise RenderError(f"ha_app_filter {app_filter!r}: no comma, semicolon, line break, '${{' or '$[' "
+                          "(the dialplan would split or expand it; write [,] for a comma)")
+    timeout = max(0, min(60000, settings.ha_claim_timeout_ms))
+    return {"enter_engine": f"StasisBroadcast({timeout},{app_filter})",
+            "enter_record": f"StasisBroadcast({timeout},{app_filter},recording)",
+            "enter_feature": f"StasisBroadcast({timeout},{app_filter},feature:${{EXTEN}})",
+            "ha_modules": ("; several engines (ha_app_filter): StasisBroadcast and POST /events/claim\n"
+                           "load = res_stasis_broadcast.so\nload = app_stasis_broadcast.so\n")}
+
+
 def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) -> dict[str, str]:
     media = ""
     if settings.sip_bind not in ("0.0.0.0", "::", ""):
@@ -179,6 +202,7 @@ def template_values(settings: Settings, paths: AsteriskPaths, seats: list[str]) 
         "bench_queues": bench_queues,
         "bench_modules": bench_modules,
         "seats": seat_sections(seats, settings),
+        **stasis_entries(settings),
         # a cluster node's name (callrouter.provision.cluster): prefixes its channel ids
         "system_name_line": "",
     }

@@ -14,8 +14,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,8 @@ class Engine:
     proc: subprocess.Popen[bytes]
     log_path: Path
     db_url: str
+    api_url: str = ""  # its own API (several engines at once: use_ha)
+    app: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -153,6 +155,22 @@ class EngineFactory:
         # Asterisk's record of earlier tests' calls would become tickets of this test's
         # engine (it records trunk calls it never saw): start from an empty record
         forget_cel_record(settings)
+        # run after the test, once its engines ended (use_ha puts the dialplan back)
+        self.cleanups: list[Callable[[], object]] = []
+        self.ha_filter = ""
+
+    def use_ha(self, ttl_ms: int = 3000, claim_timeout_ms: int = 500) -> None:
+        """Several engines on the session's Asterisk (callrouter.ha): its dialplan offers
+        every call by StasisBroadcast to this test's applications until the test ends;
+        start each engine with ``start(ha=name)``."""
+        from callrouter.provision import asterisk as prov
+
+        self.ha_filter = f"^crtest-ha-{secrets.token_hex(3)}-"
+        self.env.update({"CALLROUTER_HA_APP_FILTER": self.ha_filter, "CALLROUTER_HA_LEASE_TTL_MS": str(ttl_ms),
+                         "CALLROUTER_HA_CLAIM_TIMEOUT_MS": str(claim_timeout_ms)})
+        self.cleanups.append(lambda: prov.up(self.settings))
+        prov.up(replace(self.settings, ha_app_filter=self.ha_filter, ha_claim_timeout_ms=claim_timeout_ms,
+                        ha_lease_ttl_ms=ttl_ms))
 
     def leaves(self, *, channels: int = 0, bridges: int = 0) -> None:
         """Declare what this test leaves in Asterisk on purpose, beyond each line's spare
@@ -165,9 +183,11 @@ class EngineFactory:
         self.env["CALLROUTER_LINES"] = str(self.lines)
         return self.lines
 
-    def api(self, method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+    def api(self, method: str, path: str, body: dict[str, object] | None = None,
+            engine: Engine | None = None) -> tuple[int, object]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{self.settings.api_url}{path}", data=data, method=method, headers={
+        base = engine.api_url if engine is not None and engine.api_url else self.settings.api_url
+        req = urllib.request.Request(f"{base}{path}", data=data, method=method, headers={
             "Authorization": f"Bearer {self.settings.secret('api_token')}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
@@ -175,27 +195,38 @@ class EngineFactory:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
-    def login(self, *seats: str) -> None:
+    def login(self, *seats: str, engine: Engine | None = None) -> None:
         for seat in seats:
-            status, body = self.api("POST", f"/api/seats/{seat}/login")
+            status, body = self.api("POST", f"/api/seats/{seat}/login", engine=engine)
             assert status == 200, body
 
-    def status(self) -> dict[str, Any]:
-        status, body = self.api("GET", "/api/status")
+    def status(self, engine: Engine | None = None) -> dict[str, Any]:
+        status, body = self.api("GET", "/api/status", engine=engine)
         assert status == 200 and isinstance(body, dict), body
         return body
 
-    def start(self, wait_connected: bool = True) -> Engine:
+    def start(self, wait_connected: bool = True, ha: str = "") -> Engine:
+        """An engine; with ``ha`` (after use_ha) one of several, with its own application
+        name, API port and state file: it is up once connected (leading or standing by)."""
         n = len(self.started)
         log_path = self.tmp / f"engine-{n}.log"
         env = {**os.environ, **self.env}
+        api_url, app, ready = "", "", "event=reconciled"
+        if ha:
+            assert self.ha_filter, "use_ha() first"
+            app = f"{self.ha_filter[1:]}{ha}"
+            port = self.settings.api_port + 1 + n
+            api_url = f"http://{self.settings.api_bind}:{port}"
+            env.update({"CALLROUTER_ARI_APP": app, "CALLROUTER_API_PORT": str(port),
+                        "CALLROUTER_STATE_FILE": str(self.tmp / f"state-{ha}.json")})
+            ready = "event=ari_connected"
         with log_path.open("wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "callrouter.cli", "run"], stdout=log,
                                     stderr=subprocess.STDOUT, env=env)
-        engine = Engine(proc, log_path, self.db_url)
+        engine = Engine(proc, log_path, self.db_url, api_url, app)
         self.started.append(engine)
         if wait_connected:
-            wait_for(lambda: "event=reconciled" in engine.log() or proc.poll() is not None, 20,
+            wait_for(lambda: ready in engine.log() or proc.poll() is not None, 20,
                      "the engine to connect to ARI")
             if proc.poll() is not None:
                 raise AssertionError(f"engine exited {proc.returncode}:\n{engine.log()}")
@@ -285,6 +316,8 @@ def engines(asterisk: Settings, tmp_path: Path, request: pytest.FixtureRequest) 
         # while the engine still runs: it removes its surplus holding bridges as it idles
         problems += [f"Asterisk holds after the test: {p}" for p in asterisk_leftovers(factory)]
     for engine in factory.started:
+        if engine.proc.poll() is None:
+            engine.proc.send_signal(signal.SIGCONT)  # a test may have stopped it (SIGSTOP)
         try:
             engine.stop(signal.SIGTERM)
         except AssertionError as exc:
@@ -301,6 +334,11 @@ def engines(asterisk: Settings, tmp_path: Path, request: pytest.FixtureRequest) 
     time.sleep(0.3)
     # the test's calls stay out of whatever engine (a demo) next reads Asterisk's record
     forget_cel_record(asterisk)
+    for cleanup in factory.cleanups:
+        try:
+            cleanup()
+        except Exception as exc:  # noqa: BLE001 - every cleanup runs; the failure is reported
+            problems.append(f"cleanup {cleanup!r} failed: {exc!r}")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

@@ -198,3 +198,24 @@ def test_trunk_context_reaches_only_the_engine(render: Render, bench_trunk_ip: s
     assert engine
     assert "Dial(" not in engine and "include" not in engine
     assert re.findall(r"\bGoto\(([^)]*)\)", engine) == ["enter"]
+
+
+def test_one_engine_gets_plain_stasis_several_get_the_broadcast(render: Render) -> None:
+    plain = render()["extensions.conf"]
+    assert "same => n(enter),Stasis(${CR_APP},${CR_DIALLED})" in plain and "StasisBroadcast(" not in plain
+    ha = render(ha_app_filter="^callrouter-", ha_claim_timeout_ms=700)["extensions.conf"]
+    assert "same => n(enter),StasisBroadcast(700,^callrouter-)" in ha
+    assert "StasisBroadcast(700,^callrouter-,recording)" in ha
+    assert "StasisBroadcast(700,^callrouter-,feature:${EXTEN})" in ha
+    assert "Stasis(${CR_APP}" not in ha
+    # an unclaimed call (TIMEOUT) falls into the hold like an engine that is away (FAILED)
+    assert ha.count('"${STASISSTATUS}" = "TIMEOUT"') == 3
+    assert "stasis_broadcast" not in render()["modules.conf"], "one engine loads nothing of the broadcast"
+    modules = render(ha_app_filter="^callrouter-")["modules.conf"]
+    assert "load = app_stasis_broadcast.so" in modules and "load = res_stasis_broadcast.so" in modules
+
+
+def test_a_filter_the_dialplan_would_split_is_refused(render: Render) -> None:
+    for bad in ("^a,b", "^a;b", "^${X}", "^a\nb"):
+        with pytest.raises(RenderError, match="ha_app_filter"):
+            render(ha_app_filter=bad)
