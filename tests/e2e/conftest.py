@@ -24,6 +24,7 @@ import pytest
 from callrouter.config import Settings, load_settings
 from callrouter.sim.leftovers import leftover_problems, pbx_resources
 from callrouter.sim.processes import end_process, wait_port_free
+from callrouter.sim.seats import SeatSims
 from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
 from callrouter.tickets import TicketStore
 from tests.conftest import missing_part, wait_for
@@ -352,3 +353,12 @@ def ari_watch(asterisk: Settings) -> Iterator[Any]:
     watch = AriWatch(asterisk).start()
     yield watch
     watch.stop()
+
+
+@pytest.fixture
+def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
+    """SIPp seat groups a test starts (append them): stopped after the test, before its engines."""
+    started: list[SeatSims] = []
+    yield started
+    for group in started:
+        group.stop()

@@ -26,14 +26,6 @@ TTL_MS = 3000
 
 
 @pytest.fixture
-def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
-    started: list[SeatSims] = []
-    yield started
-    for group in started:
-        group.stop()
-
-
-@pytest.fixture
 def stoppable_redis() -> Iterator[StoppableRedis]:
     server = StoppableRedis(private_redis_binary())
     server.start()

@@ -110,14 +110,6 @@ def stoppable_postgres() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
-    started: list[SeatSims] = []
-    yield started
-    for group in started:
-        group.stop()
-
-
-@pytest.fixture
 def dispatchers() -> Iterator[list[Dispatch]]:
     started: list[Dispatch] = []
     yield started

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from callrouter.provision import asterisk as prov
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
@@ -21,14 +18,6 @@ from tests.e2e.conftest import EngineFactory
 SEATS_110 = [f"s110-{i:02d}" for i in range(1, 11)]
 SEATS_96345 = [f"s96345-{i:02d}" for i in range(1, 11)]
 POOL = [f"ovf-{i:02d}" for i in range(1, 7)]
-
-
-@pytest.fixture
-def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
-    started: list[SeatSims] = []
-    yield started
-    for group in started:
-        group.stop()
 
 
 def test_surge_of_300_callers_all_reach_a_seat(engines: EngineFactory, seats: list[SeatSims]) -> None:

@@ -3,24 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
-
-import pytest
 
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec, run_calls
 from tests.conftest import wait_for
 from tests.e2e.conftest import EngineFactory
-
-
-@pytest.fixture
-def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
-    started: list[SeatSims] = []
-    yield started
-    for group in started:
-        group.stop()
 
 
 def _call_of(engines: EngineFactory, caller: str) -> dict[str, Any]:
