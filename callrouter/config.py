@@ -148,9 +148,9 @@ class Settings:
     # below 100 ticket changes/s the ticket writer starts commits at least this far apart
     # (milliseconds; a change after a quiet spell is written at once): each commit costs the
     # engine ~3 ms of CPU, so a shorter gap trades CPU for ticket change -> stream latency
-    # (p99 about the gap plus a few ms; docs/BENCHMARKS.md). 30 meets issue 12's 50 ms; at most
-    # ~33 commits a second, so the extra CPU is bounded (about 0.1 of a core)
-    ticket_commit_gap_ms: int = 30
+    # (p99 about the gap plus a few ms; docs/BENCHMARKS.md). 30 gives p99 ~35-40 ms at 50
+    # changes/s, at ~1.6x the engine + Asterisk CPU per answered call in a surge
+    ticket_commit_gap_ms: int = 200
 
     api_bind: str = "127.0.0.1"
     api_port: int = 8080

@@ -253,10 +253,11 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                         maxlen=settings.stream_maxlen, retention_s=settings.stream_retention_s,
                         outbox_retention_s=settings.outbox_retention_s, housekeeping_s=settings.housekeeping_s)
     # a change after a quiet spell is written at once; otherwise commits start at least
-    # ticket_commit_gap_ms apart (default 30: a change reaches dispatch within ~40 ms at
-    # p99, issue 12's target; the price is bounded by the commit rate, at most ~33 commits
-    # a second, about 0.1 of a core, and nothing in a surge, where the writer lingers
-    # anyway; 200 saves that CPU for ~200 ms of latency). A commit costs the engine ~3.1 ms
+    # ticket_commit_gap_ms apart (default 200: CPU first. 30 meets issue 12's ticket -> stream
+    # p99 < 50 ms, but a surge of 300 callers in 15 s makes ~60 ticket changes/s, below the
+    # writer's 100/s lingering threshold, so every one of its commits costs: bench_queue's
+    # engine + Asterisk CPU per answered call rose from 1.25x app_queue's (0.2 s, quiet
+    # machine) to 1.59x at 30 ms, 2026-12-01 15:42 UTC). A commit costs the engine ~3.1 ms
     # of CPU (profiled under bench_answer at 20 calls/s: ~1.8 ms the store's transaction in
     # its thread, half of it SQLAlchemy's execution layer; ~1.3 ms on the event loop: the
     # thread hop, the writer's and the relay's rounds, the XADD), so the gap sets both the

@@ -345,8 +345,8 @@ def main() -> None:
                    help="writer linger under load (engine: 0.2 above --busy-ops-s)")
     p.add_argument("--busy-ops-s", type=float, default=100.0,
                    help="the writer lingers only above this many ops/s (engine: 100)")
-    p.add_argument("--min-gap", type=float, default=0.03,
-                   help="below --busy-ops-s, commits start at least this far apart (engine: ticket_commit_gap_ms, default 30 ms)")
+    p.add_argument("--min-gap", type=float, default=0.2,
+                   help="below --busy-ops-s, commits start at least this far apart (engine: ticket_commit_gap_ms, default 200 ms)")
     p.add_argument("--mark-delay", type=float, default=1.0,
                    help="the relay marks published rows sent this often (engine: 1.0)")
     p.add_argument("--poll", type=float, default=1.0,

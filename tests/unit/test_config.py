@@ -92,9 +92,9 @@ def test_env_overrides_file(write_config: WriteConfig) -> None:
     assert s.log_level == "DEBUG"  # not in the environment: the file's value stands
 
 
-def test_ticket_commit_gap_defaults_to_30_ms_and_is_set_from_the_environment() -> None:
-    assert load_settings(env={}).ticket_commit_gap_ms == 30
-    assert load_settings(env={"CALLROUTER_TICKET_COMMIT_GAP_MS": "200"}).ticket_commit_gap_ms == 200
+def test_ticket_commit_gap_defaults_to_200_ms_and_is_set_from_the_environment() -> None:
+    assert load_settings(env={}).ticket_commit_gap_ms == 200
+    assert load_settings(env={"CALLROUTER_TICKET_COMMIT_GAP_MS": "30"}).ticket_commit_gap_ms == 30
 
 
 def test_env_tuple_is_comma_separated() -> None:
