@@ -253,19 +253,11 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                         maxlen=settings.stream_maxlen, retention_s=settings.stream_retention_s,
                         outbox_retention_s=settings.outbox_retention_s, housekeeping_s=settings.housekeeping_s)
     # a change after a quiet spell is written at once; otherwise commits start at least
-    # ticket_commit_gap_ms apart (default 200: CPU first. 30 meets issue 12's ticket -> stream
-    # p99 < 50 ms, but a surge of 300 callers in 15 s makes ~60 ticket changes/s, below the
-    # writer's 100/s lingering threshold, so every one of its commits costs: bench_queue's
-    # engine + Asterisk CPU per answered call rose from 1.25x app_queue's (0.2 s, quiet
-    # machine) to 1.59x at 30 ms, 2026-12-01 15:42 UTC). A commit costs the engine ~3.1 ms
-    # of CPU (profiled under bench_answer at 20 calls/s: ~1.8 ms the store's transaction in
-    # its thread, half of it SQLAlchemy's execution layer; ~1.3 ms on the event loop: the
-    # thread hop, the writer's and the relay's rounds, the XADD), so the gap sets both the
-    # latency and the CPU. Same run, shared machine (2026-12-01 15:15-15:24, 4b1c9c5 vs
-    # main): engine CPU per call at 20 calls/s 5.42 ms (main, 0.2 s), 5.10 (0.2 s), 9.27
-    # (30 ms: 1.71x); at 100 calls/s the writer lingers (3.1-3.6 ms at either gap); ticket
-    # change -> stream p99 at 50 changes/s 205/209 ms (SQLite/PostgreSQL) at 0.2 s, 34/38 ms
-    # at 30 ms (bench_dispatch_stream)
+    # ticket_commit_gap_ms apart (default 200: CPU first). A commit costs the engine ~3.1 ms
+    # of CPU (half the store's transaction, half the event loop's rounds), so the gap sets
+    # both the latency and the CPU: 30 ms meets ticket -> stream p99 < 50 ms, but a surge
+    # (~60 changes/s, below the writer's 100/s lingering threshold) then costs 1.59x
+    # app_queue's CPU per answered call instead of ~1.3x (docs/BENCHMARKS.md)
     writer = TicketWriter(store, linger_s=0.2, busy_ops_s=100.0, min_gap_s=settings.ticket_commit_gap_ms / 1000,
                           retry_max_s=2.0, spool_path=settings.spool_path)
     state = StateStore(settings.redis_url, settings.state_path, settings.redis_prefix)
@@ -328,15 +320,16 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         _cluster_service(service, ari)
         call_tasks = _cluster_tasks(service, ari, cluster_plan, lambda: None)
     else:
+        # the CEL import reads the one Asterisk's CEL file: single-node mode only (CLUSTER_OFF)
         call_tasks = {"ari-events": ari.run_events(router, connected),
-                      "recordings": recorder.run()}
+                      "recordings": recorder.run(),
+                      "unseen-calls": unseen.run(service, max(1, settings.cel_import_s))}
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
         *(asyncio.create_task(coro, name=name) for name, coro in call_tasks.items()),
         asyncio.create_task(_ticker(service), name="acd-tick"),
         asyncio.create_task(_saver(service, state), name="state-saver"),
         asyncio.create_task(relay.run(), name="outbox-relay"),
-        asyncio.create_task(unseen.run(service, max(1, settings.cel_import_s)), name="unseen-calls"),
         asyncio.create_task(security.run(), name="security-log"),
     }
     if leadership is not None:

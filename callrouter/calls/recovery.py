@@ -208,5 +208,5 @@ async def take_over(service: CallService, app_filter: str, *, settle_s: float = 
     return missing
 
 
-# StasisStart args of a moved channel (calls.stasis.ADOPTED_ARG)
+# StasisStart args of a moved channel (read by calls.stasis)
 ADOPTED = "adopted"

@@ -25,11 +25,6 @@ from callrouter.calls.service import LEG_PREFIX, SIDE_PREFIX, CallService
 log = logging.getLogger("callrouter.calls")
 
 
-# StasisStart of a channel moved in from another engine's application (callrouter.ha):
-# the take-over's reconcile adopts it, with what the snapshot and Asterisk say
-ADOPTED_ARG = ADOPTED
-
-
 class StasisRouter:
     def __init__(self, service: CallService) -> None:
         self.service = service
@@ -50,7 +45,9 @@ class StasisRouter:
                 return
             if not self.acting():
                 return
-            if isinstance(event, StasisStart) and event.args[:1] == (ADOPTED_ARG,):
+            # a channel moved in from another engine's application: the take-over's
+            # reconcile adopts it, with what the snapshot and Asterisk say
+            if isinstance(event, StasisStart) and event.args[:1] == (ADOPTED,):
                 if self.on_adopted is not None:
                     self.on_adopted(event.channel.id)
                 return

@@ -28,6 +28,7 @@ from callrouter.sim.seats import SeatSims
 from callrouter.sim.trunk import CallSpec, TrunkReport, run_calls
 from callrouter.tickets import TicketStore
 from tests.conftest import missing_part, wait_for
+from tests.integration.servers import StoppableRedis, private_redis_binary
 
 
 @pytest.fixture(scope="session")
@@ -362,3 +363,14 @@ def seats(engines: EngineFactory) -> Iterator[list[SeatSims]]:
     yield started
     for group in started:
         group.stop()
+
+
+@pytest.fixture
+def stoppable_redis() -> Iterator[StoppableRedis]:
+    """A private redis-server a test may stop and start again (outage and lease tests)."""
+    server = StoppableRedis(private_redis_binary())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()

@@ -10,29 +10,15 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Iterator
 from datetime import datetime
-
-import pytest
 
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec
 from tests.conftest import wait_for
 from tests.e2e.conftest import Engine, EngineFactory
-from tests.e2e.test_outages import StoppableRedis
-from tests.integration.servers import private_redis_binary
+from tests.integration.servers import StoppableRedis
 
 TTL_MS = 3000
-
-
-@pytest.fixture
-def stoppable_redis() -> Iterator[StoppableRedis]:
-    server = StoppableRedis(private_redis_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.destroy()
 
 
 def _leading(engine: Engine) -> bool:

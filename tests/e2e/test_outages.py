@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,10 +31,8 @@ from tests.conftest import wait_for
 from tests.e2e.conftest import EngineFactory
 from tests.integration.servers import (
     PrivatePostgres,
-    _wait_port,
-    free_port,
+    StoppableRedis,
     private_postgres_bindir,
-    private_redis_binary,
 )
 
 OUTAGE_S = 30.0  # as the issue says
@@ -48,56 +42,6 @@ AFTER_S = 6.0  # and this long after it
 
 
 # --------------------------------------------------------------------------- servers
-class StoppableRedis:
-    """A private redis-server that is *stopped* (SIGTERM, as a service stop) and started
-    again on the same port. AOF persistence (fsync always) keeps the stream and the
-    consumer group over the stop, as a production dispatch Redis would."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="callrouter-redis-"))
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port, True, 10, "redis-server")
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
-        self._proc = None
-        _wait_port(self.port, False, 10, "redis-server")
-
-    def destroy(self) -> None:
-        try:
-            self.stop()
-        except AssertionError:
-            pass
-        import shutil
-
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-@pytest.fixture
-def stoppable_redis() -> Iterator[StoppableRedis]:
-    server = StoppableRedis(private_redis_binary())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.destroy()
-
-
 @pytest.fixture
 def stoppable_postgres() -> Iterator[PrivatePostgres]:
     server = PrivatePostgres(private_postgres_bindir())

@@ -66,6 +66,44 @@ class PrivateRedis:
         _wait_port(self.port, False, 10, "redis-server")
 
 
+class StoppableRedis:
+    """A private redis-server that is *stopped* (SIGTERM, as a service stop) and started
+    again on the same port. AOF persistence (fsync always) keeps the stream and the
+    consumer group over the stop, as a production dispatch Redis would."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="callrouter-redis-"))
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.port, True, 10, "redis-server")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        self._proc = None
+        _wait_port(self.port, False, 10, "redis-server")
+
+    def destroy(self) -> None:
+        try:
+            self.stop()
+        except AssertionError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def private_redis_binary() -> str:
     binary = shutil.which("redis-server")
     if binary is None:
