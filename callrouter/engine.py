@@ -93,19 +93,31 @@ def _cluster_service(service: CallService, ari: NodesClient) -> None:
         log.warning("event=cluster_feature_off feature=%s reason=%s", feature, q(why))
 
 
-def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any,
-                   after_reconcile: Callable[[], None]) -> dict[str, Coroutine[Any, Any, None]]:
+def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: StasisRouter,
+                   leadership: ha.Leadership | None) -> dict[str, Coroutine[Any, Any, None]]:
     """The cluster's own long-lived work: every node's events (each connect reconciles
-    that node only, one node at a time), and the seats' registrations at Kamailio."""
+    that node only, one node at a time), and the seats' registrations at Kamailio.
+    With several engines (``leadership``) only the lease holder reconciles a node, counts
+    a dead node's calls lost and follows the seats' presence; a standby does nothing of
+    it (it adopts every node's callers when it takes over)."""
     from callrouter.provision import cluster as cl
     from callrouter.provision.asterisk import ProvisionError
 
     lock = asyncio.Lock()
 
     async def node_connected(name: str, client: AriClient) -> None:
+        if leadership is not None and not await leadership.on_connected():
+            return
         async with lock:
             await reconcile(service, client, name)
-            after_reconcile()
+
+    def node_lost(name: str) -> None:
+        if service.acting():
+            service.node_lost(name)
+
+    def presence(resource: str, state: str) -> None:
+        if service.acting():
+            service.endpoint_state(resource, state)
 
     def registered() -> list[str]:
         try:
@@ -113,9 +125,8 @@ def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any,
         except ProvisionError as exc:  # Kamailio's control socket did not answer
             raise OSError(str(exc)) from exc
 
-    return {"ari-events": ari.run_nodes(StasisRouter(service), node_connected, service.node_lost),
-            "seat-presence": poll_registrations(registered, lambda: list(service.seat_endpoints),
-                                                service.endpoint_state)}
+    return {"ari-events": ari.run_nodes(router, node_connected, node_lost),
+            "seat-presence": poll_registrations(registered, lambda: list(service.seat_endpoints), presence)}
 
 
 async def _ticker(service: CallService) -> None:
@@ -204,8 +215,9 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
 def _leadership(settings: Settings, service: CallService, ari: AriClient, state: StateStore, lines: LinesConfig,
                 router: StasisRouter, unseen: UnseenCallImporter,
                 recorder: CallRecorder) -> ha.Leadership | None:
-    """Several engines on one Asterisk (``ha_app_filter``): the lease decides which one
-    claims calls and runs the queues (callrouter.ha). None with one engine."""
+    """Several engines (``ha_app_filter``), on one Asterisk or across a cluster's nodes:
+    the lease decides which one claims calls and runs the queues (callrouter.ha). None
+    with one engine."""
     if not settings.ha_app_filter:
         return None
     leadership = ha.build(settings, service, ari, state, lambda saved: restore_acd(lines, saved))
@@ -215,7 +227,8 @@ def _leadership(settings: Settings, service: CallService, ari: AriClient, state:
     def after_take_over() -> None:
         unseen.after_reconcile(service, time.time())
         recorder.after_reconcile()
-    leadership.after_take_over = after_take_over
+    if not settings.cluster_engine:  # in a cluster both are off (CLUSTER_OFF)
+        leadership.after_take_over = after_take_over
     return leadership
 
 
@@ -318,7 +331,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await site.start()
     if isinstance(ari, NodesClient):
         _cluster_service(service, ari)
-        call_tasks = _cluster_tasks(service, ari, cluster_plan, lambda: None)
+        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership)
     else:
         # the CEL import reads the one Asterisk's CEL file: single-node mode only (CLUSTER_OFF)
         call_tasks = {"ari-events": ari.run_events(router, connected),

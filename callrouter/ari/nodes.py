@@ -69,12 +69,25 @@ class NodesClient(AriClient):
         first = next(iter(clients.values()))
         super().__init__(first.base_url, "", "", first.app)
         self.clients = clients
+        self.gate = self._gate  # the base class set it before the clients were known
         self.names = frozenset(clients)
         self.lost_after_s = lost_after_s
         self.playbacks: dict[str, str] = {}  # playback id -> node, until PlaybackFinished
         self.down_since: dict[str, float] = {}
         self.lost: set[str] = set()  # nodes reported lost and not back yet
         self.node_counts: Counter[str] = Counter()  # connects and losses by node
+
+    @property
+    def gate(self) -> Callable[[], bool] | None:
+        return self._gate
+
+    @gate.setter
+    def gate(self, gate: Callable[[], bool] | None) -> None:
+        """Several engines (callrouter.ha): every node's client asks the lease before it
+        sends anything, as the one client does on a single Asterisk."""
+        self._gate = gate
+        for client in getattr(self, "clients", {}).values():
+            client.gate = gate
 
     def node(self, object_id: str) -> str:
         name = node_of(object_id, self.names) or self.playbacks.get(object_id)
@@ -147,6 +160,11 @@ class NodesClient(AriClient):
             except AriError as exc:
                 log.warning("event=node_listing_failed node=%s what=%s error=%s", name, what, exc)
         return out
+
+    async def applications(self) -> list[dict[str, Any]]:
+        """Every node's applications: one entry per node and application (a take-over
+        moves each node's channels on that node)."""
+        return await self._each("applications", lambda c: c.applications())
 
     async def list_channels(self) -> list[Channel]:
         return await self._each("channels", lambda c: c.list_channels())

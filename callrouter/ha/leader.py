@@ -225,11 +225,6 @@ def check(settings: Settings) -> None:
     """Refuse settings under which this engine would lead and claim nothing."""
     if not settings.ha_app_filter:
         return
-    if settings.cluster_engine:
-        # the take-over moves the dead engine's channels on one Asterisk; across nodes it
-        # would have to move them on every node's ARI, which is not built yet
-        raise ConfigError("ha_app_filter with cluster_engine: several engines across several nodes is not "
-                          "built yet; use one engine for the cluster, or several engines on one Asterisk")
     try:
         matches = re.search(settings.ha_app_filter, settings.ari_app) is not None
     except re.error as exc:

@@ -524,7 +524,7 @@ def modules_to_load(modules_conf: str) -> list[str]:
     return re.findall(r"(?m)^\s*load\s*=>?\s*(\S+\.so)\s*$", modules_conf)
 
 
-def _load_new_modules(target: Target) -> None:
+def load_new_modules(target: Target) -> None:
     """A reload does not load modules added to modules.conf since the start: load them."""
     conf = target.host_path(f"{target.paths.etc_dir}/modules.conf").read_text()
     loaded = set(re.findall(r"(?m)^(\S+\.so)\s", rx(target, "module show").stdout))
@@ -569,7 +569,7 @@ def up(settings: Settings) -> UpReport:
     if was_running:
         # Same configuration files, live reload: calls in progress are untouched.
         rx(target, "core reload", timeout=30)
-        _load_new_modules(target)
+        load_new_modules(target)
     else:
         stop(target)  # a stale pid file or half-dead process
         start(target)

@@ -480,6 +480,8 @@ def start_node(cluster: Cluster, node: Node) -> bool:
     keys.mkdir(exist_ok=True)
     if prov.running(node.target):
         prov.rx(node.target, "core reload", timeout=30)
+        # the broadcast's modules when several engines came since the start (ha_app_filter)
+        prov.load_new_modules(node.target)
         return False
     prov.stop(node.target)  # a stale pid file or half-dead process
     prov.start(node.target)

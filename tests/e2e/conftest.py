@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,16 @@ class Engine:
             raise AssertionError(f"engine pid {self.proc.pid} still ran {timeout:.0f} s after signal {sig}: "
                                  f"killed. Log tail:\n{tail}")
         return ended.returncode
+
+
+def log_time(engine: Engine, mark: str) -> float:
+    """Wall-clock time of the first line of the engine's log holding ``mark``."""
+    for line in engine.log().splitlines():
+        if mark in line:
+            found = re.search(r"ts=(\S+)Z", line)
+            assert found, line
+            return datetime.fromisoformat(found.group(1) + "+00:00").timestamp()
+    raise AssertionError(f"no {mark!r} in the log")
 
 
 def fast_lines(src: Path, dest: Path, **values: float) -> Path:

@@ -42,9 +42,10 @@ class ClusterUnderTest:
     strangers: tuple[str, str]  # sources that are not the trunk
     register_flooder: str
 
-    def cli(self, *args: str, timeout: float = 120) -> tuple[int, Any]:
-        proc = subprocess.run([sys.executable, "-m", "callrouter.cli", "cluster", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> tuple[int, Any]:
+        proc = subprocess.run([sys.executable, "-m", "callrouter.cli", "cluster", *args],
+                              env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+                              check=False)
         try:
             return proc.returncode, json.loads(proc.stdout)
         except ValueError:
@@ -426,26 +427,35 @@ def _calls_in_background(cluster: ClusterUnderTest, specs: list[CallSpec], rate:
     return thread, out
 
 
-@pytest.fixture
-def cluster_engine(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[ClusterEngine]:
-    """The engine in cluster mode, connected to both nodes (each reconciled); after the
-    test each node must hold nothing beyond its spare holding bridges, counted while the
-    engine runs; then the engine stops and those spares go (the next test starts clean)."""
+@contextlib.contextmanager
+def _engines_on(cluster: ClusterUnderTest, tmp_path: Any, ha_filter: str = "") -> Iterator[ClusterEngine]:
+    """The engine in cluster mode, connected to both nodes (each reconciled); with
+    ``ha_filter`` two such engines ("a" leading, "b" standing by; the nodes' dialplan must
+    offer calls by StasisBroadcast to the filter's applications). After the test each node
+    must hold nothing beyond its spare holding bridges, counted while the engines run; then
+    they stop and those spares go (the next test starts clean)."""
     from callrouter.provision import asterisk as prov
     from tests.e2e.conftest import EngineFactory
 
-    cluster = nodes_clean
     factory = EngineFactory(cluster.settings, tmp_path)
     factory.env.update({k: cluster.env[k] for k in ("CALLROUTER_SIP_BIND", "CALLROUTER_TRUNK_IPS",
                                                     "CALLROUTER_CLUSTER_SIZE", "CALLROUTER_CLUSTER_NODES")})
     factory.env.update({"CALLROUTER_CLUSTER_ENGINE": "1", "CALLROUTER_CLUSTER_NODE_LOST_S": "2"})
     factory.use_lines(wrap_up_s=0.3, ring_timeout_s=5)
     under_test = ClusterEngine(cluster, factory, cluster.seat_source)
-    engine = factory.start()
     problems: list[str] = []
     try:
-        wait_for(lambda: "reconciled" in engine.log() and all(f"node={n}" in engine.log() for n in ("node1", "node2")),
-                 15, "the engine to reconcile both nodes")
+        if ha_filter:
+            factory.ha_filter = ha_filter
+            factory.env.update(_ha_env(ha_filter))
+            leader = factory.start(ha="a")
+            wait_for(lambda: "event=leading" in leader.log(), 15, "engine a to lead (both nodes adopted)")
+            factory.start(ha="b")
+        else:
+            engine = factory.start()
+            wait_for(lambda: "reconciled" in engine.log() and all(f"node={n}" in engine.log()
+                                                                 for n in ("node1", "node2")),
+                     15, "the engine to reconcile both nodes")
         yield under_test
         for sim in under_test.sims:
             sim.stop()
@@ -471,6 +481,34 @@ def cluster_engine(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[Clu
                     if bridge.startswith("callrouter-"):
                         prov.rx(node.target, f"bridge destroy {bridge}")
     assert not problems, "\n".join(problems[:20])
+
+
+def _ha_env(ha_filter: str) -> dict[str, str]:
+    return {"CALLROUTER_HA_APP_FILTER": ha_filter, "CALLROUTER_HA_LEASE_TTL_MS": "3000",
+            "CALLROUTER_HA_CLAIM_TIMEOUT_MS": "500"}
+
+
+@pytest.fixture
+def cluster_engine(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[ClusterEngine]:
+    """One engine driving both nodes."""
+    with _engines_on(nodes_clean, tmp_path) as under_test:
+        yield under_test
+
+
+@pytest.fixture
+def cluster_engines(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[ClusterEngine]:
+    """Two engines across both nodes (``ha_app_filter`` with ``cluster_engine``): `cluster
+    up` renders the nodes' dialplan with StasisBroadcast for this test, and again with
+    Stasis after it, whatever happened."""
+    ha_filter = f"^crtest-cha-{secrets.token_hex(3)}-"
+    code, out = nodes_clean.cli("up", env=_ha_env(ha_filter))
+    try:
+        assert code == 0, out
+        with _engines_on(nodes_clean, tmp_path, ha_filter) as under_test:
+            yield under_test
+    finally:
+        code, out = nodes_clean.cli("up")
+        assert code == 0, f"`cluster up` without the filter failed: {out}"
 
 
 def _hang_up_all(cluster: ClusterUnderTest) -> None:
@@ -672,3 +710,62 @@ def test_transfers_and_a_consult_stay_on_the_callers_node(cluster_engine: Cluste
                   if r["caller"] == "13500000001")
     assert ticket["seat"] == "s96345-06" and [(t["to_line"], t["reason"]) for t in ticket["transfers"]] == [
         ("96345", "three-way consult")], ticket
+
+
+# ---------------------------------------------------------------------------------------
+# Several engines across several nodes (issue 11 items 2 and 3 together): each node offers
+# each call by StasisBroadcast, the lease holder claims it on whichever node it arrived.
+def test_two_engines_across_both_nodes_kill_9_of_the_leader_the_standby_adopts_every_nodes_callers(
+        cluster_engines: ClusterEngine) -> None:
+    from callrouter.sim.seats import SeatSpec
+    from tests.e2e.conftest import log_time
+
+    e = cluster_engines
+    first, second = e.factory.started
+    assert "event=leading" not in second.log(), "two leaders"
+    e.factory.login("s110-01", "s110-02", engine=first)
+    e.seats(*(SeatSpec(s, answer_delay_s=0.2, talk_s=0) for s in ("s110-01", "s110-02")))
+    wait_for(lambda: all(e.factory.status(first)["seats"][s]["registered"] for s in ("s110-01", "s110-02")), 5,
+             "both seats registered at Kamailio")
+    stop = threading.Event()
+    threads = []
+    try:
+        # one talking and one waiting caller on each node
+        for i, node in enumerate(("node1", "node2")):
+            e.route_to(node)
+            threads.append(_calls_in_background(e.cluster, [CallSpec("110", f"1341000000{i}", 8.0)], 1, stop)[0])
+            wait_for(lambda i=i: first.log().count("event=call_connected") == i + 1, 10, f"talker on {node}")
+        for i, node in enumerate(("node1", "node2")):
+            e.route_to(node)
+            threads.append(_calls_in_background(e.cluster, [CallSpec("110", f"1341000001{i}", 16.0)], 1, stop)[0])
+            wait_for(lambda i=i: e.factory.status(first)["lines"]["110"]["waiting"] == i + 1, 10,
+                     f"waiter on {node}")
+        e.route_to("")
+        assert sorted(_node(r["channel_id"]) for r in e.tickets()) == ["node1", "node1", "node2", "node2"]
+        assert "event=call_arrived" not in second.log(), "the standby claimed a call"
+        time.sleep(0.8)  # the state saver writes the shared snapshot
+        killed_at = time.time()
+        first.stop(signal.SIGKILL)
+        wait_for(lambda: "event=leading" in second.log(), 10, "the standby to take over")
+        took_s = log_time(second, "event=leading") - killed_at
+        for thread in threads:
+            thread.join(60)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    rows = wait_for(lambda: e.factory.closed_tickets(4), 20, "four tickets closed")
+    assert len(rows) == 4 and len({r["channel_id"] for r in rows}) == 4, "one ticket per call"
+    assert all(r["seat"] and r["outcome"] == "completed" for r in rows), rows
+    talkers = [r for r in rows if str(r["caller"]) in ("13410000000", "13410000001")]
+    waiters = sorted((r for r in rows if str(r["caller"]) in ("13410000010", "13410000011")),
+                     key=lambda r: str(r["seat_answered_at"]))
+    assert sorted(_node(r["channel_id"]) for r in talkers) == ["node1", "node2"], talkers
+    assert [_node(r["channel_id"]) for r in waiters] == ["node1", "node2"], "waiters kept their order across nodes"
+    assert second.log().count("event=call_connected") == 2, "only the waiting callers were connected again"
+    assert second.log().count("event=call_adopted") >= 4, second.log()[-3000:]
+    status = e.factory.status(second)
+    assert status["engine"]["lost_with_node"] == 0 and status["lines"]["110"]["waiting"] == 0, status
+    sys.stderr.write(f"\ntwo engines on two nodes: leader killed -> the standby leads with both nodes' callers "
+                     f"adopted in {took_s:.2f} s; 4 calls, 4 tickets, none lost\n")
+

@@ -7,15 +7,13 @@ process with its own ARI application. Lines shortened (wrap-up 1 s); lease ttl 3
 
 from __future__ import annotations
 
-import re
 import signal
 import time
-from datetime import datetime
 
 from callrouter.sim.seats import SeatSims, SeatSpec, start_seats
 from callrouter.sim.trunk import CallSpec
 from tests.conftest import wait_for
-from tests.e2e.conftest import Engine, EngineFactory
+from tests.e2e.conftest import Engine, EngineFactory, log_time
 from tests.integration.servers import StoppableRedis
 
 TTL_MS = 3000
@@ -23,16 +21,6 @@ TTL_MS = 3000
 
 def _leading(engine: Engine) -> bool:
     return "event=leading" in engine.log()
-
-
-def _log_time(engine: Engine, mark: str) -> float:
-    """Wall-clock time of the first log line holding ``mark``."""
-    for line in engine.log().splitlines():
-        if mark in line:
-            m = re.search(r"ts=(\S+)Z", line)
-            assert m, line
-            return datetime.fromisoformat(m.group(1) + "+00:00").timestamp()
-    raise AssertionError(f"no {mark!r} in the log")
 
 
 def _two_engines(engines: EngineFactory) -> tuple[Engine, Engine]:
@@ -64,7 +52,7 @@ def test_two_engines_the_leader_answers_the_standby_claims_nothing_and_a_clean_s
     assert first.stop() == 0
     wait_for(lambda: _leading(second), 5, "the standby to take the released lease")
     assert "event=lease_released term=1" in first.log()
-    assert _log_time(second, "event=lease_taken") - stopped_at < TTL_MS / 1000, "released, not expired"
+    assert log_time(second, "event=lease_taken") - stopped_at < TTL_MS / 1000, "released, not expired"
 
 
 def test_kill_9_of_the_leader_the_standby_adopts_waiting_and_talking_callers(engines: EngineFactory,
@@ -84,7 +72,7 @@ def test_kill_9_of_the_leader_the_standby_adopts_waiting_and_talking_callers(eng
     killed_at = time.time()
     first.stop(signal.SIGKILL)
     wait_for(lambda: _leading(second), 10, "the standby to take over")
-    took_over_s = _log_time(second, "event=leading") - killed_at
+    took_over_s = log_time(second, "event=leading") - killed_at
     for t in (t1, t2):
         t.join(timeout=90)
     assert out1 and all(c.outcome == "completed" for c in out1[0].calls), "talking calls were not disturbed"

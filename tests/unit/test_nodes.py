@@ -57,6 +57,30 @@ def test_the_nodes_client_names_the_node_or_refuses() -> None:
     assert nodes.status()["nodes"]["node1"] == {"connected": False, "lost": False, "connects": 0, "losses": 0}
 
 
+def test_the_lease_gate_reaches_every_nodes_client_and_a_standby_sends_nothing() -> None:
+    """Several engines across the nodes: the gate the leadership sets on the one client
+    the shell sees must hold for every node's client (a request goes through those)."""
+    import asyncio
+
+    clients = {n: AriClient(f"http://127.0.0.{i}:8088/ari", "u", "p", "crtest-a")
+               for i, n in enumerate(["node1", "node2"], 2)}
+    nodes = NodesClient(clients)
+    leading = [False]
+    nodes.gate = lambda: leading[0]
+    assert all(c.gate is not None and not c.gate() for c in clients.values())
+
+    async def standby() -> None:
+        for request in (nodes.hangup("node2-1.1"), nodes.claim("node1-2.2"), nodes.stop_playback("greet-node2-1.1")):
+            with pytest.raises(AriError, match="does not lead now"):
+                await request
+    asyncio.run(standby())
+    assert not any(c.requests for c in clients.values()), "a standby sent a request"
+    leading[0] = True
+    assert all(c.gate is not None and c.gate() for c in clients.values())
+    # a leg of an engine with a tag (several engines) still names its caller's node
+    assert node_of("cr-leg-node2-a1b2c3-7-1764590000", NODES) == "node2"
+
+
 def test_holding_bridges_are_per_line_and_node() -> None:
     assert hold_bridge_id("110", 0) == "callrouter-110-hold-0"  # single node: as before
     assert hold_bridge_id("110", 3, "node2") == "callrouter-node2-110-hold-3"
