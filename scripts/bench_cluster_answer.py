@@ -11,7 +11,14 @@ share the RTP range, so they run one after the other (single first), each with i
 engine (recording off on both: the cluster engine records nobody). No seat answers: every
 caller hears the greeting, then hold music, and hangs up --hold s after its 200 OK.
 
+  cluster, two engines  the same cluster with ``ha_app_filter``: every node offers each
+           call by StasisBroadcast to two engines (each connected to both nodes); the
+           lease holder claims it. Then ``--takeovers`` rounds: ``--waiting`` callers
+           held on both nodes, the leader killed with SIGKILL, seconds until the standby
+           holds the lease and has adopted every caller of both nodes.
+
     .venv/bin/python scripts/bench_cluster_answer.py [--rate 20] [--seconds 20] [--hold 3]
+        [--takeovers 3] [--waiting 10]
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import argparse
 import dataclasses
 import ipaddress
 import math
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -90,21 +99,33 @@ def run_single(settings: Settings, specs: list[CallSpec], rate: float, hold: flo
     return Result("single node", n, failed, invite, greeting, cpu, left)
 
 
-def run_cluster(settings: Settings, specs: list[CallSpec], rate: float, hold: float) -> Result:
+def cluster_of(settings: Settings) -> tuple[Settings, str, dict[str, str]]:
+    """The bench's cluster: its settings, the trunk's source address, the engines' env."""
     proxy = str(ipaddress.ip_address(settings.sip_bind) + 16)
     trunk = str(ipaddress.ip_address(proxy) + 4)
     cset = dataclasses.replace(settings, sip_bind=proxy, trunk_ips=(trunk,), cluster_size=2, cluster_nodes=())
+    env = {"CALLROUTER_SIP_BIND": proxy, "CALLROUTER_TRUNK_IPS": trunk, "CALLROUTER_CLUSTER_SIZE": "2",
+           "CALLROUTER_CLUSTER_NODES": "", "CALLROUTER_CLUSTER_ENGINE": "1"}
+    return cset, trunk, env
+
+
+def nodes_active(cset: Settings) -> None:
+    plan = cl.plan(cset)
+    deadline = time.monotonic() + 15
+    while {d["state"] for d in cl.dispatcher_state(plan)} != {"active"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def run_cluster(settings: Settings, specs: list[CallSpec], rate: float, hold: float) -> Result:
+    cset, trunk, env = cluster_of(settings)
     cl.up(cset)
     plan = cl.plan(cset)
     tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-cluster-"))
     engine = BenchEngine(cset, tmp)
-    engine.env.update({"CALLROUTER_LINES": str(unrecorded_lines(settings.lines_path, tmp / "lines.toml")),
-                       "CALLROUTER_SIP_BIND": proxy, "CALLROUTER_TRUNK_IPS": trunk, "CALLROUTER_CLUSTER_SIZE": "2",
-                       "CALLROUTER_CLUSTER_NODES": "", "CALLROUTER_CLUSTER_ENGINE": "1"})
+    engine.env.update({"CALLROUTER_LINES": str(unrecorded_lines(settings.lines_path, tmp / "lines.toml")), **env})
     try:
+        nodes_active(cset)
         deadline = time.monotonic() + 15
-        while {d["state"] for d in cl.dispatcher_state(plan)} != {"active"} and time.monotonic() < deadline:
-            time.sleep(0.2)
         engine.start()
         while engine.log().count("event=reconciled") < 2 and time.monotonic() < deadline + 15:
             time.sleep(0.2)
@@ -116,17 +137,101 @@ def run_cluster(settings: Settings, specs: list[CallSpec], rate: float, hold: fl
     return Result("cluster (Kamailio + 2 nodes)", n, failed, invite, greeting, cpu, left)
 
 
+def run_cluster_ha(settings: Settings, specs: list[CallSpec], rate: float, hold: float, takeovers: int,
+                   waiting: int, ttl_ms: int = 3000) -> tuple[Result, list[tuple[float, float, int]]]:
+    """Two engines across both nodes: the post-dial delay with the broadcast, then
+    ``takeovers`` rounds of kill -9 of the leader with ``waiting`` callers held."""
+    import secrets
+    import signal
+    import threading
+
+    from bench_ha import HaEngine, log_time, shared_env
+
+    cset, trunk, env = cluster_of(settings)
+    app_filter = f"^crbench-cha-{secrets.token_hex(2)}-"
+    cset = dataclasses.replace(cset, ha_app_filter=app_filter, ha_lease_ttl_ms=ttl_ms)
+    cl.up(cset)
+    plan = cl.plan(cset)
+    tmp = Path(tempfile.mkdtemp(prefix="callrouter-bench-cluster-ha-"))
+    prefix = f"crbench-{secrets.token_hex(4)}"
+    port = 8094
+    engines: list[HaEngine] = []
+
+    def fresh(tag: str) -> HaEngine:
+        nonlocal port
+        port += 1
+        e = HaEngine(cset, tmp / tag, f"{app_filter[1:]}{tag}", app_filter, ttl_ms, port)
+        shared_env([e], prefix, tmp)
+        e.env.update(env)
+        engines.append(e)
+        return e
+
+    takes: list[tuple[float, float, int]] = []
+    try:
+        nodes_active(cset)
+        leader = fresh("r0")
+        leader.start()  # returns once it leads (its take-over reconcile is the first)
+        standby = fresh("r1")
+        standby.start_standby()
+        n, failed, invite, greeting, cpu = measure(cset, leader, specs, rate, trunk, hold)
+        left = settle([(node.settings, node.target) for node in plan.nodes])
+        for i in range(takeovers):
+            if i:
+                standby = fresh(f"r{i + 1}")
+                standby.start_standby()
+                time.sleep(ttl_ms / 1000)
+            # callers who wait for a seat that never comes; Kamailio spreads them over both nodes
+            calls = [CallSpec("110", f"1396{i:02d}{k:05d}", 12.0) for k in range(waiting)]
+            thread = threading.Thread(target=run_calls, args=(cset, calls), kwargs={"rate": 20, "local_ip": trunk},
+                                      daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 20
+            while leader.status()["lines"]["110"]["waiting"] < waiting:
+                if time.monotonic() > deadline:
+                    raise SystemExit("callers did not all wait")
+                time.sleep(0.1)
+            time.sleep(0.8)  # the state saver writes the shared snapshot
+            killed = time.time()
+            assert leader.proc is not None
+            leader.proc.send_signal(signal.SIGKILL)
+            leader.proc.wait()
+            deadline = time.monotonic() + 20
+            while "event=leading" not in standby.log():
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no take-over:\n{standby.log()[-2000:]}")
+                time.sleep(0.05)
+            taken, led = log_time(standby.log(), "event=lease_taken"), log_time(standby.log(), "event=leading")
+            found = re.search(r"event=leading .*calls=(\d+)", standby.log())
+            assert taken and led
+            takes.append((taken - killed, led - killed, int(found.group(1)) if found else -1))
+            print(f"cluster take-over {i + 1}: lease {taken - killed:.2f} s, callers of both nodes adopted "
+                  f"{led - killed:.2f} s, {takes[-1][2]} of {waiting}", file=sys.stderr)
+            thread.join(timeout=60)
+            leader = standby
+    finally:
+        for e in engines:
+            e.stop()
+        cl.down(cset)
+    return Result("cluster, two engines (broadcast + claim)", n, failed, invite, greeting, cpu, left), takes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=20.0)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--hold", type=float, default=3.0)
+    ap.add_argument("--takeovers", type=int, default=3)
+    ap.add_argument("--waiting", type=int, default=10)
     args = ap.parse_args()
-    if not 0 < args.rate <= 100 or not 0 < args.seconds <= 60 or not 0.5 <= args.hold <= 10:
-        raise SystemExit("--rate in (0, 100], --seconds in (0, 60], --hold in [0.5, 10]")
+    if not 0 < args.rate <= 100 or not 0 < args.seconds <= 60 or not 0.5 <= args.hold <= 10 \
+            or not 0 <= args.takeovers <= 10 or not 0 < args.waiting <= 100:
+        raise SystemExit("--rate in (0, 100], --seconds in (0, 60], --hold in [0.5, 10], --takeovers in [0, 10], "
+                         "--waiting in (0, 100]")
     settings = load_settings()
     specs = storm_specs(settings, int(args.rate * args.seconds), args.hold, seed=int(args.rate))
     rows = [run_single(settings, specs, args.rate, args.hold), run_cluster(settings, specs, args.rate, args.hold)]
+    ha_row, takes = run_cluster_ha(settings, specs, args.rate, args.hold, args.takeovers, args.waiting)
+    rows.append(ha_row)
     out = [f"Machine: {machine()}; {stamp()}", "",
            (f"{args.rate:g} calls/s for {args.seconds:g} s per path, callers hang up {args.hold:g} s after 200 OK, "
             "no seat answers (greeting, then hold); recording off on both paths."), "",
@@ -137,8 +242,15 @@ def main() -> int:
         out.append(f"| {r.path} | {r.calls} | {r.failed} | {fmt(pct(r.invite_ms, 50))} / {fmt(pct(r.invite_ms, 99))} "
                    f"| {fmt(pct(r.greeting_ms, 50))} / {fmt(pct(r.greeting_ms, 99))} | {unheard} "
                    f"| {r.engine_cpu_ms:.2f} | {r.leftovers} |")
+    if takes:
+        lease, adopt = [t[0] for t in takes], [t[1] for t in takes]
+        out += ["", (f"Take-over across both nodes (ttl 3000 ms, {args.waiting} callers held on the two nodes, "
+                     f"kill -9 of the leader), {len(takes)} rounds: kill → lease taken min {min(lease):.2f} / "
+                     f"median {statistics.median(lease):.2f} / max {max(lease):.2f} s; kill → every caller adopted "
+                     f"min {min(adopt):.2f} / median {statistics.median(adopt):.2f} / max {max(adopt):.2f} s; "
+                     f"adopted per round {[t[2] for t in takes]}")]
     print("\n".join(out))
-    return 0 if all(r.failed == 0 for r in rows) else 1
+    return 0 if all(r.failed == 0 for r in rows) and all(t[2] == args.waiting for t in takes) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Carry the lease's decisions out for one engine (several engines on one Asterisk).
+"""Carry the lease's decisions out for one engine (several engines, on one Asterisk or
+each connected to every node of a cluster: the AriClient is then a NodesClient, and every
+request below goes to the node its id names).
 
 Only the holder claims broadcast calls (``POST /events/claim``) and runs the queues; the
 others stay connected and subscribed, claim nothing and ignore every event (the stasis
