@@ -322,7 +322,8 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
                                            + speech.metrics_text()),
                     speech_status=speech.status, staffing_dir=settings.staffing_path,
                     categories_path=settings.categories_path, units_path=settings.units_path,
-                    intake_window_s=settings.intake_window_s)
+                    intake_window_s=settings.intake_window_s,
+                    ha_status=leadership.status if leadership is not None else None)
     # dispatch orders' changes (written by the dispatcher) reach the pages as the relay publishes them
     relay.listeners.append(app[FEED_KEY].on_outbox_row)
     runner = web.AppRunner(shutdown_timeout=1.0, app=app, access_log=None)

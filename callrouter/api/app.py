@@ -65,6 +65,11 @@ FEED_KEY: web.AppKey[Feed] = web.AppKey("feed", Feed)
 LINES_PATH_KEY: web.AppKey[Path] = web.AppKey("lines_path", Path)
 PLAN_PATH_KEY: web.AppKey[Path] = web.AppKey("plan_path", Path)
 SPEECH_KEY: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("speech_status")
+# several engines (callrouter.ha): this engine's role, and where the holder's API is
+HA_KEY: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("ha_status")
+# what only the lease holder knows or may change: the live calls, seats and lines (a
+# standby's are empty, and a change there would be lost at its next take-over)
+LIVE_STATE = ("/api/calls", "/api/seats/", "/api/lines/", "/api/plan/reload")
 CATEGORY_RE = re.compile(r"[a-z][a-z0-9_]{1,39}")
 SEAT_ACTIONS = ("login", "logout", "pause", "resume", "wrapup_done")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -134,6 +139,14 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     if not principal.may_reach(request.path):  # a unit (or intake) token: its own endpoints only
         return error(403, "forbidden", f"a {principal.role} token reaches only its own endpoints")
     request[PRINCIPAL] = principal
+    ha = request.app.get(HA_KEY)
+    if ha is not None and request.path.startswith(LIVE_STATE) and not request.app[SERVICE_KEY].acting():
+        role = await ha()
+        response = web.json_response({"status": 503, "error": "standby", "leader": role.get("leader"),
+                                      "details": "this engine is a hot standby; the lease holder's API "
+                                                 "(leader.api) has the live calls, seats and lines"}, status=503)
+        response.headers["Retry-After"] = "1"
+        return response
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -169,6 +182,9 @@ async def get_status(request: web.Request) -> web.Response:
         summary["recording"] = service.recorder.status()  # on/off, a full disk, failures
     if service.cluster_status is not None:
         summary["cluster"] = service.cluster_status()  # nodes connected, lost; what is off
+    ha = request.app.get(HA_KEY)
+    if ha is not None:
+        summary["ha"] = await ha()  # leader or standby (and then where the leader is)
     return web.json_response(for_principal(summary, request[PRINCIPAL]))
 
 
@@ -547,7 +563,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
               extra_metrics: Callable[[], str] | None = None,
               speech_status: Callable[[], dict[str, Any]] | None = None,
               staffing_dir: Path | None = None, categories_path: Path | None = None,
-              units_path: Path | None = None, intake_window_s: int = 86400) -> web.Application:
+              units_path: Path | None = None, intake_window_s: int = 86400,
+              ha_status: Callable[[], Awaitable[dict[str, Any]]] | None = None) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors])
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
@@ -558,6 +575,8 @@ def build_app(service: CallService, tokens: TokenStore, store: TicketStore, line
     feed = app[FEED_KEY] = Feed(service)
     if speech_status is not None:
         app[SPEECH_KEY] = speech_status
+    if ha_status is not None:
+        app[HA_KEY] = ha_status
 
     async def metrics(request: web.Request) -> web.Response:
         text = feed.metrics_text(outbox_lag() if outbox_lag else None)

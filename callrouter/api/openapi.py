@@ -22,7 +22,8 @@ _WHY = {
     "404": "no such seat, line, call or ticket",
     "409": "well-formed, but the state does not allow it (a line's own seat, a call not talking, already on "
            "that line, a consult under way); nothing changed",
-    "503": "Asterisk, the ticket database or another part did not answer; try again",
+    "503": ("Asterisk, the ticket database or another part did not answer; try again. With several "
+            "engines, `standby`: this engine is a hot standby, the body's `leader` names the lease holder's API"),
 }
 S: dict[str, Any] = {"type": "string"}
 JSON_OBJ: dict[str, Any] = {"type": "object"}

@@ -13,6 +13,7 @@ On losing it: every call is dropped from memory, untouched in Asterisk.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -40,8 +41,9 @@ Restore = Callable[[dict[str, Any] | None], Acd]
 class Leadership:
     def __init__(self, service: CallService, ari: AriClient, lease: RedisLease, state: StateStore,
                  restore: Restore, app_filter: str, ttl_ms: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, api_url: str = "") -> None:
         self.service = service
+        self.api_url = api_url  # published while leading: where a standby sends the API's users
         self.ari = ari
         self.lease = lease
         self.state = state
@@ -126,7 +128,12 @@ class Leadership:
         every = self.logic.ttl_s / 6
         while True:
             for step in self.logic.tick(self.clock(), ready=self.ari.connected.is_set()):
-                await self._send(step)
+                if isinstance(step, SteppedDown):
+                    # cut off from Asterisk: hand the lease to a standby that is not
+                    self._step_down(step)
+                    await self._release(step.term)
+                else:
+                    await self._send(step)
             await asyncio.sleep(every)
 
     async def _send(self, step: Step) -> None:
@@ -166,10 +173,7 @@ class Leadership:
             for follow in self.logic.step_down("shared state unreadable"):
                 if isinstance(follow, SteppedDown):
                     self._step_down(follow)
-            try:
-                await self.lease.release(term)
-            except LeaseErrors:
-                pass
+            await self._release(term)
             self.taking_over = False
             return
         try:
@@ -177,6 +181,7 @@ class Leadership:
             self.early.clear()
             self.pending = await take_over(self.service, self.app_filter)
             self.ready = True
+            await self._publish(term)
             for channel_id in self.early:
                 self.on_adopted(channel_id)
             if self.after_take_over is not None:
@@ -190,6 +195,33 @@ class Leadership:
         self.figures["took_over_s"] = self.clock() - since
         log.info("event=leading term=%d took_s=%.3f calls=%d", term, self.figures["took_over_s"],
                  len(self.service.calls))
+
+    async def _publish(self, term: int) -> None:
+        """Say where the API of this term's holder is (under the term: a stalled former
+        holder cannot overwrite it)."""
+        info = json.dumps({"app": self.ari.app, "api": self.api_url, "term": term})
+        try:
+            await self.lease.fenced_set(self.lease.leader_key, info, term)
+        except LeaseErrors as exc:
+            log.warning("event=leader_not_published term=%d error=%r", term, exc)
+
+    async def status(self) -> dict[str, Any]:
+        """For /api/status: this engine's role and, on a standby, where the holder is."""
+        if self.acting():
+            return {"role": "leader", "term": self.logic.term, "ready": self.ready, "app": self.ari.app}
+        out: dict[str, Any] = {"role": "standby", "app": self.ari.app, "leader": None}
+        try:
+            published = await asyncio.wait_for(self.lease.leader(), 0.5)
+            out["leader"] = json.loads(published) if published else None
+        except (*LeaseErrors, TimeoutError, ValueError) as exc:
+            out["leader_unknown"] = type(exc).__name__
+        return out
+
+    async def _release(self, term: int) -> None:
+        try:
+            await self.lease.release(term)
+        except LeaseErrors as exc:
+            log.warning("event=lease_not_released term=%d error=%r: a standby takes over once it expires", term, exc)
 
     async def _shared_state(self, attempts: int = 5) -> tuple[bool, dict[str, Any] | None]:
         """(readable, the holder's last state from Redis or None if there is none)."""
@@ -241,4 +273,5 @@ def build(settings: Settings, service: CallService, ari: AriClient, state: State
     """The engine's leadership for ``settings.ha_app_filter`` (several engines)."""
     instance = f"{settings.ari_app}:{os.getpid()}:{secrets.token_hex(3)}"
     lease = RedisLease(settings.redis_url, settings.redis_prefix, instance, settings.ha_lease_ttl_ms)
-    return Leadership(service, ari, lease, state, restore, settings.ha_app_filter, settings.ha_lease_ttl_ms)
+    return Leadership(service, ari, lease, state, restore, settings.ha_app_filter, settings.ha_lease_ttl_ms,
+                      api_url=settings.api_url)

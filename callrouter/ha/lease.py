@@ -7,6 +7,10 @@ counts from the moment it was *sent*, so the holder acts only while
 VM) acts again only after a renewal sent after the stall says the lease is still its
 own. An answer "not yours" steps it down at once.
 
+A holder that cannot reach Asterisk (its ARI connection down for a whole ttl: a
+partition between it and the PBX, not a blip) gives the lease up, so a standby that does
+reach Asterisk takes the calls; it tries again only once connected.
+
 Redis unreachable (no answer at all, not "not yours"): nobody can take the lease, so a
 holder whose lease was still valid when Redis vanished keeps leading (calls go on as
 with one engine), and a standby never takes over. A holder stalled past its ttl while
@@ -63,6 +67,8 @@ class LeaseLogic:
     # a standby that found Redis away tries again only a ttl after: when Redis returns, the
     # holder (renewing every third of it) gets its lease back first, with no take-over
     hold_off_until: float = float("-inf")
+    # a holder's ARI connection down since (None while up)
+    unready_since: float | None = None
 
     @property
     def every_s(self) -> float:
@@ -78,6 +84,13 @@ class LeaseLogic:
             # believed about Redis is stale too; only an answer lets it act again
             self.degraded = False
         self.last_tick = now
+        if self.role is Role.LEADER:
+            if ready:
+                self.unready_since = None
+            elif self.unready_since is None:
+                self.unready_since = now
+            elif now - self.unready_since >= self.ttl_s:
+                return self.step_down("ARI unreachable for a ttl")
         if self.in_flight or now - self.last_attempt < self.every_s:
             return []
         if self.role is Role.LEADER:
@@ -122,5 +135,6 @@ class LeaseLogic:
             return []
         term = self.term
         self.role, self.degraded, self.valid_until = Role.STANDBY, False, float("-inf")
+        self.unready_since = None
         # a fresh attempt only after a full period: the new holder settles first
         return [SteppedDown(term, reason)]

@@ -54,10 +54,16 @@ def lease_keys(prefix: str) -> tuple[str, str]:
     return f"{prefix}:ha:lease", f"{prefix}:ha:term"
 
 
+def leader_key(prefix: str) -> str:
+    """Where the holder says where it is (its API address), for the standbys' answers."""
+    return f"{prefix}:ha:leader"
+
+
 class RedisLease:
     def __init__(self, redis_url: str, prefix: str, instance: str, ttl_ms: int) -> None:
         self.redis_url = redis_url
         self.lease_key, self.term_key = lease_keys(prefix)
+        self.leader_key = leader_key(prefix)
         self.instance = instance
         self.ttl_ms = ttl_ms
         self._redis: aioredis.Redis | None = None
@@ -89,6 +95,11 @@ class RedisLease:
 
     async def fenced_set(self, key: str, value: str, term: int) -> bool:
         return bool(await self._script(FENCED_SET)(keys=[key, self.term_key], args=[value, term]))
+
+    async def leader(self) -> str | None:
+        """What the current holder published about itself (JSON), if anything."""
+        value = await self._client().get(self.leader_key)
+        return value.decode(errors="replace") if isinstance(value, bytes) else None
 
     async def release(self, term: int) -> None:
         """On a clean stop: let a standby take over at once instead of after the ttl."""

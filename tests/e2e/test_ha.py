@@ -40,6 +40,16 @@ def test_two_engines_the_leader_answers_the_standby_claims_nothing_and_a_clean_s
     seats.append(start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.2, talk_s=0.5,
                                                          talk_dist="fixed")]))
     engines.login("s110-01", engine=first)
+    # the standby's API sends its users to the holder's: its live state is empty, and a
+    # change made there would be lost
+    assert engines.status(first)["ha"]["role"] == "leader"
+    standby_status = engines.status(second)["ha"]
+    assert standby_status["role"] == "standby" and standby_status["leader"]["api"] == first.api_url, standby_status
+    for method, path in (("POST", "/api/seats/s110-02/login"), ("GET", "/api/calls"),
+                         ("POST", "/api/lines/reload")):
+        status, body = engines.api(method, path, engine=second)
+        assert status == 503 and isinstance(body, dict) and body["error"] == "standby", (path, status, body)
+        assert body["leader"]["app"] == first.app and body["leader"]["api"] == first.api_url, body
     thread, out = engines.calls_in_background([CallSpec("110", f"1390000000{i}", -1) for i in range(3)], 5)
     thread.join(timeout=60)
     assert out and all(c.ok for c in out[0].calls), out
@@ -141,3 +151,41 @@ def test_redis_away_the_leader_leads_on_and_the_standby_never_takes_over(stoppab
     rows = wait_for(lambda: engines.closed_tickets(3), 20, "three tickets closed")
     assert len(rows) == 3 and all(r["seat"] == "s110-01" and r["outcome"] == "completed" for r in rows), rows
     assert first.log().count("event=call_connected") == 3
+
+
+def test_a_leader_cut_off_from_asterisk_hands_the_lease_and_its_caller_to_the_standby(
+        engines: EngineFactory, seats: list[SeatSims]) -> None:
+    """The leader reaches Asterisk through a link the test cuts (a partition between it
+    and the PBX, Redis still there): after a ttl it gives the lease up and the standby,
+    which does reach Asterisk, adopts the waiting caller and has it answered."""
+    from tests.integration.servers import CuttableLink
+
+    engines.use_lines(wrap_up_s=1)
+    engines.use_ha(ttl_ms=TTL_MS)
+    link = CuttableLink(engines.settings.http_bind, engines.settings.http_port, host=engines.settings.http_bind)
+    try:
+        engines.env["CALLROUTER_HTTP_PORT"] = str(link.port)
+        first = engines.start(ha="a")
+        del engines.env["CALLROUTER_HTTP_PORT"]
+        wait_for(lambda: _leading(first), 10, "the first engine to lead")
+        second = engines.start(ha="b")
+        thread, out = engines.calls_in_background([CallSpec("110", "13940000001", 20.0)], 1)
+        wait_for(lambda: engines.status(first)["lines"]["110"]["waiting"] == 1, 15, "the caller waiting")
+        time.sleep(0.8)  # the state saver writes the shared snapshot
+        cut_at = time.time()
+        link.cut()
+        wait_for(lambda: _leading(second), 3 * TTL_MS / 1000, "the standby to take over")
+        took_s = log_time(second, "event=leading") - cut_at
+        assert "event=lease_lost" in first.log() and "ARI unreachable" in first.log(), first.log()[-2000:]
+        assert "event=lease_released" not in second.log()
+        seats.append(start_seats(engines.settings, [SeatSpec("s110-01", answer_delay_s=0.2, talk_s=0.5,
+                                                             talk_dist="fixed")]))
+        engines.login("s110-01", engine=second)
+        thread.join(timeout=40)
+    finally:
+        link.cut()
+    assert out and out[0].calls[0].ok, out
+    rows = wait_for(lambda: engines.closed_tickets(1), 20, "the ticket closed")
+    assert len(rows) == 1 and rows[0]["seat"] == "s110-01" and rows[0]["outcome"] == "completed", rows
+    assert "event=call_connected" not in first.log() and second.log().count("event=call_connected") == 1
+    print(f"\nha: leader cut off from Asterisk -> the standby leads with the caller adopted {took_s:.2f} s after")

@@ -175,3 +175,64 @@ def private_postgres_bindir() -> Path:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         missing_part("runuser, to run initdb as the postgres user")
     return bindir
+
+
+class CuttableLink:
+    """A TCP forwarder on loopback to ``target`` that a test can cut: ``cut()`` closes the
+    listener and every connection through it, so the far side sees a dead network (new
+    connections refused), not a slow one. Threads, not the test's event loop."""
+
+    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.target = (target_host, target_port)
+        self.listener = socket.create_server((host, 0))
+        self.host, self.port = host, int(self.listener.getsockname()[1])
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.cut_done = False
+        threading.Thread(target=self._accept, name="link-accept", daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                near, _ = self.listener.accept()
+                far = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                return  # cut (or the target is away: this connection fails, the next may not)
+            far.settimeout(None)
+            with self._lock:
+                if self.cut_done:
+                    near.close()
+                    far.close()
+                    return
+                self._sockets |= {near, far}
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), name="link-pump", daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self._lock:
+            self.cut_done = True
+            self.listener.close()
+            for s in self._sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._sockets.clear()

@@ -42,6 +42,22 @@ def test_the_holder_acts_from_the_send_time_of_its_last_confirmed_renewal() -> N
     assert logic.may_act(3.9) and not logic.may_act(4.0)
 
 
+def test_a_holder_cut_off_from_asterisk_for_a_ttl_gives_the_lease_up_a_blip_does_not() -> None:
+    logic = leader(0.0)
+    assert logic.tick(1.0, ready=False) == [Renew(7)], "a blip: still renewing"
+    assert logic.renewed(1.0, True) == []
+    assert logic.tick(2.0) == [Renew(7)], "back within the ttl: nothing happened"
+    assert logic.renewed(2.0, True) == []
+    assert logic.tick(2.5, ready=False) == []
+    assert logic.tick(5.4, ready=False) == [Renew(7)], "down for 2.9 s, less than a ttl: renewing on"
+    assert logic.renewed(5.4, True) == []
+    steps = logic.tick(5.5, ready=False)
+    assert steps == [SteppedDown(7, "ARI unreachable for a ttl")], steps
+    assert not logic.may_act(5.5) and logic.role is Role.STANDBY
+    assert logic.tick(9.0, ready=False) == [], "not connected: it does not try to lead again"
+    assert logic.tick(9.1) == [Acquire()], "connected again: a standby like any other"
+
+
 def test_an_answer_not_yours_steps_down_at_once() -> None:
     logic = leader(0.0)
     assert logic.tick(1.0) == [Renew(7)]
