@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from callrouter.acd import Acd, LinesConfig, SnapshotError, load_lines
+from callrouter.acd import Acd, AcdError, ConfigFileError, LinesConfig, SnapshotError, load_lines
 from callrouter.api import build_app
 from callrouter.api.app import FEED_KEY
 from callrouter.api.tokens import TokenStore
@@ -35,7 +35,7 @@ from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
 from callrouter.config import Settings
 from callrouter.ha import leader as ha
 from callrouter.logs import q
-from callrouter.numberplan import load_plan
+from callrouter.numberplan import PlanError, load_plan
 from callrouter.provision.asterisk import log_dir_on_host, recording_dir_on_host
 from callrouter.recordings.recorder import CallRecorder
 from callrouter.security_events import SecurityEvents
@@ -220,7 +220,22 @@ def _leadership(settings: Settings, service: CallService, ari: AriClient, state:
     with one engine."""
     if not settings.ha_app_filter:
         return None
-    leadership = ha.build(settings, service, ari, state, lambda saved: restore_acd(lines, saved))
+    current = {"lines": lines}
+
+    async def reread_files() -> None:
+        """Before a take-over: the lines and number plan as the files say now (the former
+        holder may have reloaded them); a file broken meanwhile keeps what this engine has."""
+        try:
+            current["lines"] = await asyncio.to_thread(load_lines, settings.lines_path)
+            service.reconfigure(current["lines"])
+        except (ConfigFileError, AcdError) as exc:
+            log.warning("event=take_over_lines_kept error=%s", q(exc))
+        try:
+            service.plan = await asyncio.to_thread(load_plan, settings.numberplan_path)
+        except PlanError as exc:
+            log.warning("event=take_over_plan_kept error=%s", q(exc))
+    leadership = ha.build(settings, service, ari, state, lambda saved: restore_acd(current["lines"], saved))
+    leadership.before_take_over = reread_files
     router.acting, router.on_broadcast, router.on_adopted = (leadership.acting, leadership.on_broadcast,
                                                              leadership.on_adopted)
 

@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from callrouter.acd import Acd
@@ -65,6 +65,9 @@ class Leadership:
         self.figures: dict[str, float] = {"terms": 0, "took_over_s": 0.0, "claimed": 0, "claims_lost": 0}
         # run once the take-over's reconcile is done (the CEL import, recordings)
         self.after_take_over: Callable[[], None] | None = None
+        # run before the shared state is restored: the files as they are now (the former
+        # holder may have reloaded the lines or the number plan since this engine started)
+        self.before_take_over: Callable[[], Awaitable[None]] | None = None
         service.acting = self.acting
         service.leg_tag = f"{lease.instance[-6:]}-"
         state.fence = self._fenced_set
@@ -177,6 +180,8 @@ class Leadership:
             self.taking_over = False
             return
         try:
+            if self.before_take_over is not None:
+                await self.before_take_over()
             self.service.step_down(self.restore(saved))
             self.early.clear()
             self.pending = await take_over(self.service, self.app_filter)

@@ -78,10 +78,16 @@ def test_kill_9_of_the_leader_the_standby_adopts_waiting_and_talking_callers(eng
     wait_for(lambda: first.log().count("event=call_connected") == 2, 15, "two calls talking")
     t2, out2 = engines.calls_in_background(waiters, 2)
     wait_for(lambda: engines.status(first)["lines"]["110"]["waiting"] == 2, 15, "two callers waiting")
+    # the leader reloads a changed lines file: the new holder must take the file as it is now
+    assert engines.lines is not None
+    engines.lines.write_text(engines.lines.read_text().replace('name = "110 emergency"', 'name = "110 reloaded"'))
+    status, body = engines.api("POST", "/api/lines/reload", engine=first)
+    assert status == 200 and engines.status(first)["lines"]["110"]["name"] == "110 reloaded", body
     time.sleep(0.8)  # the state saver writes the shared snapshot
     killed_at = time.time()
     first.stop(signal.SIGKILL)
     wait_for(lambda: _leading(second), 10, "the standby to take over")
+    assert engines.status(second)["lines"]["110"]["name"] == "110 reloaded", "the new holder took its old lines"
     took_over_s = log_time(second, "event=leading") - killed_at
     for t in (t1, t2):
         t.join(timeout=90)
