@@ -434,7 +434,8 @@ def _engines_on(cluster: ClusterUnderTest, tmp_path: Any, ha_filter: str = "",
     ``ha_filter`` two such engines ("a" leading, "b" standing by; the nodes' dialplan must
     offer calls by StasisBroadcast to the filter's applications). After the test each node
     must hold nothing beyond its spare holding bridges, counted while the engines run; then
-    they stop and those spares go (the next test starts clean)."""
+    they stop and those spares go (the next test starts clean). ``env``: more of the
+    engines' settings (the speech model)."""
     from callrouter.provision import asterisk as prov
     from tests.e2e.conftest import EngineFactory
 
