@@ -172,6 +172,13 @@ class Settings:
     # speech_after_answer_s after a seat answers
     speech_max_s: int = 120
     speech_after_answer_s: int = 8
+    # where the engine receives each transcribed caller's audio (RTP from Asterisk's
+    # ExternalMedia channel, one UDP port per caller, chosen by the system); Asterisk is told
+    # to send there, so it is one concrete address. Empty: http_bind (the engine beside its
+    # one Asterisk, or any loopback address when the cluster's nodes are on this machine).
+    # A cluster with nodes on other machines needs an address of the engine's machine that
+    # every node reaches; a loopback one turns speech off at start, saying so.
+    speech_rtp_bind: str = ""
 
     # Call recordings (callrouter.recordings): which lines record and for how long is in
     # lines.toml; kept files live under recordings_dir (default home/recordings) by date.

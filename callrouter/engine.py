@@ -41,6 +41,7 @@ from callrouter.recordings.recorder import CallRecorder
 from callrouter.security_events import SecurityEvents
 from callrouter.shutdown import Signals, Watchdog, step
 from callrouter.speech import SpeechService
+from callrouter.speech.address import listen_address, unreachable_from
 from callrouter.tickets import TicketStore, TicketWriter
 from callrouter.tickets.machine import rules_of
 from callrouter.tickets.relay import OutboxRelay, stream_name
@@ -64,7 +65,6 @@ def restore_acd(config: LinesConfig, saved: dict[str, Any] | None) -> Acd:
 
 # ---------------------------------------------------------------- cluster mode (issue 11)
 CLUSTER_OFF = {"recordings": "MixMonitor writes into each node's own spool, which this engine does not collect yet",
-               "speech": "not verified across nodes (its snoop, media and bridge ids already route to the caller's node)",
                "unseen_calls": "the calls the dialplan held while the engine was away are in each node's CEL file, "
                                "not read yet"}
 
@@ -94,7 +94,7 @@ def _cluster_service(service: CallService, ari: NodesClient) -> None:
 
 
 def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: StasisRouter,
-                   leadership: ha.Leadership | None) -> dict[str, Coroutine[Any, Any, None]]:
+                   leadership: ha.Leadership | None, speech: SpeechService) -> dict[str, Coroutine[Any, Any, None]]:
     """The cluster's own long-lived work: every node's events (each connect reconciles
     that node only, one node at a time), and the seats' registrations at Kamailio.
     With several engines (``leadership``) only the lease holder reconciles a node, counts
@@ -113,6 +113,9 @@ def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: St
 
     def node_lost(name: str) -> None:
         if service.acting():
+            # speech first: the calls' ends would otherwise ask the dead node to remove
+            # their snoops and bridges
+            speech.node_lost(name)
             service.node_lost(name)
 
     def presence(resource: str, state: str) -> None:
@@ -302,10 +305,16 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await ari.open()
     service = CallService(ari, plan, writer, acd, nodes=ari.names if isinstance(ari, NodesClient) else ())
     # what waiting callers say (vosk), beside the call path; the model loads in the background
-    speech = SpeechService(service, model_path=None if settings.cluster_engine else settings.speech_model, model_label=settings.speech_model_name,
+    speech = SpeechService(service, model_path=settings.speech_model, model_label=settings.speech_model_name,
                            keywords_path=settings.keywords_path, max_concurrent=settings.speech_max_concurrent,
                            workers=settings.speech_workers, max_s=settings.speech_max_s,
-                           after_answer_s=settings.speech_after_answer_s, bind=settings.http_bind)
+                           after_answer_s=settings.speech_after_answer_s,
+                           bind=listen_address(settings.speech_rtp_bind, settings.http_bind))
+    if cluster_plan is not None and speech.model_path is not None:
+        # every node sends its callers' audio to this one address: said now if it cannot
+        problem = unreachable_from(speech.bind, [node.address for node in cluster_plan.nodes])
+        if problem is not None:
+            speech.refuse("address", problem)
     speech.tasks.spawn(speech.start(), name="speech-model")
     # trunk calls the engine never saw (held by the dialplan while it was away), from
     # Asterisk's CEL file; Asterisk's security events for /metrics
@@ -347,7 +356,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await site.start()
     if isinstance(ari, NodesClient):
         _cluster_service(service, ari)
-        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership)
+        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership, speech)
     else:
         # the CEL import reads the one Asterisk's CEL file: single-node mode only (CLUSTER_OFF)
         call_tasks = {"ari-events": ari.run_events(router, connected),

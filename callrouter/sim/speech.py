@@ -20,9 +20,13 @@ import tempfile
 import warnings
 import wave
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from callrouter.config import Settings
 from callrouter.sim.trunk import SimError, scenario_path
+
+if TYPE_CHECKING:
+    from callrouter.provision.asterisk import Target
 
 RATE = 16000
 SPEAK_SCENARIO = "trunk-speak.xml"
@@ -58,11 +62,12 @@ def espeak_pcm16k(text: str, voice: str = "ko", speed: int = 120, lead_s: float 
     return silence * int(lead_s * RATE) + pcm + silence * int(tail_s * RATE)
 
 
-def g722_encode(settings: Settings, pcm16k: bytes) -> bytes:
-    """G.722 frames of 16 kHz PCM, encoded by Asterisk's own codec (``file convert``)."""
+def g722_encode(settings: Settings, pcm16k: bytes, target: Target | None = None) -> bytes:
+    """G.722 frames of 16 kHz PCM, encoded by Asterisk's own codec (``file convert``) of
+    ``target`` (a cluster node's; default: the settings' one Asterisk)."""
     from callrouter.provision import asterisk as prov
 
-    target = prov.select_target(settings)
+    target = target or prov.select_target(settings)
     name = f"/tmp/callrouter-speech-{secrets.token_hex(6)}"
     src, dst = target.host_path(f"{name}.wav16"), target.host_path(f"{name}.g722")
     try:
@@ -113,9 +118,9 @@ def write_pcap(path: Path, payloads: list[bytes], *, pt: int = G722_PT, ptime_ms
 
 
 def speech_pcap(settings: Settings, text: str, path: Path, *, voice: str = "ko", speed: int = 120,
-                lead_s: float = 1.0, tail_s: float = 1.5) -> float:
+                lead_s: float = 1.0, tail_s: float = 1.5, target: Target | None = None) -> float:
     """Write the pcap of ``text`` spoken wideband (G.722) to ``path``; its length in seconds."""
-    g722 = g722_encode(settings, espeak_pcm16k(text, voice, speed, lead_s, tail_s))
+    g722 = g722_encode(settings, espeak_pcm16k(text, voice, speed, lead_s, tail_s), target)
     frames = [g722[i:i + G722_FRAME] for i in range(0, len(g722) - G722_FRAME + 1, G722_FRAME)]
     write_pcap(path, frames)
     return len(frames) * 0.02

@@ -2,8 +2,11 @@
 
 For each caller the engine has answered (``call_held``), if a slot is free: a snoop
 channel that hears only the caller (``spy=in``), an ExternalMedia channel that sends
-that audio as slin16 RTP to a UDP socket of ours on loopback, and a bridge joining the
-two (``callrouter-speech-<caller>``). A task per caller feeds the audio to its vosk
+that audio as slin16 RTP to a UDP socket of ours (``speech.address``: on the machine's
+loopback, or an address every cluster node reaches), and a bridge joining the two
+(``callrouter-speech-<caller>``). Every id names the caller's channel, so in a cluster
+each request goes to the caller's node (``ari.nodes``); a node that dies takes its
+callers' snoops and bridges with it, and nothing is asked of it afterwards. A task per caller feeds the audio to its vosk
 recogniser in a bounded thread pool; each utterance's text goes to the ticket
 (``SetTranscript``), to the live call (the agent console shows it when the call pops)
 and through the keyword rules (``queues/keywords.toml``): a flag for the wallboard and
@@ -37,6 +40,7 @@ from callrouter.calls.bridges import BRIDGE_PREFIX
 from callrouter.calls.model import CallPhase
 from callrouter.calls.service import SIDE_PREFIX, CallService
 from callrouter.logs import q
+from callrouter.speech.address import listen_address
 from callrouter.speech.keywords import KeywordRules, load_keywords
 from callrouter.speech.limits import Slots
 from callrouter.speech.recognizer import ModelError, Recognizer, check_model_dir, load_model, model_name, probe_command
@@ -68,6 +72,12 @@ def speech_bridge_id(call_id: str) -> str:
     return f"{BRIDGE_PREFIX_SPEECH}{call_id}"
 
 
+def side_ids(call_id: str) -> tuple[str, str, str]:
+    """The snoop channel, ExternalMedia channel and bridge made for the caller ``call_id``:
+    each holds the caller's id whole, so in a cluster each names the caller's node."""
+    return f"{SIDE_PREFIX}speech-{call_id}-snoop", f"{SIDE_PREFIX}speech-{call_id}-media", speech_bridge_id(call_id)
+
+
 @dataclass
 class Session:
     call_id: str
@@ -81,6 +91,8 @@ class Session:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False
     made: set[str] = field(default_factory=set)  # "snoop", "media", "bridge": what to remove
+    node_gone: bool = False  # the caller's cluster node died: what was made went with it
+    source: tuple[str | Any, int] | None = None  # where the audio comes from (the first packet's sender)
     texts: list[str] = field(default_factory=list)
     flags: dict[str, str] = field(default_factory=dict)  # flag -> the word that raised it
     priority: int | None = None
@@ -99,6 +111,14 @@ class _Receiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         s = self.session
+        if s.source is None:
+            s.source = addr
+        elif addr != s.source:
+            # only Asterisk knows the port, and it sends from one socket: another sender
+            # (off loopback, anyone who can reach the address) must not put words in the
+            # caller's mouth
+            self.owner.counters["foreign_packets"] += 1
+            return
         try:
             payload = parse_rtp(data).payload
         except NotRtp:
@@ -129,7 +149,7 @@ class SpeechService:
         self.workers = max(1, workers)
         self.max_s = max_s
         self.after_answer_s = after_answer_s
-        self.bind = bind if bind not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        self.bind = listen_address("", bind)
         self.state = SpeechState.OFF if model_path is None else SpeechState.LOADING
         self.error = ""
         self.model: Any = None
@@ -211,6 +231,10 @@ class SpeechService:
                  q(self.model_name), path, len(self.phrases) if self.phrases else "free-form", self.slots.limit,
                  self.workers, time.monotonic() - started)
 
+    def refuse(self, reason: str, message: str) -> None:
+        """Speech cannot work with this set-up (said at start): off, loudly; calls go on."""
+        self._broken(reason, message)
+
     def _broken(self, reason: str, message: str) -> None:
         self.state, self.error = SpeechState.BROKEN, message
         self.failures[reason] += 1
@@ -241,6 +265,20 @@ class SpeechService:
                 session.stopping = True
                 session.wake.set()
 
+    def node_lost(self, node: str) -> int:
+        """A cluster node died (before its calls are ended): its callers' transcriptions stop,
+        and their snoops, media channels and bridges, gone with the node, are not asked
+        for again (a dead machine would leave each request to its timeout). Returns how
+        many stopped."""
+        gone = [s for s in self.sessions.values() if self.service.node_of(s.call_id) == node]
+        for s in gone:
+            s.node_gone = s.stopping = True
+            s.wake.set()
+        if gone:
+            self.failures["node_lost"] += len(gone)
+            log.warning("event=speech_node_lost node=%s sessions=%d", node, len(gone))
+        return len(gone)
+
     def _begin(self, call_id: str) -> None:
         call = self.service.calls.get(call_id)
         if call is None or call_id in self.sessions or self.state is not SpeechState.READY:
@@ -249,9 +287,9 @@ class SpeechService:
             log.info("event=speech_refused ticket=%s reason=limit active=%d limit=%d", call.ticket_id,
                      len(self.slots), self.slots.limit)
             return
+        snoop_id, media_id, bridge_id = side_ids(call_id)
         session = Session(call_id=call_id, ticket_id=call.ticket_id, deadline=time.monotonic() + self.max_s,
-                          snoop_id=f"{SIDE_PREFIX}speech-{call_id}-snoop",
-                          media_id=f"{SIDE_PREFIX}speech-{call_id}-media", bridge_id=speech_bridge_id(call_id))
+                          snoop_id=snoop_id, media_id=media_id, bridge_id=bridge_id)
         self.sessions[call_id] = session
         self.tasks.spawn(self._run(session), name=f"speech:{call_id}")
 
@@ -292,6 +330,8 @@ class SpeechService:
             s.made.add("bridge")
             await self._add_when_in_stasis(s)
         except (AriError, OSError) as exc:
+            if s.node_gone:
+                return False  # counted once, by node_lost
             gone = s.stopping or s.call_id not in self.service.calls or (
                 isinstance(exc, AriError) and exc.status == 404 and step == "snoop")
             reason = "caller_gone" if gone else f"{step}_refused"
@@ -300,7 +340,8 @@ class SpeechService:
                     "reason=%s error=%s", s.ticket_id, step, reason, q(exc))
             return False
         if s.stopping:
-            self.failures["caller_gone"] += 1
+            if not s.node_gone:
+                self.failures["caller_gone"] += 1
             return False
         self.counters["started"] += 1
         log.info("event=speech_started ticket=%s channel=%s port=%d", s.ticket_id, s.call_id, port)
@@ -400,7 +441,7 @@ class SpeechService:
 
         async def remove() -> None:
             for kind in ("media", "snoop", "bridge"):
-                if kind not in s.made:
+                if kind not in s.made or s.node_gone:
                     continue
                 try:
                     if kind == "bridge":
@@ -447,8 +488,8 @@ class SpeechService:
                 f"callrouter_speech_transcribed_total {self.counters['transcribed']}",
                 "# HELP callrouter_speech_failures_total Transcription failures by reason (the calls went on).",
                 "# TYPE callrouter_speech_failures_total counter"]
-        reasons = {"model", "keywords", "caller_gone", "snoop_refused", "media_refused", "bridge_refused",
-                   "socket_refused", "recognizer", "teardown"} | set(self.failures)
+        reasons = {"model", "keywords", "address", "caller_gone", "snoop_refused", "media_refused",
+                   "bridge_refused", "socket_refused", "recognizer", "teardown", "node_lost"} | set(self.failures)
         out += [f'callrouter_speech_failures_total{{reason="{r}"}} {self.failures[r]}' for r in sorted(reasons)]
         out += ["# HELP callrouter_speech_flags_total Callers flagged by a keyword rule.",
                 "# TYPE callrouter_speech_flags_total counter"]
@@ -468,5 +509,8 @@ class SpeechService:
                 f"callrouter_speech_audio_dropped_seconds_total {self.dropped_audio_s:.1f}",
                 "# HELP callrouter_speech_bad_packets_total Datagrams on a speech socket that were not RTP.",
                 "# TYPE callrouter_speech_bad_packets_total counter",
-                f"callrouter_speech_bad_packets_total {self.counters['bad_packets']}"]
+                f"callrouter_speech_bad_packets_total {self.counters['bad_packets']}",
+                "# HELP callrouter_speech_foreign_packets_total Datagrams on a speech socket not from its Asterisk.",
+                "# TYPE callrouter_speech_foreign_packets_total counter",
+                f"callrouter_speech_foreign_packets_total {self.counters['foreign_packets']}"]
         return "\n".join(out) + "\n"

