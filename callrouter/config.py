@@ -109,6 +109,11 @@ class Settings:
     # (its calls are counted lost, its seats freed)
     cluster_engine: bool = False
     cluster_node_lost_s: int = 3
+    # where the engine reads each node's call recordings (MixMonitor's directory on that
+    # node): "{node}" becomes the node's name ("/mnt/rec-{node}"). Empty: the node's own
+    # directory on this machine (the chroot nodes of `cluster up`); nodes on other machines
+    # need theirs mounted here (read-write: the engine moves each file out)
+    cluster_recording_dir: str = ""
 
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
     categories: Path | None = None  # default data_dir/queues/categories.toml (Chinese labels)

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -64,8 +65,7 @@ def restore_acd(config: LinesConfig, saved: dict[str, Any] | None) -> Acd:
 
 
 # ---------------------------------------------------------------- cluster mode (issue 11)
-CLUSTER_OFF = {"recordings": "MixMonitor writes into each node's own spool, which this engine does not collect yet",
-               "unseen_calls": "the calls the dialplan held while the engine was away are in each node's CEL file, "
+CLUSTER_OFF = {"unseen_calls": "the calls the dialplan held while the engine was away are in each node's CEL file, "
                                "not read yet"}
 
 
@@ -84,19 +84,20 @@ def _cluster_ari(settings: Settings) -> tuple[NodesClient, Any]:
 
 
 def _cluster_service(service: CallService, ari: NodesClient) -> None:
-    """What a cluster changes in the call service: presence from Kamailio, no recording,
-    a status part; said at start, not found out later."""
+    """What a cluster changes in the call service: presence from Kamailio, a status part;
+    what stays off is said at start, not found out later."""
     service.presence_external = True
-    service.recorder = None
     service.cluster_status = lambda: {**ari.status(), "presence": "kamailio", "off": CLUSTER_OFF}
     for feature, why in CLUSTER_OFF.items():
         log.warning("event=cluster_feature_off feature=%s reason=%s", feature, q(why))
 
 
 def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: StasisRouter,
-                   leadership: ha.Leadership | None, speech: SpeechService) -> dict[str, Coroutine[Any, Any, None]]:
+                   leadership: ha.Leadership | None, speech: SpeechService,
+                   recorder: CallRecorder) -> dict[str, Coroutine[Any, Any, None]]:
     """The cluster's own long-lived work: every node's events (each connect reconciles
-    that node only, one node at a time), and the seats' registrations at Kamailio.
+    that node only, one node at a time, then the recordings' sweep of every node's spool
+    follows), the seats' registrations at Kamailio, and the recordings' disks.
     With several engines (``leadership``) only the lease holder reconciles a node, counts
     a dead node's calls lost and follows the seats' presence; a standby does nothing of
     it (it adopts every node's callers when it takes over)."""
@@ -110,6 +111,7 @@ def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: St
             return
         async with lock:
             await reconcile(service, client, name)
+        recorder.after_reconcile()
 
     def node_lost(name: str) -> None:
         if service.acting():
@@ -129,7 +131,8 @@ def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: St
             raise OSError(str(exc)) from exc
 
     return {"ari-events": ari.run_nodes(router, node_connected, node_lost),
-            "seat-presence": poll_registrations(registered, lambda: list(service.seat_endpoints), presence)}
+            "seat-presence": poll_registrations(registered, lambda: list(service.seat_endpoints), presence),
+            "recordings": recorder.run()}
 
 
 async def _ticker(service: CallService) -> None:
@@ -243,10 +246,10 @@ def _leadership(settings: Settings, service: CallService, ari: AriClient, state:
                                                              leadership.on_adopted)
 
     def after_take_over() -> None:
-        unseen.after_reconcile(service, time.time())
+        if not settings.cluster_engine:  # in a cluster the CEL import is off (CLUSTER_OFF)
+            unseen.after_reconcile(service, time.time())
         recorder.after_reconcile()
-    if not settings.cluster_engine:  # in a cluster both are off (CLUSTER_OFF)
-        leadership.after_take_over = after_take_over
+    leadership.after_take_over = after_take_over
     return leadership
 
 
@@ -323,9 +326,19 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     service.listeners.append(unseen.on_event)
     security = SecurityEvents(asterisk_logs / "security.log")
     # call recording (lines.toml [line.<id>.recording]): MixMonitor through [callrouter-record];
-    # files kept under recordings_dir; the API streams them (service.recorder)
-    recorder = service.recorder = CallRecorder(service, store, await asyncio.to_thread(recording_dir_on_host, settings),
-                                               settings.recordings_path, min_free_mb=settings.recording_min_free_mb)
+    # files kept under recordings_dir; the API streams them (service.recorder). In a
+    # cluster each node writes into its own directory: one spool per node
+    spools: Path | dict[str, Path]
+    if cluster_plan is not None:
+        from callrouter.provision.cluster import recording_dirs
+
+        spools = recording_dirs(cluster_plan)
+    else:
+        spools = await asyncio.to_thread(recording_dir_on_host, settings)
+    recorder = service.recorder = CallRecorder(service, store, spools, settings.recordings_path,
+                                               min_free_mb=settings.recording_min_free_mb)
+    if cluster_plan is not None:
+        log.info("event=recording_spools %s", " ".join(f"{n}={q(str(d))}" for n, d in recorder.spools.items()))
 
     router = StasisRouter(service)
     leadership = _leadership(settings, service, ari, state, lines, router, unseen, recorder)
@@ -356,7 +369,7 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await site.start()
     if isinstance(ari, NodesClient):
         _cluster_service(service, ari)
-        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership, speech)
+        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership, speech, recorder)
     else:
         # the CEL import reads the one Asterisk's CEL file: single-node mode only (CLUSTER_OFF)
         call_tasks = {"ari-events": ari.run_events(router, connected),

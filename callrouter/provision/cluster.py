@@ -172,6 +172,19 @@ def plan(settings: Settings, size: int | None = None) -> Cluster:
     return Cluster(settings, nodes)
 
 
+def recording_dirs(cluster: Cluster) -> dict[str, Path]:
+    """Where the engine finds each node's call recordings: ``cluster_recording_dir`` with
+    ``{node}`` replaced by the node's name (nodes on other machines: where their directory
+    is mounted here), else the node's own recording directory as this machine sees it
+    (the nodes `cluster up` runs here: inside the chroot, or under the node's home)."""
+    template = cluster.settings.cluster_recording_dir
+    if template:
+        # without {node}: one directory shared by every node (their files never clash:
+        # each channel id carries its node)
+        return {n.name: Path(template.replace("{node}", n.name)) for n in cluster.nodes}
+    return {n.name: n.target.host_path(n.target.paths.recording_dir) for n in cluster.nodes}
+
+
 def proxied_seat_sections(seats: list[str], proxy: str) -> str:
     """A node's seat endpoints: no registration here (seats register to Kamailio); the
     node rings a seat by sending the INVITE to Kamailio, which knows where it is."""

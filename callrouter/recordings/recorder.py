@@ -26,6 +26,11 @@ Nothing here may hold up or drop a call: a full, read-only or missing recording 
 wallboard) and are answered as usual; a detour that fails is a call answered unrecorded;
 the file work (waiting for Asterisk to close the file, moving it, hashing it) runs on the
 recorder's own thread after the call ended.
+
+In a cluster (several Asterisk nodes) each node's MixMonitor writes into that node's own
+recording directory: the recorder has one spool per node, finds a call's file in the spool
+of the node its channel id names, sweeps every spool and checks every spool's disk (a
+node's full spool leaves the other nodes' calls recorded). One Asterisk: one spool.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from callrouter.acd.errors import UnknownLine
 from callrouter.acd.lines import RecordingPolicy
 from callrouter.ari import AriError, Channel
+from callrouter.ari.nodes import node_of
 from callrouter.calls.model import LiveCall
 from callrouter.logs import q
 from callrouter.recordings.files import (
@@ -80,6 +86,32 @@ DISK_CHECK_S = 5.0
 SWEEP_S = 60.0
 SWEEP_AFTER_CONNECT_S = 3.0
 ORPHAN_AGE_S = 60.0  # a spool file Asterisk never closed, untouched this long: Asterisk died
+SINGLE: Final = ""  # the one spool's key on a single Asterisk (no node)
+STORE: Final = "store"
+
+
+def spools_of(spool_dir: Path | Mapping[str, Path]) -> dict[str, Path]:
+    """The recorder's spools: one Asterisk's directory (key ``SINGLE``), or node name ->
+    that node's directory in a cluster."""
+    if isinstance(spool_dir, Path):
+        return {SINGLE: spool_dir}
+    if not spool_dir or SINGLE in spool_dir:
+        raise ValueError(f"a cluster's spools need one named node each: {dict(spool_dir)!r}")
+    return dict(spool_dir)
+
+
+def spool_key(spools: Mapping[str, Path], channel_id: str) -> str | None:
+    """Which spool a channel's recording is written to: the one spool of a single
+    Asterisk; in a cluster the spool of the node its id names (None: no node's)."""
+    if SINGLE in spools:
+        return SINGLE
+    return node_of(channel_id, spools.keys())
+
+
+def disk_name(key: str) -> str:
+    """The name a spool's disk goes by in the status and metrics: ``spool`` on one
+    Asterisk (as before clusters), ``spool:<node>`` in a cluster."""
+    return "spool" if key == SINGLE else f"spool:{key}"
 
 
 @dataclass
@@ -95,12 +127,36 @@ class Recording:
     left: bool = False  # a StasisEnd came during the detour
 
 
+def disk_trouble(where: Path, disk: Disk, min_free_bytes: int) -> tuple[str, str] | None:
+    """Why recordings cannot go on ``where`` (reason, detail), or None."""
+    if disk.state is DiskState.OK:
+        return None
+    reason = "read_only" if disk.state is DiskState.READ_ONLY else "disk_full"
+    return reason, (f"{where}: {disk.state.value}, {disk.free_bytes // 2**20} MB free "
+                    f"(needs {min_free_bytes // 2**20} MB)")
+
+
+def trouble_for(troubles: Mapping[str, tuple[str, str, float]], spools: Mapping[str, Path],
+                channel_id: str) -> tuple[str, str] | None:
+    """Why a call on this channel cannot be recorded now (reason, detail): the store's
+    disk, or the disk of the spool its node writes to; None: it can."""
+    key = spool_key(spools, channel_id)
+    if key is None:
+        return "no_spool", f"no recording directory for the node of channel {channel_id}"
+    for name in (STORE, disk_name(key)):
+        if name in troubles:
+            reason, detail, _ = troubles[name]
+            return reason, detail
+    return None
+
+
 class CallRecorder:
-    def __init__(self, service: CallService, store: TicketStore, spool_dir: Path, store_dir: Path, *,
-                 min_free_mb: int = 256) -> None:
+    def __init__(self, service: CallService, store: TicketStore, spool_dir: Path | Mapping[str, Path],
+                 store_dir: Path, *, min_free_mb: int = 256) -> None:
         self.service = service
         self.store = store
-        self.spool_dir = spool_dir
+        # one Asterisk: its recording directory; a cluster: node name -> that node's
+        self.spools = spools_of(spool_dir)
         self.store_dir = store_dir
         self.min_free_bytes = max(0, min_free_mb) * 1024 * 1024
         self.active: dict[str, Recording] = {}
@@ -108,8 +164,9 @@ class CallRecorder:
         # file work off the event loop, and off the default executor the ticket writer uses
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recordings")
         self.disks: dict[str, Disk] = {}
-        self.trouble: tuple[str, str] | None = None  # (reason, detail) while new calls go unrecorded
-        self.trouble_since: float | None = None
+        # disk name -> (reason, detail, since) while the calls it takes go unrecorded: the
+        # store's stops every call, a spool's the calls of its node
+        self.troubles: dict[str, tuple[str, str, float]] = {}
         self.failures: Counter[str] = Counter()
         self.started = 0
         self.kept = 0
@@ -136,10 +193,26 @@ class CallRecorder:
         counted as unrecorded, with the reason on its ticket)."""
         if call.id in self.active or not self.policy(line or call.line).enabled:
             return False
-        if self.trouble is not None:
-            self._fail(call.ticket_id, *self.trouble)
+        trouble = self.trouble_for(call.id)
+        if trouble is not None:
+            self._fail(call.ticket_id, *trouble)
             return False
         return True
+
+    def trouble_for(self, channel_id: str) -> tuple[str, str] | None:
+        return trouble_for(self.troubles, self.spools, channel_id)
+
+    @property
+    def trouble(self) -> tuple[str, str] | None:
+        """The first disk trouble (spools before the store), for the status and the wallboard."""
+        for name in sorted(self.troubles, key=lambda n: (n == STORE, n)):
+            reason, detail, _ = self.troubles[name]
+            return reason, detail
+        return None
+
+    def spool_file(self, channel_id: str) -> Path | None:
+        key = spool_key(self.spools, channel_id)
+        return None if key is None else spool_file(self.spools[key], channel_id)
 
     # ------------------------------------------------------------ the detour
     async def record(self, call: LiveCall) -> bool:
@@ -231,7 +304,10 @@ class CallRecorder:
 
     async def _finalize(self, rec: Recording, ended_at: datetime, lines: Iterable[str]) -> None:
         try:
-            src = spool_file(self.spool_dir, rec.call_id)
+            src = self.spool_file(rec.call_id)
+            if src is None:  # cannot be: should_record refused it
+                self._fail(rec.ticket_id, "no_file", f"no recording directory for channel {rec.call_id}")
+                return
             info = await self._wait_finished(src)
             if info is None:
                 self._fail(rec.ticket_id, "no_file", f"Asterisk left no recording at {src}")
@@ -327,33 +403,34 @@ class CallRecorder:
             self.disks = await self._run(self._disks)
         except OSError as exc:
             self.disks = {}
-            self._set_trouble(("read_only", f"cannot check the recording disks: {exc}"))
+            self._set_trouble(STORE, ("read_only", f"cannot check the recording disks: {exc}"))
             return
         for name, disk in self.disks.items():
-            if disk.state is not DiskState.OK:
-                reason = "read_only" if disk.state is DiskState.READ_ONLY else "disk_full"
-                where = self.spool_dir if name == "spool" else self.store_dir
-                detail = (f"{where}: {disk.state.value}, {disk.free_bytes // 2**20} MB free "
-                          f"(needs {self.min_free_bytes // 2**20} MB)")
-                self._set_trouble((reason, detail))
-                return
-        self._set_trouble(None)
+            self._set_trouble(name, disk_trouble(self._dir_of(name), disk, self.min_free_bytes))
+
+    def _dir_of(self, name: str) -> Path:
+        if name == STORE:
+            return self.store_dir
+        return self.spools[SINGLE if name == "spool" else name.removeprefix("spool:")]
 
     def _disks(self) -> dict[str, Disk]:
         self.store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return {"spool": check_disk(self.spool_dir, self.min_free_bytes),
-                "store": check_disk(self.store_dir, self.min_free_bytes)}
+        disks = {disk_name(key): check_disk(path, self.min_free_bytes) for key, path in self.spools.items()}
+        return {**disks, STORE: check_disk(self.store_dir, self.min_free_bytes)}
 
-    def _set_trouble(self, trouble: tuple[str, str] | None) -> None:
-        if trouble is None and self.trouble is not None:
-            log.warning("event=recording_resumed after_s=%.0f", time.monotonic() - (self.trouble_since or 0))
-            self.trouble = self.trouble_since = None
-        elif trouble is not None and (self.trouble is None or self.trouble[0] != trouble[0]):
-            log.warning("event=recording_suspended reason=%s detail=%s: new calls go on unrecorded", trouble[0],
-                        q(trouble[1]))
-            self.trouble, self.trouble_since = trouble, time.monotonic()
-        elif trouble is not None:
-            self.trouble = trouble  # same reason, fresher figures
+    def _set_trouble(self, name: str, trouble: tuple[str, str] | None) -> None:
+        # one Asterisk: its spool and the store log as before (no disk named)
+        where = "" if len(self.spools) == 1 else f" disk={name}"
+        known = self.troubles.get(name)
+        if trouble is None and known is not None:
+            del self.troubles[name]
+            log.warning("event=recording_resumed after_s=%.0f%s", time.monotonic() - known[2], where)
+        elif trouble is not None and (known is None or known[0] != trouble[0]):
+            log.warning("event=recording_suspended reason=%s detail=%s%s: new calls go on unrecorded", trouble[0],
+                        q(trouble[1]), where)
+            self.troubles[name] = (*trouble, time.monotonic())
+        elif trouble is not None and known is not None:
+            self.troubles[name] = (*trouble, known[2])  # same reason, fresher figures
 
     async def sweep(self) -> int:
         """Keep spool files whose call ended unwatched (the engine was away or killed, or
@@ -415,10 +492,13 @@ class CallRecorder:
     def _spool_files(self) -> list[tuple[Path, float]]:
         now = time.time()
         out: list[tuple[Path, float]] = []
-        try:
-            entries = list(self.spool_dir.iterdir())
-        except OSError:
-            return out
+        entries: list[Path] = []
+        # every spool once (nodes may share one directory: their channel ids differ)
+        for spool in dict.fromkeys(self.spools.values()):
+            try:
+                entries += spool.iterdir()
+            except OSError:  # a node's spool that is not there (not mounted): the next sweep
+                continue
         for path in entries:
             try:
                 out.append((path, now - path.stat().st_mtime))
@@ -458,7 +538,7 @@ class CallRecorder:
                ("# HELP callrouter_recording_failures_total Calls of a recording line not recorded, or "
                 "recordings not kept whole, by reason."),
                "# TYPE callrouter_recording_failures_total counter"]
-        reasons = ("disk_full", "read_only", "start_failed", "no_file", "store_failed", "incomplete")
+        reasons = ("disk_full", "read_only", "start_failed", "no_file", "store_failed", "incomplete", "no_spool")
         out += [f'callrouter_recording_failures_total{{reason="{r}"}} {self.failures.get(r, 0)}' for r in reasons]
         out += [("# HELP callrouter_recordings_unclaimed Files in Asterisk's recording directory no closed ticket "
                 "of this engine claims (another database's, or a ticket lost): left for an operator."),

@@ -444,6 +444,8 @@ def _engines_on(cluster: ClusterUnderTest, tmp_path: Any, ha_filter: str = "",
                                                     "CALLROUTER_CLUSTER_SIZE", "CALLROUTER_CLUSTER_NODES")})
     factory.env.update({"CALLROUTER_CLUSTER_ENGINE": "1", "CALLROUTER_CLUSTER_NODE_LOST_S": "2", **(env or {})})
     factory.use_lines(wrap_up_s=0.3, ring_timeout_s=5)
+    # the shipped lines record 110 and 96345: this test's own recordings directory
+    factory.env["CALLROUTER_RECORDINGS_DIR"] = str(tmp_path / "recordings")
     under_test = ClusterEngine(cluster, factory, cluster.seat_source)
     problems: list[str] = []
     try:
@@ -919,3 +921,60 @@ def test_a_waiting_caller_on_each_node_is_transcribed_onto_their_ticket(cluster_
                      f"{heard_s:.1f} s after the first call; kill -9 of node1: its transcription ended "
                      f"{lost_s:.1f} s after (node lost at 2 s), nothing asked of the dead node; "
                      "nothing of speech left on either node\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Call recording across nodes: each node's MixMonitor writes into that node's own spool;
+# the engine keeps each file from the spool of the call's node.
+def test_a_recorded_call_on_each_node_is_kept_from_that_nodes_spool(cluster_engine: ClusterEngine) -> None:
+    import hashlib
+    import wave
+    from pathlib import Path
+
+    from callrouter.provision import cluster as cl
+
+    e = cluster_engine
+    engine = e.factory.started[0]
+    store_dir = Path(e.factory.env["CALLROUTER_RECORDINGS_DIR"])
+    spools = cl.recording_dirs(e.cluster.plan())
+    assert spools["node1"] != spools["node2"]
+    hold_s = 4.0
+    stop = threading.Event()
+    threads = []
+    try:
+        for i, node in enumerate(("node1", "node2")):
+            e.route_to(node)
+            threads.append(_calls_in_background(e.cluster, [CallSpec("110", f"1331000000{i}", hold_s)], 1, stop)[0])
+            wait_for(lambda i=i: engine.log().count("event=recording_started") == i + 1, 10, f"recording on {node}")
+        e.route_to("")
+        live = {_node(r["channel_id"]): r["channel_id"] for r in e.tickets()}
+        assert sorted(live) == ["node1", "node2"], live
+        # while the calls go on, each file grows in its own node's spool and nowhere else
+        for node, channel in live.items():
+            other = "node2" if node == "node1" else "node1"
+            assert (spools[node] / f"{channel}.wav").exists() and not (spools[other] / f"{channel}.wav").exists()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    rows = wait_for(lambda: (r := e.factory.closed_tickets(2)) and all(x["recording"] for x in r) and r, 25,
+                    "both tickets with their recordings")
+    assert len(rows) == 2
+    for row in rows:
+        rec, channel = row["recording"], row["channel_id"]
+        assert rec.get("sha256") and rec["file"].endswith(f"/{row['id']}.wav"), (row["id"], rec)
+        kept = store_dir / rec["file"]
+        assert hashlib.sha256(kept.read_bytes()).hexdigest() == rec["sha256"]
+        with wave.open(str(kept)) as w:
+            assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (8000, 2, 1)
+            seconds = w.getnframes() / 8000
+        assert abs(seconds - hold_s) < 1.0 and abs(rec["duration_s"] - seconds) < 0.1, (channel, seconds, rec)
+        assert rec["complete"] is True, rec
+        assert not (spools[_node(channel)] / f"{channel}.wav").exists(), "the file left the node's spool"
+    status = e.status()["recording"]
+    assert status["kept"] == 2 and status["failures"] == {} and status["state"] == "on", status
+    assert set(status["free_mb"]) == {"spool:node1", "spool:node2", "store"}, status
+    sys.stderr.write(f"\ncluster recording: one call on each node, kept from each node's spool: "
+                     f"{sorted((_node(r['channel_id']), r['recording']['duration_s']) for r in rows)}\n")
