@@ -87,9 +87,16 @@ def _node_importers(settings: Settings, plan: Any, ari: NodesClient, numbers: An
     state file, its own client to ask which channels it holds (blocking: paths only)."""
     from callrouter.provision import cluster as cl
 
-    return [UnseenCallImporter(cl.node_log_dir(plan, node) / CEL_FILE, node_state_path(settings.cel_state_path, node.name),
-                               numbers, writer, node=node.name, ari=ari.clients[node.name])
-            for node in plan.nodes]
+    importers = []
+    for node in plan.nodes:
+        logs = cl.node_log_dir(plan, node)
+        if not logs.is_dir():
+            # said at start: otherwise that node's held callers silently get no ticket
+            log.warning("event=cel_dir_missing node=%s dir=%s: mount the node's Asterisk log directory there "
+                        "(cluster_log_root)", node.name, q(str(logs)))
+        importers.append(UnseenCallImporter(logs / CEL_FILE, node_state_path(settings.cel_state_path, node.name),
+                                            numbers, writer, node=node.name, ari=ari.clients[node.name]))
+    return importers
 
 
 def _cluster_service(service: CallService, ari: NodesClient) -> None:
