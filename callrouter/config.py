@@ -114,6 +114,11 @@ class Settings:
     # directory on this machine (the chroot nodes of `cluster up`); nodes on other machines
     # need theirs mounted here (read-write: the engine moves each file out)
     cluster_recording_dir: str = ""
+    # where the engine reads each node's Asterisk log directory (its CEL file: tickets of
+    # calls the engine never saw): <cluster_log_root>/<node name>, e.g. each node's
+    # /var/log/asterisk mounted there read-write from its machine. Empty: the nodes' own
+    # log directories on this machine (`cluster up` on one machine)
+    cluster_log_root: Path | None = None
 
     numberplan: Path | None = None  # default data_dir/queues/numberplan.csv
     categories: Path | None = None  # default data_dir/queues/categories.toml (Chinese labels)

@@ -32,7 +32,7 @@ from callrouter.calls.seats import poll_registrations
 from callrouter.calls.service import CallService
 from callrouter.calls.snapshot import StateStore
 from callrouter.calls.stasis import StasisRouter
-from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter
+from callrouter.calls.unseen import CEL_FILE, UnseenCallImporter, metrics_text, node_state_path
 from callrouter.config import Settings
 from callrouter.ha import leader as ha
 from callrouter.logs import q
@@ -65,8 +65,8 @@ def restore_acd(config: LinesConfig, saved: dict[str, Any] | None) -> Acd:
 
 
 # ---------------------------------------------------------------- cluster mode (issue 11)
-CLUSTER_OFF = {"unseen_calls": "the calls the dialplan held while the engine was away are in each node's CEL file, "
-                               "not read yet"}
+# what a cluster cannot do yet (said at start and in /api/status cluster.off): nothing now
+CLUSTER_OFF: dict[str, str] = {}
 
 
 def _cluster_ari(settings: Settings) -> tuple[NodesClient, Any]:
@@ -83,6 +83,24 @@ def _cluster_ari(settings: Settings) -> tuple[NodesClient, Any]:
     return NodesClient(clients, lost_after_s=settings.cluster_node_lost_s), plan
 
 
+def _node_importers(settings: Settings, plan: Any, ari: NodesClient, numbers: Any,
+                    writer: TicketWriter) -> list[UnseenCallImporter]:
+    """One CEL importer per node: the node's own CEL file (cluster.node_log_dir), its own
+    state file, its own client to ask which channels it holds (blocking: paths only)."""
+    from callrouter.provision import cluster as cl
+
+    importers = []
+    for node in plan.nodes:
+        logs = cl.node_log_dir(plan, node)
+        if not logs.is_dir():
+            # said at start: otherwise that node's held callers silently get no ticket
+            log.warning("event=cel_dir_missing node=%s dir=%s: mount the node's Asterisk log directory there "
+                        "(cluster_log_root)", node.name, q(str(logs)))
+        importers.append(UnseenCallImporter(logs / CEL_FILE, node_state_path(settings.cel_state_path, node.name),
+                                            numbers, writer, node=node.name, ari=ari.clients[node.name]))
+    return importers
+
+
 def _cluster_service(service: CallService, ari: NodesClient) -> None:
     """What a cluster changes in the call service: presence from Kamailio, a status part;
     what stays off is said at start, not found out later."""
@@ -93,25 +111,30 @@ def _cluster_service(service: CallService, ari: NodesClient) -> None:
 
 
 def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: StasisRouter,
-                   leadership: ha.Leadership | None, speech: SpeechService,
-                   recorder: CallRecorder) -> dict[str, Coroutine[Any, Any, None]]:
+                   leadership: ha.Leadership | None, speech: SpeechService, recorder: CallRecorder,
+                   unseen: list[UnseenCallImporter], cel_import_s: int) -> dict[str, Coroutine[Any, Any, None]]:
     """The cluster's own long-lived work: every node's events (each connect reconciles
-    that node only, one node at a time, then the recordings' sweep of every node's spool
-    follows), the seats' registrations at Kamailio, and the recordings' disks.
-    With several engines (``leadership``) only the lease holder reconciles a node, counts
-    a dead node's calls lost and follows the seats' presence; a standby does nothing of
-    it (it adopts every node's callers when it takes over)."""
+    that node only, one node at a time, then imports that node's CEL file; the recordings'
+    sweep of every node's spool follows), each node's CEL import, the seats' registrations
+    at Kamailio, and the recordings' disks.
+    With several engines (``leadership``) only the lease holder reconciles a node, imports,
+    counts a dead node's calls lost and follows the seats' presence; a standby does nothing
+    of it (it adopts every node's callers, and imports, when it takes over)."""
     from callrouter.provision import cluster as cl
     from callrouter.provision.asterisk import ProvisionError
 
     lock = asyncio.Lock()
+    importers = {imp.node: imp for imp in unseen}
 
     async def node_connected(name: str, client: AriClient) -> None:
+        connected_at = time.time()
         if leadership is not None and not await leadership.on_connected():
             return
         async with lock:
             await reconcile(service, client, name)
         recorder.after_reconcile()
+        if name in importers:
+            importers[name].after_reconcile(service, connected_at)
 
     def node_lost(name: str) -> None:
         if service.acting():
@@ -132,7 +155,8 @@ def _cluster_tasks(service: CallService, ari: NodesClient, plan: Any, router: St
 
     return {"ari-events": ari.run_nodes(router, node_connected, node_lost),
             "seat-presence": poll_registrations(registered, lambda: list(service.seat_endpoints), presence),
-            "recordings": recorder.run()}
+            "recordings": recorder.run(),
+            **{f"unseen-calls-{imp.node}": imp.run(service, max(1, cel_import_s)) for imp in unseen}}
 
 
 async def _ticker(service: CallService) -> None:
@@ -219,7 +243,7 @@ async def _stop_bounded(service: CallService, tasks: set[asyncio.Task[Any]], kee
 
 
 def _leadership(settings: Settings, service: CallService, ari: AriClient, state: StateStore, lines: LinesConfig,
-                router: StasisRouter, unseen: UnseenCallImporter,
+                router: StasisRouter, unseen: list[UnseenCallImporter],
                 recorder: CallRecorder) -> ha.Leadership | None:
     """Several engines (``ha_app_filter``), on one Asterisk or across a cluster's nodes:
     the lease decides which one claims calls and runs the queues (callrouter.ha). None
@@ -246,8 +270,9 @@ def _leadership(settings: Settings, service: CallService, ari: AriClient, state:
                                                              leadership.on_adopted)
 
     def after_take_over() -> None:
-        if not settings.cluster_engine:  # in a cluster the CEL import is off (CLUSTER_OFF)
-            unseen.after_reconcile(service, time.time())
+        # the take-over reconciled every node (or the one Asterisk): each CEL file now
+        for importer in unseen:
+            importer.after_reconcile(service, time.time())
         recorder.after_reconcile()
     leadership.after_take_over = after_take_over
     return leadership
@@ -320,10 +345,13 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
             speech.refuse("address", problem)
     speech.tasks.spawn(speech.start(), name="speech-model")
     # trunk calls the engine never saw (held by the dialplan while it was away), from
-    # Asterisk's CEL file; Asterisk's security events for /metrics
+    # Asterisk's CEL file (in a cluster each node's own); Asterisk's security events for /metrics
     asterisk_logs = await asyncio.to_thread(log_dir_on_host, settings)
-    unseen = UnseenCallImporter(asterisk_logs / CEL_FILE, settings.cel_state_path, plan, writer)
-    service.listeners.append(unseen.on_event)
+    unseen = (await asyncio.to_thread(_node_importers, settings, cluster_plan, ari, plan, writer)
+              if isinstance(ari, NodesClient) else
+              [UnseenCallImporter(asterisk_logs / CEL_FILE, settings.cel_state_path, plan, writer)])
+    for importer in unseen:
+        service.listeners.append(importer.on_event)
     security = SecurityEvents(asterisk_logs / "security.log")
     # call recording (lines.toml [line.<id>.recording]): MixMonitor through [callrouter-record];
     # files kept under recordings_dir; the API streams them (service.recorder). In a
@@ -348,14 +376,15 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
         if leadership is not None and not await leadership.on_connected():
             return  # a standby: nothing of its own to reconcile (the holder adopts on take-over)
         await reconcile(service)
-        unseen.after_reconcile(service, connected_at)
+        for importer in unseen:
+            importer.after_reconcile(service, connected_at)
         recorder.after_reconcile()
     # an open event-feed WebSocket would hold aiohttp's shutdown for 60 s by default
     app = build_app(service, TokenStore(settings.home / "tokens.json", settings.secret("api_token")), store,
                     settings.lines_path,
                     settings.numberplan_path, outbox_lag=lambda: relay.lag_s,
                     relay_status=relay.metrics,
-                    extra_metrics=lambda: (security.metrics_text() + unseen.metrics_text()
+                    extra_metrics=lambda: (security.metrics_text() + metrics_text(unseen)
                                            + speech.metrics_text()),
                     speech_status=speech.status, staffing_dir=settings.staffing_path,
                     categories_path=settings.categories_path, units_path=settings.units_path,
@@ -369,12 +398,12 @@ async def run_engine(settings: Settings, stop: asyncio.Event | None = None, *,
     await site.start()
     if isinstance(ari, NodesClient):
         _cluster_service(service, ari)
-        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership, speech, recorder)
+        call_tasks = _cluster_tasks(service, ari, cluster_plan, router, leadership, speech, recorder, unseen,
+                                    settings.cel_import_s)
     else:
-        # the CEL import reads the one Asterisk's CEL file: single-node mode only (CLUSTER_OFF)
         call_tasks = {"ari-events": ari.run_events(router, connected),
                       "recordings": recorder.run(),
-                      "unseen-calls": unseen.run(service, max(1, settings.cel_import_s))}
+                      "unseen-calls": unseen[0].run(service, max(1, settings.cel_import_s))}
     tasks = {
         asyncio.create_task(writer.run(), name="ticket-writer"),
         *(asyncio.create_task(coro, name=name) for name, coro in call_tasks.items()),

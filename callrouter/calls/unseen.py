@@ -26,6 +26,12 @@ The importer runs at every (re)connect (from ``reconcile``) and every ``interval
 - a call that ended less than ``grace_s`` ago waits for the next import: the engine may
   still be handling its hang-up;
 - the file is deleted only once the writer has written the ops (or spooled them).
+
+In a cluster (``cluster_engine``) every node writes its own CEL file: one importer per
+node (``node``), each with its own state file (``node_state_path``), reading that node's
+file and checking its calls against that node's view only: the channels its own ARI
+client lists and the engine's calls on that node. A node that does not answer the list
+makes no call of its own count as ended, whatever the other nodes say.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from callrouter.ari import AriError
+from callrouter.ari import AriClient, AriError
+from callrouter.ari.nodes import node_of
 from callrouter.calls.service import CallService
 from callrouter.numberplan import NumberPlan
 from callrouter.tickets import RecordUnseenCall, TicketWriter, ticket_id_for_channel
@@ -209,6 +216,33 @@ def unseen_op(call: TrunkCall, plan: NumberPlan) -> RecordUnseenCall:
         held_by_dialplan=call.held_rounds > 0)
 
 
+def node_state_path(state_path: Path, node: str) -> Path:
+    """A cluster node's own import state beside the engine's: ``cel-import.json`` ->
+    ``cel-import-node1.json`` (the calls one node's file left open never mix with another's)."""
+    return state_path.with_name(f"{state_path.stem}-{node}{state_path.suffix}")
+
+
+def _node_label(node: str | None) -> str:
+    return f'{{node="{node}"}}' if node else ""
+
+
+def metrics_text(importers: Iterable[UnseenCallImporter]) -> str:
+    """The importers' counters for /metrics: one sample each, labelled by node in a
+    cluster (none on one Asterisk)."""
+    every = list(importers)
+
+    def samples(metric: str, counter: str) -> list[str]:
+        return [f"{metric}{_node_label(i.node)} {i.counters[counter]}" for i in every]
+    return "\n".join([
+        ("# HELP callrouter_unseen_calls_recorded_total Trunk calls recorded from Asterisk's CEL "
+         "file (callers the engine never saw, or whose ticket a killed engine never closed)."),
+        "# TYPE callrouter_unseen_calls_recorded_total counter",
+        *samples("callrouter_unseen_calls_recorded_total", "recorded"),
+        "# HELP callrouter_cel_unreadable_lines_total Lines of the CEL file that could not be read.",
+        "# TYPE callrouter_cel_unreadable_lines_total counter",
+        *samples("callrouter_cel_unreadable_lines_total", "unreadable")]) + "\n"
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` atomically, readable by the owner only (it holds caller numbers)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,10 +255,19 @@ def _write_private(path: Path, text: str) -> None:
 
 
 class UnseenCallImporter:
-    """Reads Asterisk's CEL file into tickets for calls the engine did not close."""
+    """Reads Asterisk's CEL file into tickets for calls the engine did not close.
+
+    ``node`` (a cluster): the node whose file this is; only its calls count, and ``ari``
+    (that node's own client) says which channels it holds. On one Asterisk both are None
+    (the service's client is asked).
+    """
 
     def __init__(self, cel_file: Path, state_path: Path, plan: NumberPlan, writer: TicketWriter, *,
+                 node: str | None = None, ari: AriClient | None = None,
                  grace_s: float = 5.0, drain_timeout_s: float = 10.0) -> None:
+        self.node = node
+        self.ari = ari
+        self._where = f" node={node}" if node else ""
         self.cel_file = cel_file
         self.importing = cel_file.with_name(cel_file.name + ".importing")
         self.state_path = state_path
@@ -266,9 +309,14 @@ class UnseenCallImporter:
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
         """A ``CallService`` listener: calls this engine closed need no record from here."""
         if kind == "call_ended" and isinstance(data.get("call_id"), str):
+            if not self._mine(data["call_id"]):
+                return  # another node's call: never in this node's file
             if len(self.closed_here) > 100_000:
                 self.closed_here.clear()  # no CEL file read for a long while: forget, stay bounded
             self.closed_here.add(data["call_id"])
+
+    def _mine(self, channel_id: str) -> bool:
+        return self.node is None or node_of(channel_id, (self.node,)) == self.node
 
     async def run_once(self, *, live: set[str] | None = None, engine_calls: set[str], now: float,
                        settled_before: float = 0.0, live_source: LiveSource | None = None) -> int:
@@ -301,7 +349,7 @@ class UnseenCallImporter:
         records, bad = await asyncio.to_thread(self._read_and_fold)
         if bad:
             self.counters["unreadable"] += bad
-            log.warning("event=cel_records_unreadable file=%s lines=%d", self.importing, bad)
+            log.warning("event=cel_records_unreadable file=%s lines=%d%s", self.importing, bad, self._where)
         ops: list[RecordUnseenCall] = []
         done: list[str] = []
         if live_source is not None and any(c.ended is None and c.uniqueid not in engine_calls
@@ -340,7 +388,7 @@ class UnseenCallImporter:
         if ops and not await self.writer.drain(self.drain_timeout_s):
             # not written yet (database away): keep the file and the calls; the next
             # import submits them again (the store ignores repeats)
-            log.warning("event=cel_import_not_drained pending=%d", self.writer.pending)
+            log.warning("event=cel_import_not_drained pending=%d%s", self.writer.pending, self._where)
             return len(ops)
         for uniqueid in done:
             self.calls.pop(uniqueid, None)
@@ -348,18 +396,23 @@ class UnseenCallImporter:
         await asyncio.to_thread(self._commit)
         self.counters["imports"] += 1
         self.counters["recorded"] += len(ops)
-        log.info("event=cel_imported records=%d submitted=%d following=%d", records, len(ops), len(self.calls))
+        log.info("event=cel_imported records=%d submitted=%d following=%d%s", records, len(ops), len(self.calls),
+                 self._where)
         return len(ops)
 
     async def import_now(self, service: CallService, settled_before: float = 0.0) -> int:
-        """One import against the engine's live view (channels Asterisk holds, calls tracked)."""
+        """One import against the engine's live view (channels Asterisk holds, calls tracked);
+        in a cluster, this node's view only."""
+        ari = self.ari or service.ari
+
         async def live() -> set[str] | None:
             try:
-                return {c.id for c in await service.ari.list_channels()}
+                return {c.id for c in await ari.list_channels()}
             except AriError as exc:
-                log.warning("event=cel_import_no_channel_list error=%s", exc)
+                log.warning("event=cel_import_no_channel_list error=%s%s", exc, self._where)
                 return None
-        return await self.run_once(engine_calls=set(service.calls), now=time.time(), settled_before=settled_before,
+        engine_calls = {cid for cid in service.calls if self._mine(cid)}
+        return await self.run_once(engine_calls=engine_calls, now=time.time(), settled_before=settled_before,
                                    live_source=live)
 
     def after_reconcile(self, service: CallService, connected_at: float) -> None:
@@ -380,17 +433,7 @@ class UnseenCallImporter:
                 await self.import_now(service, settled_before)
             except (OSError, ValueError) as exc:
                 log.warning("event=cel_import_failed file=%s error=%r", self.cel_file, exc)
-        service.tasks.spawn(once(), name="unseen-calls-import")
-
-    def metrics_text(self) -> str:
-        return "\n".join([
-            ("# HELP callrouter_unseen_calls_recorded_total Trunk calls recorded from Asterisk's CEL "
-            "file (callers the engine never saw, or whose ticket a killed engine never closed)."),
-            "# TYPE callrouter_unseen_calls_recorded_total counter",
-            f"callrouter_unseen_calls_recorded_total {self.counters['recorded']}",
-            "# HELP callrouter_cel_unreadable_lines_total Lines of the CEL file that could not be read.",
-            "# TYPE callrouter_cel_unreadable_lines_total counter",
-            f"callrouter_cel_unreadable_lines_total {self.counters['unreadable']}"]) + "\n"
+        service.tasks.spawn(once(), name=f"unseen-calls-import{f'-{self.node}' if self.node else ''}")
 
     async def run(self, service: CallService, interval_s: float) -> None:
         """Import every ``interval_s`` until cancelled (a task the engine owns)."""

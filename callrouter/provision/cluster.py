@@ -185,6 +185,14 @@ def recording_dirs(cluster: Cluster) -> dict[str, Path]:
     return {n.name: n.target.host_path(n.target.paths.recording_dir) for n in cluster.nodes}
 
 
+def node_log_dir(cluster: Cluster, node: Node) -> Path:
+    """A node's Asterisk log directory (its CEL file) as the engine sees it: under
+    ``cluster_log_root`` by the node's name when set (the node's own machine's directory,
+    mounted there), else the node's directory on this machine."""
+    root = cluster.settings.cluster_log_root
+    return root / node.name if root is not None else node.target.host_path(node.target.paths.log_dir)
+
+
 def proxied_seat_sections(seats: list[str], proxy: str) -> str:
     """A node's seat endpoints: no registration here (seats register to Kamailio); the
     node rings a seat by sending the INVITE to Kamailio, which knows where it is."""

@@ -142,10 +142,17 @@ def fast_lines(src: Path, dest: Path, **values: float) -> Path:
 
 
 def forget_cel_record(settings: Settings) -> None:
-    from callrouter.calls.unseen import CEL_FILE
     from callrouter.provision.asterisk import log_dir_on_host
 
-    cel = log_dir_on_host(settings) / CEL_FILE
+    forget_cel_file(log_dir_on_host(settings))
+
+
+def forget_cel_file(log_dir: Path) -> None:
+    """Asterisk's CEL file under ``log_dir`` (and one being imported) gone: the engine
+    records no earlier test's calls."""
+    from callrouter.calls.unseen import CEL_FILE
+
+    cel = log_dir / CEL_FILE
     for path in (cel, cel.with_name(cel.name + ".importing")):
         path.unlink(missing_ok=True)
 

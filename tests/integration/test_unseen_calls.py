@@ -234,3 +234,53 @@ async def test_asterisk_is_asked_for_its_channels_only_when_a_call_is_undecided(
     finally:
         await setup.writer.close(timeout=5)
         await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_in_a_cluster_each_node_reads_its_own_file_and_state_and_follows_only_its_calls(
+        setup: Setup, tmp_path: Path) -> None:
+    """Two nodes' importers on one writer: each rotates its own file, keeps its own state,
+    takes only its own node's ``call_ended``; a node that cannot list its channels (None)
+    keeps its open call while the other node's missing call is counted."""
+    import asyncio
+
+    from callrouter.calls.unseen import metrics_text, node_state_path
+
+    runner = asyncio.create_task(setup.writer.run())
+    try:
+        files = {}
+        importers = {}
+        for node in ("node1", "node2"):
+            files[node] = tmp_path / node / "cel-custom" / "callrouter.json"
+            files[node].parent.mkdir(parents=True)
+            importers[node] = UnseenCallImporter(files[node], node_state_path(setup.state, node), setup.plan,
+                                                 setup.writer, node=node, grace_s=5.0)
+        one, two = importers["node1"], importers["node2"]
+        t = 1796085206.5
+        files["node1"].write_text(cel("CHAN_START", t, "node1-7.1") + cel("CHAN_START", t, "node1-7.2")
+                                  + cel("CHAN_END", t + 2, "node1-7.2"))
+        files["node2"].write_text(cel("CHAN_START", t, "node2-7.1") + cel("CHAN_START", t, "node2-7.2"))
+        # the engine closed node1-7.2 and node2-7.2 itself: each importer takes its own only
+        for imp in (one, two):
+            imp.on_event("call_ended", {"call_id": "node1-7.2"})
+            imp.on_event("call_ended", {"call_id": "node2-7.2"})
+        assert one.closed_here == {"node1-7.2"} and two.closed_here == {"node2-7.2"}
+        assert await one.run_once(live=set(), engine_calls=set(), now=t + 30) == 0, "7.2 closed here; 7.1 missed once"
+        assert await two.run_once(live=None, engine_calls={"node2-7.2"}, now=t + 30) == 0
+        assert await one.run_once(live=set(), engine_calls=set(), now=t + 60) == 0, "7.1 ended now: grace"
+        assert await two.run_once(live=None, engine_calls={"node2-7.2"}, now=t + 60) == 0
+        assert await one.run_once(live=set(), engine_calls=set(), now=t + 70) == 1
+        assert await two.run_once(live=None, engine_calls={"node2-7.2"}, now=t + 70) == 0, "node2 unasked: kept"
+        assert [r["channel_id"] for r in setup.store.list()] == ["node1-7.1"]
+        assert not any(f.exists() for f in files.values()), "each node's file rotated and read"
+        assert json.loads(node_state_path(setup.state, "node1").read_text()) == {"calls": []}
+        assert [c["uniqueid"] for c in json.loads(node_state_path(setup.state, "node2").read_text())["calls"]] == [
+            "node2-7.1", "node2-7.2"]
+        assert not setup.state.exists(), "the single-node state file is not used"
+        text = metrics_text(importers.values())
+        assert 'callrouter_unseen_calls_recorded_total{node="node1"} 1' in text
+        assert 'callrouter_unseen_calls_recorded_total{node="node2"} 0' in text
+        assert text.count("# TYPE callrouter_unseen_calls_recorded_total counter") == 1
+        assert "callrouter_unseen_calls_recorded_total 0" in metrics_text([setup.importer()])
+    finally:
+        await setup.writer.close(timeout=5)
+        await asyncio.gather(runner, return_exceptions=True)

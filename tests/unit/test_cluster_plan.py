@@ -101,3 +101,25 @@ def test_a_cluster_section_in_the_toml_file(tmp_path: Path) -> None:
     cfg.write_text("[cluster]\nnode = 1\n")
     with pytest.raises(ConfigError, match="cluster_node"):
         load_settings(cfg, env={})
+
+
+def test_each_nodes_log_dir_is_its_own_on_one_machine_or_under_the_log_root(tmp_path: Path) -> None:
+    """Where the engine reads a node's CEL file: the node's own log directory in the chroot,
+    or <cluster_log_root>/<node> (each node's directory mounted from its machine)."""
+    s = _settings(tmp_path, sip_bind="127.0.2.1")
+    plan = cluster.plan(s)
+    assert [cluster.node_log_dir(plan, n) for n in plan.nodes] == [
+        s.chroot / "var/log/asterisk-node1", s.chroot / "var/log/asterisk-node2"]
+    mounted = cluster.plan(dataclasses.replace(s, cluster_log_root=Path("/mnt/asterisk-logs")))
+    assert [cluster.node_log_dir(mounted, n) for n in mounted.nodes] == [
+        Path("/mnt/asterisk-logs/node1"), Path("/mnt/asterisk-logs/node2")]
+
+
+def test_the_log_root_from_the_cluster_section_or_the_environment(tmp_path: Path) -> None:
+    from callrouter.config import load_settings
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[cluster]\nlog_root = "/mnt/logs"\n')
+    assert load_settings(cfg, env={}).cluster_log_root == Path("/mnt/logs")
+    assert load_settings(env={"CALLROUTER_CLUSTER_LOG_ROOT": "/srv/x"}).cluster_log_root == Path("/srv/x")
+    assert load_settings(env={}).cluster_log_root is None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from callrouter.calls.unseen import TrunkCall, fold, parse_line, parse_records, unseen_op
+from callrouter.calls.unseen import TrunkCall, fold, node_state_path, parse_line, parse_records, unseen_op
 from callrouter.config import Settings
 from callrouter.numberplan import load_plan
 from callrouter.tickets import ticket_id_for_channel
@@ -139,3 +140,10 @@ def test_other_channels_records_are_skipped_unparsed_and_trunk_ones_kept() -> No
     calls: dict[str, TrunkCall] = {}
     fold(every, calls)
     assert list(calls) == ["1796085206.0"] and calls["1796085206.0"].ended is not None
+
+
+def test_each_cluster_node_keeps_its_own_import_state_beside_the_engines() -> None:
+    state = Path("/var/lib/callrouter/cel-import.json")
+    assert node_state_path(state, "node1") == Path("/var/lib/callrouter/cel-import-node1.json")
+    assert node_state_path(state, "node2") != node_state_path(state, "node1")
+    assert node_state_path(Path("/tmp/celstate"), "node1") == Path("/tmp/celstate-node1")
