@@ -1,12 +1,13 @@
 """`callrouter cluster`: real Kamailio in front of two real Asterisk nodes, SIPp as the
 trunk (issue 11). The first tests run without an engine (the nodes' dialplan answers and
-holds every caller, as it does when the engine is away); the last ones run one engine in
-cluster mode (``cluster_engine``) connected to both nodes, with SIPp seats registered at
-Kamailio (about 35 s of the module's 55 s).
+holds every caller, as it does when the engine is away); then one engine in cluster mode
+(``cluster_engine``) connected to both nodes, with SIPp seats registered at Kamailio; then
+two engines across both nodes (``ha_app_filter`` too), speech, recording and the CEL
+import across nodes.
 
 Addresses: Kamailio on $CALLROUTER_TEST_CLUSTER_PROXY (default sip_bind + 16, so the
 single-node Asterisk of the other e2e tests keeps its own), the nodes on the next two, the
-trunk's two sources and two strangers after them. About 40 s on the 2-core machine.
+trunk's two sources and two strangers after them. About 2 min 20 s on the 2-core machine.
 """
 
 from __future__ import annotations
