@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import ipaddress
 import math
-import re
 import statistics
 import sys
 import tempfile
@@ -142,10 +141,9 @@ def run_cluster_ha(settings: Settings, specs: list[CallSpec], rate: float, hold:
     """Two engines across both nodes: the post-dial delay with the broadcast, then
     ``takeovers`` rounds of kill -9 of the leader with ``waiting`` callers held."""
     import secrets
-    import signal
     import threading
 
-    from bench_ha import HaEngine, log_time, shared_env
+    from bench_ha import HaEngine, kill_leader, shared_env
 
     cset, trunk, env = cluster_of(settings)
     app_filter = f"^crbench-cha-{secrets.token_hex(2)}-"
@@ -185,27 +183,9 @@ def run_cluster_ha(settings: Settings, specs: list[CallSpec], rate: float, hold:
             thread = threading.Thread(target=run_calls, args=(cset, calls), kwargs={"rate": 20, "local_ip": trunk},
                                       daemon=True)
             thread.start()
-            deadline = time.monotonic() + 20
-            while leader.status()["lines"]["110"]["waiting"] < waiting:
-                if time.monotonic() > deadline:
-                    raise SystemExit("callers did not all wait")
-                time.sleep(0.1)
-            time.sleep(0.8)  # the state saver writes the shared snapshot
-            killed = time.time()
-            assert leader.proc is not None
-            leader.proc.send_signal(signal.SIGKILL)
-            leader.proc.wait()
-            deadline = time.monotonic() + 20
-            while "event=leading" not in standby.log():
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"no take-over:\n{standby.log()[-2000:]}")
-                time.sleep(0.05)
-            taken, led = log_time(standby.log(), "event=lease_taken"), log_time(standby.log(), "event=leading")
-            found = re.search(r"event=leading .*calls=(\d+)", standby.log())
-            assert taken and led
-            takes.append((taken - killed, led - killed, int(found.group(1)) if found else -1))
-            print(f"cluster take-over {i + 1}: lease {taken - killed:.2f} s, callers of both nodes adopted "
-                  f"{led - killed:.2f} s, {takes[-1][2]} of {waiting}", file=sys.stderr)
+            takes.append(kill_leader(leader, standby, waiting))
+            print(f"cluster take-over {i + 1}: lease {takes[-1][0]:.2f} s, callers of both nodes adopted "
+                  f"{takes[-1][1]:.2f} s, {takes[-1][2]} of {waiting}", file=sys.stderr)
             thread.join(timeout=60)
             leader = standby
     finally:

@@ -111,6 +111,30 @@ def post_dial(settings: Settings, ha_settings: Settings, tmp: Path, rate: float,
     return rows
 
 
+def kill_leader(leader: BenchEngine, standby: BenchEngine, waiting: int) -> tuple[float, float, int]:
+    """Once ``waiting`` callers wait at the leader: SIGKILL it; (kill -> lease taken s,
+    kill -> every caller adopted s, callers the standby adopted) from the standby's log."""
+    deadline = time.monotonic() + 20
+    while leader.status()["lines"]["110"]["waiting"] < waiting:
+        if time.monotonic() > deadline:
+            raise SystemExit("callers did not all wait")
+        time.sleep(0.1)
+    time.sleep(0.8)  # the state saver writes the shared snapshot
+    killed = time.time()
+    assert leader.proc is not None
+    leader.proc.send_signal(signal.SIGKILL)
+    leader.proc.wait()
+    deadline = time.monotonic() + 20
+    while "event=leading" not in standby.log():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no take-over:\n{standby.log()[-2000:]}")
+        time.sleep(0.05)
+    taken, led = log_time(standby.log(), "event=lease_taken"), log_time(standby.log(), "event=leading")
+    found = re.search(r"event=leading .*calls=(\d+)", standby.log())
+    assert taken and led
+    return taken - killed, led - killed, int(found.group(1)) if found else -1
+
+
 def takeovers(settings: Settings, ha_settings: Settings, tmp: Path, n: int, waiting: int,
               ttl_ms: int) -> list[tuple[float, float, int]]:
     """(kill -> lease taken s, kill -> every caller adopted s, callers adopted) per round."""
@@ -144,28 +168,9 @@ def takeovers(settings: Settings, ha_settings: Settings, tmp: Path, n: int, wait
             specs = [CallSpec("110", f"1395{i:02d}{k:05d}", 12.0) for k in range(waiting)]
             thread = threading.Thread(target=run_calls, args=(settings, specs), kwargs={"rate": 20}, daemon=True)
             thread.start()
-            deadline = time.monotonic() + 20
-            while leader.status()["lines"]["110"]["waiting"] < waiting:
-                if time.monotonic() > deadline:
-                    raise SystemExit("callers did not all wait")
-                time.sleep(0.1)
-            time.sleep(0.8)  # the state saver writes
-            killed = time.time()
-            assert leader.proc is not None
-            leader.proc.send_signal(signal.SIGKILL)
-            leader.proc.wait()
-            deadline = time.monotonic() + 20
-            while "event=leading" not in standby.log():
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"no take-over:\n{standby.log()[-2000:]}")
-                time.sleep(0.05)
-            taken = log_time(standby.log(), "event=lease_taken")
-            led = log_time(standby.log(), "event=leading")
-            m = re.search(r"event=leading .*calls=(\d+)", standby.log())
-            adopted = int(m.group(1)) if m else -1
-            assert taken and led
-            out.append((taken - killed, led - killed, adopted))
-            print(f"take-over {i + 1}: lease {taken - killed:.2f} s, callers adopted {led - killed:.2f} s, "
+            taken_s, led_s, adopted = kill_leader(leader, standby, waiting)
+            out.append((taken_s, led_s, adopted))
+            print(f"take-over {i + 1}: lease {taken_s:.2f} s, callers adopted {led_s:.2f} s, "
                   f"{adopted} of {waiting}", file=sys.stderr)
             thread.join(timeout=60)
             leader = standby
