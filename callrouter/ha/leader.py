@@ -225,6 +225,7 @@ class Leadership:
     async def _release(self, term: int) -> None:
         try:
             await self.lease.release(term)
+            log.info("event=lease_released term=%d", term)
         except LeaseErrors as exc:
             log.warning("event=lease_not_released term=%d error=%r: a standby takes over once it expires", term, exc)
 
@@ -251,12 +252,7 @@ class Leadership:
         await self.tasks.shutdown(timeout=0.5)
         log.info("event=ha_counts %s", " ".join(f"{k}={v:g}" for k, v in self.figures.items()))
         if self.acting():
-            try:
-                await self.lease.release(self.logic.term)
-                log.info("event=lease_released term=%d", self.logic.term)
-            except LeaseErrors as exc:
-                log.warning("event=lease_not_released term=%d error=%r: a standby takes over once it expires",
-                            self.logic.term, exc)
+            await self._release(self.logic.term)
         await self.lease.close()
 
 
